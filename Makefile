@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` and `make test`. Both work on a fresh clone with
+# nothing but Python 3.11+ and make.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRAS ?= cpu,test
+
+.PHONY: install demo test lint protos bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed-$(EXTRAS)
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+# pytest exits 5 when it collected no test: that is a failure, never a pass.
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+protos: install
+	$(BIN)/python protos/generate.py
+
+clean:
+	rm -rf $(VENV) runs model_repository demo_output .pytest_cache

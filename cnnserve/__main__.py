@@ -1,0 +1,5 @@
+"""Allow `python -m cnnserve`."""
+
+from cnnserve.cli import main
+
+raise SystemExit(main())

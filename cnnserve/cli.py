@@ -1,0 +1,80 @@
+"""The `cnnserve` command: one dispatcher, subcommands registered by each wing.
+
+Each wing exposes a command module with `register(subparsers)`. Those modules import only the standard
+library at import time and load their wing (TensorFlow, ONNX Runtime, gRPC) inside the handler, so
+`cnnserve --help` and every serving command start without TensorFlow. A wing that is not installed (the
+serving Docker image has `serving/` and `protos/` only) simply contributes no subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from cnnserve import __version__
+
+# The one place that knows every wing's command module, in the order they appear in `--help`.
+COMMAND_MODULES: tuple[str, ...] = (
+    "cnnserve.training.cli",
+    "cnnserve.export.cli",
+    "cnnserve.serving.cli",
+    "cnnserve.serving.batch_cli",
+    "cnnserve.serving.insight_cli",
+)
+
+
+def _load_command_modules() -> list[object]:
+    modules = []
+    for name in COMMAND_MODULES:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as error:
+            # Only a wing that is absent from this install is skipped; a broken import inside it is a bug.
+            if error.name is not None and name.startswith(error.name):
+                continue
+            raise
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnserve",
+        description="Train Keras image classifiers, export them to ONNX with verified parity, "
+        "and serve them over gRPC with ONNX Runtime.",
+    )
+    parser.add_argument("--version", action="version", version=f"cnnserve {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity (default: INFO)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in _load_command_modules():
+        module.register(subparsers)  # type: ignore[attr-defined]
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Serving: repository, ONNX Runtime sessions, preprocessing, dynamic batching, gRPC, client, batch jobs."""

@@ -1,0 +1,168 @@
+"""ONNX Runtime sessions for model versions, and turning any classification head into probabilities.
+
+One session per model version, created once and warmed up. The execution provider comes from the
+requested device and what this onnxruntime build offers; the choice is logged and exposed so metadata can
+report what actually runs the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnserve.protos import model_config_pb2
+from cnnserve.serving.repository import ModelVersion
+
+LOG = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested device cannot be used (e.g. `cuda` without a GPU build or a GPU)."""
+
+
+class ModelLoadError(RuntimeError):
+    """ONNX Runtime could not load a model file; the message names the file."""
+
+
+def import_onnxruntime():
+    """Import onnxruntime with an install hint, since its flavour is an extra (`cpu` or `gpu`)."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise DeviceUnavailableError(
+            "onnxruntime is not installed: install `cnnserve[cpu]` (onnxruntime) or `cnnserve[gpu]` "
+            "(onnxruntime-gpu), never both"
+        ) from error
+    return onnxruntime
+
+
+def choose_providers(device: str, preferred: Sequence[str] = ()) -> list[str]:
+    """Execution providers for a device request: `cuda` must get CUDA, `auto` takes it when present."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    available = set(import_onnxruntime().get_available_providers())
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda":
+        if CUDA not in available:
+            raise DeviceUnavailableError(
+                f"device 'cuda' requested but this onnxruntime offers only {sorted(available)}; "
+                "install onnxruntime-gpu with CUDA and cuDNN, or use --device cpu/auto"
+            )
+        return [CUDA, CPU]
+    ordered = [p for p in preferred if p in available] or ([CUDA] if CUDA in available else [])
+    return [*dict.fromkeys([*ordered, CPU])]
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    device: str = "auto"
+    intra_op_threads: int = 0  # 0 = ONNX Runtime's default (all physical cores)
+    inter_op_threads: int = 0
+
+
+def create_session(path: Path, providers: Sequence[str], options: SessionOptions):
+    ort = import_onnxruntime()
+    session_options = ort.SessionOptions()
+    if options.intra_op_threads > 0:
+        session_options.intra_op_num_threads = options.intra_op_threads
+    if options.inter_op_threads > 0:
+        session_options.inter_op_num_threads = options.inter_op_threads
+    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), sess_options=session_options, providers=list(providers))
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
+        raise ModelLoadError(f"ONNX Runtime cannot load {path}: {error}") from error
+
+
+def probabilities(raw: np.ndarray, kind: int) -> np.ndarray:
+    """Class probabilities from a head's output: softmax as is, logits via softmax, sigmoid as (1-p, p)."""
+    raw = np.asarray(raw, dtype=np.float32)
+    if kind == model_config_pb2.LOGITS:
+        shifted = raw - raw.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=1, keepdims=True)
+    if kind == model_config_pb2.SIGMOID:
+        p = raw.reshape(raw.shape[0], -1)[:, :1]
+        return np.concatenate([1.0 - p, p], axis=1)
+    return raw
+
+
+def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and scores of the k best classes per row, best first (ties: lower index first)."""
+    k = min(k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(probs, order, axis=1)
+
+
+class ModelRuntime:
+    """One model version's ONNX Runtime session: classification and activation outputs."""
+
+    def __init__(self, model: ModelVersion, options: SessionOptions | None = None) -> None:
+        self.model = model
+        self.options = options or SessionOptions()
+        config = model.config
+        self.providers_requested = choose_providers(self.options.device, config.execution.providers)
+        self.session = create_session(model.model_file, self.providers_requested, self.options)
+        self.providers: list[str] = list(self.session.get_providers())
+        self.input_name = config.input.name
+        self.output_name = config.output.name
+        self.output_kind = config.output_kind
+        self._activation_session = self.session
+        if model.activations_file != model.model_file:
+            self._activation_session = create_session(
+                model.activations_file, self.providers_requested, self.options
+            )
+        self.activation_outputs = {layer.name: layer.output_name for layer in config.activation_layers}
+        LOG.info(
+            "loaded %s version %d from %s on %s",
+            model.name,
+            model.version,
+            model.model_file,
+            ", ".join(self.providers),
+        )
+
+    @property
+    def input_dims(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.model.config.input.dims)
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.model.config.max_batch_size or 64
+
+    def warm_up(self) -> float:
+        """Run one full-size batch so the first real request does not pay for allocation; returns seconds."""
+        start = time.perf_counter()
+        batch = np.zeros((self.max_batch_size, *self.input_dims), dtype=np.float32)
+        self.classify(batch)
+        if self._activation_session is not self.session:
+            self.activations(batch[:1], list(self.activation_outputs))
+        return time.perf_counter() - start
+
+    def raw_output(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def classify(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (N, num_classes) for a preprocessed float32 batch (N, *input_dims)."""
+        return probabilities(self.raw_output(batch), self.output_kind)
+
+    def activations(self, batch: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
+        """The named layers' activations for a batch; layers must be activation layers of the config."""
+        unknown = [layer for layer in layers if layer not in self.activation_outputs]
+        if unknown:
+            raise KeyError(
+                f"model {self.model.name!r} has no activation layer {unknown[0]!r}; "
+                f"layers: {', '.join(self.activation_outputs)}"
+            )
+        names = [self.activation_outputs[layer] for layer in layers]
+        outputs = self._activation_session.run(names, {self.input_name: batch})
+        return dict(zip(layers, outputs, strict=True))

@@ -1,0 +1,58 @@
+"""Session fixtures shared by every test package: one real trained run and one real exported repository.
+
+A tiny `mnist_cnn` is trained once per session on the bundled MNIST digits and exported once; every
+export, serving and batch-job test uses that real repository. Setting CNNSERVE_TEST_CACHE to a folder
+keeps both across pytest runs while developing (CI leaves it unset, so it always starts fresh).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+TRAIN_EPOCHS = 2
+
+
+def _cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cached = os.environ.get("CNNSERVE_TEST_CACHE")
+    if cached:
+        root = Path(cached)
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+    return tmp_path_factory.mktemp("shared")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run directory: `mnist_cnn` trained for a couple of epochs on the bundled digits."""
+    from cnnserve.training.train import train_model
+
+    run_dir = _cache_root(tmp_path_factory) / "runs" / "mnist_cnn"
+    if (run_dir / "run.json").is_file() and (run_dir / "model.keras").is_file():
+        return run_dir
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    return train_model("mnist_cnn", out_dir=run_dir, epochs=TRAIN_EPOCHS, seed=0, verbose=0)
+
+
+@pytest.fixture(scope="session")
+def model_repository(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real model repository holding `mnist_cnn` version 1, exported from `trained_run`."""
+    from cnnserve.export.exporter import export_run
+
+    repo = _cache_root(tmp_path_factory) / "model_repository"
+    if (repo / "mnist_cnn" / "1" / "model.onnx").is_file():
+        return repo
+    if repo.exists():
+        shutil.rmtree(repo)
+    export_run(trained_run, repo)
+    return repo
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run that collected no test is a failure, not a pass (pytest's exit code 5)."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
