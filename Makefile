@@ -3,7 +3,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= cpu,test
+EXTRAS ?= cpu,test,ray
 
 .PHONY: install demo test lint protos bench clean
 

@@ -1,1 +1,1 @@
-"""Keras → ONNX export with verified parity, activation outputs, fp16/int8 variants and the model repository."""
+"""Keras → ONNX export with verified parity, activation outputs, fp16/int8 variants, model repository."""

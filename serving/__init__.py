@@ -1,1 +1,1 @@
-"""Serving: repository, ONNX Runtime sessions, preprocessing, dynamic batching, gRPC, client, batch jobs."""
+"""Serving: the model repository, ONNX Runtime sessions, preprocessing, batching, gRPC, client, batch jobs."""

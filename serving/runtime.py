@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnserve.protos import model_config_pb2
+from cnnserve.serving.errors import LayerNotFoundError
 from cnnserve.serving.repository import ModelVersion
 
 LOG = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ class SessionOptions:
     device: str = "auto"
     intra_op_threads: int = 0  # 0 = ONNX Runtime's default (all physical cores)
     inter_op_threads: int = 0
+    # ONNX Runtime's pool threads spin while waiting for work; off, they sleep, which leaves the cores to
+    # the other workers and the gRPC threads when a server shares a small machine.
+    allow_spinning: bool = True
 
 
 def create_session(path: Path, providers: Sequence[str], options: SessionOptions):
@@ -77,6 +81,9 @@ def create_session(path: Path, providers: Sequence[str], options: SessionOptions
         session_options.intra_op_num_threads = options.intra_op_threads
     if options.inter_op_threads > 0:
         session_options.inter_op_num_threads = options.inter_op_threads
+    if not options.allow_spinning:
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         return ort.InferenceSession(str(path), sess_options=session_options, providers=list(providers))
@@ -159,7 +166,7 @@ class ModelRuntime:
         """The named layers' activations for a batch; layers must be activation layers of the config."""
         unknown = [layer for layer in layers if layer not in self.activation_outputs]
         if unknown:
-            raise KeyError(
+            raise LayerNotFoundError(
                 f"model {self.model.name!r} has no activation layer {unknown[0]!r}; "
                 f"layers: {', '.join(self.activation_outputs)}"
             )

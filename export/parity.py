@@ -1,0 +1,150 @@
+"""Comparing ONNX Runtime with Keras: running statistics per output, head-aware probabilities, timing.
+
+Statistics are accumulated batch by batch so a large model's activations (cats_dogs_cnn's conv1 is
+148×148×32 floats per image) never need to be held for every sample at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnserve.protos import model_config_pb2
+
+
+def probabilities(raw: np.ndarray, kind: int) -> np.ndarray:
+    """Class probabilities from a head's raw output, exactly as serving computes them."""
+    raw = np.asarray(raw, dtype=np.float64)
+    if kind == model_config_pb2.LOGITS:
+        shifted = raw - raw.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=1, keepdims=True)
+    if kind == model_config_pb2.SIGMOID:
+        p = raw.reshape(raw.shape[0], -1)[:, :1]
+        return np.concatenate([1.0 - p, p], axis=1)
+    return raw
+
+
+@dataclass
+class TensorStats:
+    """Running max absolute / relative error of one tensor over many batches, with the worst sample.
+
+    The relative error is the largest absolute difference divided by the largest magnitude of the Keras
+    tensor (a scale-free figure that stays meaningful where individual values cross zero).
+    """
+
+    max_abs: float = 0.0
+    max_ref: float = 0.0
+    worst_sample: int = -1
+    count: int = 0
+
+    def update(self, reference: np.ndarray, candidate: np.ndarray, first_index: int = 0) -> None:
+        reference = np.asarray(reference, dtype=np.float64)
+        candidate = np.asarray(candidate, dtype=np.float64)
+        if reference.shape != candidate.shape:
+            raise ValueError(f"shape mismatch: Keras {reference.shape} vs ONNX {candidate.shape}")
+        diff = np.abs(reference - candidate).reshape(reference.shape[0], -1)
+        per_sample = diff.max(axis=1) if diff.size else np.zeros(reference.shape[0])
+        if per_sample.size and float(per_sample.max()) > self.max_abs:
+            self.max_abs = float(per_sample.max())
+            self.worst_sample = first_index + int(per_sample.argmax())
+        if reference.size:
+            self.max_ref = max(self.max_ref, float(np.abs(reference).max()))
+        self.count += reference.shape[0]
+
+    @property
+    def max_rel(self) -> float:
+        return self.max_abs / self.max_ref if self.max_ref > 0 else self.max_abs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_abs_error": self.max_abs,
+            "max_rel_error": self.max_rel,
+            "max_abs_value": self.max_ref,
+            "worst_sample": self.worst_sample,
+            "samples": self.count,
+        }
+
+
+@dataclass
+class Top1Stats:
+    agree: int = 0
+    count: int = 0
+    disagreeing: list[int] = field(default_factory=list)
+
+    def update(self, reference: np.ndarray, candidate: np.ndarray, first_index: int = 0) -> None:
+        ref_top = np.argmax(reference, axis=1)
+        cand_top = np.argmax(candidate, axis=1)
+        same = ref_top == cand_top
+        self.agree += int(same.sum())
+        self.count += int(same.size)
+        self.disagreeing.extend(first_index + int(i) for i in np.flatnonzero(~same)[:20])
+
+    @property
+    def agreement(self) -> float:
+        return self.agree / self.count if self.count else 1.0
+
+
+def run_onnx(session, input_name: str, names: list[str], batch: np.ndarray) -> dict[str, np.ndarray]:
+    return dict(zip(names, session.run(names, {input_name: batch}), strict=True))
+
+
+def make_session(path: Path, threads: int = 0):
+    """A CPU ONNX Runtime session with serving's optimisation level."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def best_time(run: Callable[[], object], repeats: int = 15, warmup: int = 3, budget_s: float = 3.0) -> float:
+    """Best wall time of `run` in seconds over several repeats (min is the least noisy on shared CPUs)."""
+    for _ in range(warmup):
+        run()
+    best = float("inf")
+    deadline = time.perf_counter() + budget_s
+    for i in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+        if i >= 2 and time.perf_counter() > deadline:
+            break
+    return best
+
+
+def compare_throughput(
+    first,  # onnxruntime.InferenceSession
+    second,
+    batch: np.ndarray,
+    rounds: int = 3,
+    repeats: int = 8,
+    output_name: str = "output",
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Images/s of two sessions on the same batch: best of interleaved rounds, so machine noise hits both."""
+    feed = {"input": batch}
+    best = [float("inf"), float("inf")]
+    for _ in range(max(1, rounds)):
+        for index, session in enumerate((first, second)):
+            seconds = best_time(lambda s=session: s.run([output_name], feed), repeats=repeats, warmup=2)
+            best[index] = min(best[index], seconds)
+    return tuple(  # type: ignore[return-value]
+        {
+            "batch": int(batch.shape[0]),
+            "best_batch_ms": seconds * 1000.0,
+            "images_per_s": batch.shape[0] / seconds if seconds > 0 else float("inf"),
+        }
+        for seconds in best
+    )
+
+
+def summarize(stats: Mapping[str, TensorStats]) -> dict[str, dict[str, Any]]:
+    return {name: value.to_dict() for name, value in stats.items()}

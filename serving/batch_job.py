@@ -1,0 +1,307 @@
+"""A batch classification job over an image folder: discovery → engine → result table, resumable.
+
+The job is engine-agnostic: it walks the folder (streaming, stable order), drops files the output already
+holds, cuts the rest into batches, hands them to an engine (local decoder processes + ONNX Runtime, a
+running server, or Ray Data) that yields one row per file in order, and appends the rows to the output as
+they come. Everything that can be wrong with the request (missing folder, unknown model, unreachable
+server, an output that cannot be resumed) is checked before the first image is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cnnserve.serving import batch_discovery, preprocessing
+from cnnserve.serving.batch_output import ResultRow, ResultTable, output_format
+
+LOG = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
+DEFAULT_BATCH_SIZE = 64
+LOG_INTERVAL_S = 10.0
+
+
+class JobError(RuntimeError):
+    """The job cannot start (bad arguments) or cannot go on (the server stayed away)."""
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    folder: Path
+    output: Path
+    model: str
+    repo: Path | None = None
+    server: str | None = None
+    version: int = 0  # 0 = the newest live version
+    engine: str = "local"
+    ray_address: str | None = None
+    batch_size: int = 0  # 0 = the model's max_batch_size (64 when unset)
+    workers: int = 0  # 0 = one per core (decoder processes / calls in flight / Ray actors)
+    top_k: int = 1
+    device: str = "auto"
+    recursive: bool = True
+    resume: bool = True
+    max_pixels: int = preprocessing.DEFAULT_MAX_PIXELS
+    connect_timeout_s: float = 10.0  # remote engine: how long to wait for the server at start
+    retries: int = 6  # remote engine: retries with backoff while the server is UNAVAILABLE
+    progress: str = "auto"  # auto (bar on a terminal, log lines otherwise), bar, log, none
+    report: bool = True  # labelled-folder metrics and pictures
+
+
+@dataclass
+class JobSummary:
+    """What the job did; `files` counts the images found, `resumed` those already in the output."""
+
+    files: int = 0
+    classified: int = 0
+    failed: int = 0
+    resumed: int = 0
+    skipped_hidden: int = 0
+    skipped_non_image: int = 0
+    denied_folders: int = 0
+    wall_s: float = 0.0
+    model: str = ""
+    version: int = 0
+    engine: str = ""
+    output: str = ""
+    report: dict[str, Any] | None = None
+    pictures: list[str] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        return self.skipped_hidden + self.skipped_non_image
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.classified + self.failed) / self.wall_s if self.wall_s > 0 else 0.0
+
+    def lines(self) -> list[str]:
+        lines = [
+            f"files: {self.files} (classified {self.classified}, failed {self.failed}, "
+            f"already in the output {self.resumed})",
+            f"skipped: {self.skipped} (hidden {self.skipped_hidden}, not an image {self.skipped_non_image}); "
+            f"unreadable folders: {self.denied_folders}",
+            f"wall time: {self.wall_s:.1f} s, {self.images_per_s:.1f} images/s "
+            f"({self.engine} engine, {self.model} v{self.version})",
+            f"output: {self.output}",
+        ]
+        if self.report:
+            lines.append(
+                f"accuracy: {self.report['accuracy']:.4f} over {self.report['evaluated']} labelled images"
+            )
+            for label, metrics in self.report["per_class"].items():
+                lines.append(
+                    f"  {label}: precision {metrics['precision']:.3f} recall {metrics['recall']:.3f} "
+                    f"(support {metrics['support']})"
+                )
+        lines.extend(f"picture: {path}" for path in self.pictures)
+        return lines
+
+
+class Engine(Protocol):
+    def __enter__(self) -> Engine: ...
+    def __exit__(self, *exc_info: object) -> None: ...
+    def classify(self, batches: Iterator[list[str]]) -> Iterator[list[ResultRow]]: ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: int
+    labels: tuple[str, ...]
+    max_batch_size: int
+
+
+class Progress:
+    """A tqdm bar (images/s, ETA) on a terminal; a log line every LOG_INTERVAL_S seconds otherwise."""
+
+    def __init__(self, total: int, mode: str = "auto", interval_s: float = LOG_INTERVAL_S) -> None:
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "log"
+        self.mode = mode
+        self.total = total
+        self.done = 0
+        self.interval_s = interval_s
+        self._start = time.monotonic()
+        self._last_log = self._start
+        self._bar = None
+        if mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="img", dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, count: int) -> None:
+        self.done += count
+        if self._bar is not None:
+            self._bar.update(count)
+            return
+        now = time.monotonic()
+        if self.mode == "log" and now - self._last_log >= self.interval_s:
+            self._last_log = now
+            rate = self.done / (now - self._start)
+            remaining = (self.total - self.done) / rate if rate > 0 else float("inf")
+            LOG.info(
+                "%d/%d images (%.1f%%), %.1f images/s, ETA %s",
+                self.done,
+                self.total,
+                100.0 * self.done / max(self.total, 1),
+                rate,
+                _duration(remaining),
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def chunked(paths: Iterator[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for path in paths:
+        batch.append(path)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _validate(config: JobConfig) -> None:
+    batch_discovery.check_folder(config.folder)
+    output_format(config.output)
+    if (config.repo is None) == (config.server is None):
+        raise JobError("give exactly one of --repo (run the model here) or --server (use a running server)")
+    if config.engine not in ENGINES:
+        raise JobError(f"unknown engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
+    if config.engine == "ray" and config.server is not None:
+        raise JobError("--engine ray runs the model on the Ray cluster: give --repo, not --server")
+    if config.top_k < 1:
+        raise JobError(f"--top-k must be at least 1, got {config.top_k}")
+    if config.batch_size < 0 or config.workers < 0:
+        raise JobError("--batch-size and --workers must be positive")
+
+
+def _open_engine(config: JobConfig) -> tuple[Engine, ModelInfo]:
+    """Load the model (or reach the server) and build the engine: every failure here precedes any work."""
+    if config.server is not None:
+        from cnnserve.serving.batch_remote import RemoteEngine
+
+        remote = RemoteEngine(
+            config.folder,
+            config.server,
+            config.model,
+            version=config.version,
+            top_k=config.top_k,
+            workers=config.workers,
+            retries=config.retries,
+            connect_timeout_s=config.connect_timeout_s,
+        )
+        info = ModelInfo(remote.model_name, remote.model_version, remote.labels, remote.max_batch_size)
+        return remote, info
+
+    from cnnserve.serving.repository import open_model_version
+
+    assert config.repo is not None
+    model = open_model_version(config.repo, config.model, config.version or None)
+    info = ModelInfo(
+        model.name, model.version, model.labels, model.config.max_batch_size or DEFAULT_BATCH_SIZE
+    )
+    if config.engine == "ray":
+        from cnnserve.serving.batch_ray import RayEngine
+
+        return (
+            RayEngine(
+                config.folder,
+                config.repo,
+                model,
+                top_k=config.top_k,
+                workers=config.workers,
+                device=config.device,
+                max_pixels=config.max_pixels,
+                address=config.ray_address,
+            ),
+            info,
+        )
+    from cnnserve.serving.batch_local import LocalEngine
+
+    local = LocalEngine(
+        config.folder,
+        model,
+        top_k=config.top_k,
+        workers=config.workers,
+        device=config.device,
+        max_pixels=config.max_pixels,
+    )
+    return local, info
+
+
+def run_job(config: JobConfig) -> JobSummary:
+    """Classify every image under the folder into the output, resuming what a previous run wrote."""
+    _validate(config)
+    engine, info = _open_engine(config)
+    table = ResultTable(config.output, config.top_k, info.name, info.version, resume=config.resume)
+    summary = JobSummary(
+        model=info.name, version=info.version, engine=config.engine if config.server is None else "remote"
+    )
+    summary.output = str(config.output)
+    done_before = frozenset(table.done)
+    if done_before:
+        LOG.info("resuming: %d files are already in %s", len(done_before), config.output)
+    total = batch_discovery.count_images(config.folder, config.recursive, exclude=done_before)
+    batch_size = config.batch_size or info.max_batch_size or DEFAULT_BATCH_SIZE
+    stats = batch_discovery.DiscoveryStats()
+
+    def pending() -> Iterator[str]:
+        for path in batch_discovery.iter_images(config.folder, config.recursive, stats):
+            if path in done_before:
+                summary.resumed += 1
+                continue
+            yield path
+
+    progress = Progress(total, config.progress)
+    start = time.monotonic()
+    finished = False
+    try:
+        with engine:
+            for rows in engine.classify(chunked(pending(), batch_size)):
+                table.write(rows)
+                failed = sum(1 for row in rows if row.error)
+                summary.failed += failed
+                summary.classified += len(rows) - failed
+                progress.update(len(rows))
+        finished = True
+    finally:
+        progress.close()
+        table.close(finished=finished)
+        summary.wall_s = time.monotonic() - start
+        summary.files = stats.images
+        summary.skipped_hidden = stats.skipped_hidden
+        summary.skipped_non_image = stats.skipped_non_image
+        summary.denied_folders = stats.denied_folders
+        if not finished:
+            LOG.error(
+                "job stopped after %d files; they are in %s and a rerun resumes from there",
+                summary.classified + summary.failed + summary.resumed,
+                config.output,
+            )
+    if config.report:
+        from cnnserve.serving import batch_report
+
+        result = batch_report.evaluate_output(config.folder, config.output, info.labels, config.top_k)
+        if result is not None:
+            summary.report = result.metrics
+            summary.pictures = [str(p) for p in result.pictures]
+    return summary

@@ -1,0 +1,168 @@
+"""The batch job's local engine: decoder processes feeding ONNX Runtime in this process.
+
+Decoding (Pillow, Python) is the part that needs many cores, so a pool of worker processes (spawn or
+forkserver, never fork: the parent holds ONNX Runtime's threads) reads and preprocesses whole batches with
+the server's own preprocessing code, while this process runs the server's own `ModelRuntime` on the batch
+before. A bounded window of batches in flight keeps every core busy and the memory flat, and results come
+back in submission order so the output is in discovery order.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cnnserve.serving import preprocessing
+from cnnserve.serving.batch_output import Prediction, ResultRow
+from cnnserve.serving.repository import ModelVersion
+from cnnserve.serving.runtime import ModelRuntime, SessionOptions, top_k
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """A batch after decoding: the tensors of the images that decoded, and an error for each that did not."""
+
+    paths: tuple[str, ...]
+    tensor: np.ndarray  # (number decoded, *input_dims) float32
+    decoded: tuple[int, ...]  # positions in `paths` of the rows of `tensor`
+    errors: dict[int, str]  # position in `paths` → error message
+
+
+def decode_batch(
+    root: str, paths: Sequence[str], spec: preprocessing.PreprocessSpec, max_pixels: int
+) -> DecodedBatch:
+    """Read and preprocess the files of one batch; a file that fails gets an error, the rest go on."""
+    tensors: list[np.ndarray] = []
+    decoded: list[int] = []
+    errors: dict[int, str] = {}
+    for position, relative in enumerate(paths):
+        try:
+            with open(os.path.join(root, relative), "rb") as handle:
+                data = handle.read()
+            tensors.append(preprocessing.preprocess_encoded(data, spec, max_pixels))
+            decoded.append(position)
+        except preprocessing.ImageDecodeError as error:
+            errors[position] = str(error)
+        except OSError as error:
+            errors[position] = f"cannot read file: {error.strerror or error}"
+        except Exception as error:  # a Pillow plugin bug on a hostile file must not end the job
+            errors[position] = f"cannot decode image: {type(error).__name__}: {error}"
+    tensor = np.stack(tensors) if tensors else np.empty((0, *spec.input_dims), dtype=np.float32)
+    return DecodedBatch(tuple(paths), tensor, tuple(decoded), errors)
+
+
+def rows_from_probabilities(
+    batch: DecodedBatch, probabilities: np.ndarray, labels: Sequence[str], k: int
+) -> list[ResultRow]:
+    """One row per path of the batch: top-k predictions for decoded images, the error for the rest."""
+    predictions: dict[int, tuple[Prediction, ...]] = {}
+    if len(batch.decoded):
+        indices, scores = top_k(probabilities, k)
+        for row, position in enumerate(batch.decoded):
+            predictions[position] = tuple(
+                Prediction(
+                    label=labels[int(i)] if int(i) < len(labels) else str(int(i)),
+                    index=int(i),
+                    score=float(s),
+                )
+                for i, s in zip(indices[row], scores[row], strict=True)
+            )
+    return [
+        ResultRow(path=path, predictions=predictions.get(position, ()), error=batch.errors.get(position, ""))
+        for position, path in enumerate(batch.paths)
+    ]
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class LocalEngine:
+    """Classify batches of files under `root` with decoder processes and one ONNX Runtime session."""
+
+    def __init__(
+        self,
+        root: Path,
+        model: ModelVersion,
+        top_k: int = 1,
+        workers: int = 0,
+        device: str = "auto",
+        max_pixels: int = preprocessing.DEFAULT_MAX_PIXELS,
+        intra_op_threads: int = 0,
+    ) -> None:
+        self.root = str(root)
+        self.model = model
+        self.top_k = top_k
+        self.workers = workers or default_workers()
+        self.max_pixels = max_pixels
+        self.spec = preprocessing.PreprocessSpec.from_model_config(model.config)
+        # The decoder processes share the cores with ONNX Runtime: its idle pool threads must sleep, not spin.
+        self.runtime = ModelRuntime(
+            model, SessionOptions(device=device, intra_op_threads=intra_op_threads, allow_spinning=False)
+        )
+        self.window = 2 * self.workers + 2
+        self._pool: ProcessPoolExecutor | None = None
+
+    @property
+    def providers(self) -> list[str]:
+        return self.runtime.providers
+
+    def __enter__(self) -> LocalEngine:
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            context.set_forkserver_preload(["cnnserve.serving.batch_local"])
+        # Workers ignore Ctrl-C: the parent stops them after writing what is done.
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=context,
+            initializer=signal.signal,
+            initargs=(signal.SIGINT, signal.SIG_IGN),
+        )
+        # Start the decoder processes (imports, forkserver) while ONNX Runtime warms up here.
+        started = [self._pool.submit(os.getpid) for _ in range(self.workers)]
+        self.runtime.warm_up()
+        for future in started:
+            future.result()
+        LOG.info(
+            "local engine: %d decoder processes (%s), ONNX Runtime on %s",
+            self.workers,
+            method,
+            ", ".join(self.providers),
+        )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def classify(self, batches: Iterator[list[str]]) -> Iterator[list[ResultRow]]:
+        """Rows for each batch of relative paths, in order; decoding runs ahead of inference."""
+        if self._pool is None:
+            raise RuntimeError("LocalEngine must be used as a context manager")
+        pending: deque[Future[DecodedBatch]] = deque()
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < self.window:
+                paths = next(batches, None)
+                if paths is None:
+                    exhausted = True
+                    break
+                pending.append(self._pool.submit(decode_batch, self.root, paths, self.spec, self.max_pixels))
+            if not pending:
+                return
+            batch = pending.popleft().result()
+            probabilities = self.runtime.classify(batch.tensor) if len(batch.decoded) else np.empty((0, 0))
+            yield rows_from_probabilities(batch, probabilities, self.model.labels, self.top_k)

@@ -1,0 +1,199 @@
+"""The batch job's remote engine: send the files' encoded bytes to a running server, several calls at once.
+
+Calls go through the project's client (`serving/client.py`). The server decodes and classifies (its
+dynamic batcher merges our calls with everyone else's), so this side only reads files. A batch the server
+refuses because one image is bad is retried image by image, so the bad file gets an error row and the
+rest of the batch is still classified. UNAVAILABLE (the server restarting or gone) is retried with
+exponential backoff; when it stays away the job stops with a clear error, keeping every row written so
+far, and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+from cnnserve.serving.batch_output import Prediction, ResultRow
+from cnnserve.serving.client import ClassifyResult, CnnserveClient, ServerError
+
+LOG = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+CALL_TIMEOUT_S = 120.0
+RETRIES = 6  # backoff 0.5, 1, 2, 4, 8, 8 s: about 24 s of server absence is survived
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 8.0
+MAX_REQUEST_BYTES = 3 * 1024 * 1024  # under gRPC's default 4 MiB message limit
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+class RemoteError(RuntimeError):
+    """The server cannot be reached, does not serve the model, or stayed away mid-job."""
+
+
+class ServerUnavailableError(RemoteError):
+    """The server did not answer (UNAVAILABLE) even after retrying with backoff."""
+
+
+def _split_by_size(items: Sequence[tuple[int, bytes]], limit: int) -> list[list[tuple[int, bytes]]]:
+    """Cut a batch into requests of at most `limit` bytes of images (a single larger image goes alone)."""
+    parts: list[list[tuple[int, bytes]]] = [[]]
+    size = 0
+    for item in items:
+        if parts[-1] and size + len(item[1]) > limit:
+            parts.append([])
+            size = 0
+        parts[-1].append(item)
+        size += len(item[1])
+    return [part for part in parts if part]
+
+
+class RemoteEngine:
+    """Classify batches of files under `root` through a cnnserve server's Classify RPC."""
+
+    def __init__(
+        self,
+        root: Path,
+        address: str,
+        model: str,
+        version: int = 0,
+        top_k: int = 1,
+        workers: int = 0,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        retries: int = RETRIES,
+        backoff_start_s: float = BACKOFF_START_S,
+    ) -> None:
+        self.root = root
+        self.address = address
+        self.top_k = top_k
+        self.workers = workers or 4
+        self.retries = retries
+        self.backoff_start_s = backoff_start_s
+        self._client = CnnserveClient(address, timeout=CALL_TIMEOUT_S)
+        try:
+            self._client.wait_until_serving(timeout=connect_timeout_s)
+        except TimeoutError as error:
+            self._client.close()
+            raise ServerUnavailableError(
+                f"cannot reach a serving server at {address} within {connect_timeout_s:.0f} s: "
+                "is `cnnserve serve` running there?"
+            ) from error
+        try:
+            metadata = self._client.metadata(model, version, timeout=connect_timeout_s)
+        except ServerError as error:
+            self._client.close()
+            raise RemoteError(f"server {address} cannot classify with model {model!r}: {error}") from error
+        self.model_name = metadata.name or model
+        self.model_version = int(metadata.version)
+        self.labels = tuple(metadata.labels)
+        if self.labels:  # as the local engine does: never ask for more classes than the model has
+            self.top_k = min(self.top_k, len(self.labels))
+        self.max_batch_size = int(metadata.max_batch_size) or 64
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> RemoteEngine:
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="classify-folder")
+        LOG.info(
+            "remote engine: %s, model %s v%d, %d calls in flight",
+            self.address,
+            self.model_name,
+            self.model_version,
+            self.workers,
+        )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._client.close()
+
+    def _call(self, images: Sequence[bytes]) -> ClassifyResult:
+        """One Classify call, retried with backoff while the server is unavailable."""
+        delay = self.backoff_start_s
+        for attempt in range(self.retries + 1):
+            try:
+                return self._client.classify(
+                    list(images), model=self.model_name, top_k=self.top_k, version=self.model_version
+                )
+            except ServerError as error:
+                if error.code not in RETRYABLE or attempt == self.retries:
+                    raise
+                LOG.warning(
+                    "server %s: %s; retry %d/%d in %.1f s",
+                    self.address,
+                    error,
+                    attempt + 1,
+                    self.retries,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+        raise AssertionError("unreachable")
+
+    def _classify_part(
+        self, part: Sequence[tuple[int, bytes]], rows: dict[int, ResultRow], paths: Sequence[str]
+    ) -> None:
+        try:
+            result = self._call([data for _, data in part])
+        except ServerError as error:
+            if error.code in RETRYABLE:
+                raise ServerUnavailableError(
+                    f"server {self.address} stayed unavailable after {self.retries} retries with backoff "
+                    f"({error}); the rows so far are kept and a rerun resumes"
+                ) from error
+            if error.code != grpc.StatusCode.INVALID_ARGUMENT:
+                raise RemoteError(f"server {self.address} failed a batch: {error}") from error
+            if len(part) == 1:
+                position = part[0][0]
+                rows[position] = ResultRow(path=paths[position], error=error.message or error.code.name)
+                return
+            for item in part:  # one bad image fails the whole call: find it
+                self._classify_part([item], rows, paths)
+            return
+        for (position, _), predictions in zip(part, result.predictions, strict=True):
+            rows[position] = ResultRow(
+                path=paths[position],
+                predictions=tuple(
+                    Prediction(label=p.label, index=int(p.index), score=float(p.score)) for p in predictions
+                ),
+            )
+
+    def _classify_batch(self, paths: list[str]) -> list[ResultRow]:
+        rows: dict[int, ResultRow] = {}
+        readable: list[tuple[int, bytes]] = []
+        for position, relative in enumerate(paths):
+            try:
+                with open(os.path.join(self.root, relative), "rb") as handle:
+                    readable.append((position, handle.read()))
+            except OSError as error:
+                rows[position] = ResultRow(
+                    path=relative, error=f"cannot read file: {error.strerror or error}"
+                )
+        for part in _split_by_size(readable, MAX_REQUEST_BYTES):
+            self._classify_part(part, rows, paths)
+        return [rows[position] for position in range(len(paths))]
+
+    def classify(self, batches: Iterator[list[str]]) -> Iterator[list[ResultRow]]:
+        """Rows for each batch, in order, with up to `workers` calls in flight."""
+        if self._pool is None:
+            raise RuntimeError("RemoteEngine must be used as a context manager")
+        pending: deque[Future[list[ResultRow]]] = deque()
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < self.workers + 1:
+                paths = next(batches, None)
+                if paths is None:
+                    exhausted = True
+                    break
+                pending.append(self._pool.submit(self._classify_batch, paths))
+            if not pending:
+                return
+            yield pending.popleft().result()

@@ -1,0 +1,233 @@
+"""Dynamic batching: concurrent requests for one model version merged into one ONNX Runtime call.
+
+A request waits at most `max_queue_delay` after the oldest waiting request arrived, or until
+`max_batch_size` images are waiting. One batch runs at a time per model version, in a thread of the
+executor, so the event loop keeps accepting (and queueing) while ONNX Runtime computes: under load the
+next batch fills up during the current one, which is what makes batching adaptive. The queue is bounded
+in images (overflow → QueueFullError); a request whose deadline has passed, or whose caller went away,
+is dropped before it is computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from cnnserve.serving.errors import DeadlineExpiredError, QueueFullError, ShuttingDownError
+
+LOG = logging.getLogger(__name__)
+
+
+class BatchObserver(Protocol):
+    """Receives what each batch did (metrics); called on the event loop."""
+
+    def observe_batch(self, size: int, queue_seconds: Sequence[float], compute_seconds: float) -> None: ...
+
+    def observe_dropped(self, count: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    max_batch_size: int
+    max_queue_delay_s: float
+    max_queue_images: int
+    enabled: bool = True  # False: every request runs alone (no merging), as soon as it arrives
+
+
+@dataclass(eq=False)
+class _Waiting:
+    batch: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    deadline: float | None  # event-loop time
+    enqueued: float  # event-loop time
+
+
+class DynamicBatcher:
+    """Merges concurrent `submit` calls into batches run by `run(batch) -> results` (row i ↔ image i)."""
+
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        settings: BatchSettings,
+        executor: Executor,
+        observer: BatchObserver | None = None,
+        name: str = "",
+    ) -> None:
+        if settings.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, not {settings.max_batch_size}")
+        self.run = run
+        self.settings = settings
+        self.executor = executor
+        self.observer = observer
+        self.name = name
+        self._waiting: deque[_Waiting] = deque()
+        self._waiting_images = 0
+        self._inflight_images = 0  # images of unmerged (batching off) calls being computed
+        self._wake: asyncio.Future[None] | None = None  # resolved to wake the batch loop
+        self._filling = False  # the loop waits for a batch to fill (only a full batch wakes it early)
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def queued_images(self) -> int:
+        return self._waiting_images + self._inflight_images
+
+    async def submit(self, batch: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """Results for a (N, ...) batch, computed together with whatever else is waiting.
+
+        `deadline` is in `loop.time()` seconds; past it the request is dropped with DeadlineExpiredError.
+        """
+        if self._closed:
+            raise ShuttingDownError(f"model {self.name} is being unloaded")
+        count = len(batch)
+        limit = self.settings.max_batch_size
+        if count > limit:
+            parts = [batch[start : start + limit] for start in range(0, count, limit)]
+            self._check_room(count)
+            results = await asyncio.gather(*(self.submit(part, deadline) for part in parts))
+            return np.concatenate(results)
+        self._check_room(count)
+        loop = asyncio.get_running_loop()
+        if not self.settings.enabled:
+            return await self._run_alone(loop, batch)
+        waiting = _Waiting(batch, loop.create_future(), deadline, loop.time())
+        self._waiting.append(waiting)
+        self._waiting_images += count
+        if self._task is None:
+            self._task = loop.create_task(self._batch_loop(), name=f"batcher-{self.name}")
+        self._notify()
+        return await waiting.future  # a cancelled caller cancels the future; the loop skips it
+
+    def _check_room(self, count: int) -> None:
+        if self.queued_images + count > self.settings.max_queue_images:
+            raise QueueFullError(
+                f"the batch queue of {self.name} is full ({self.queued_images} images waiting, "
+                f"limit {self.settings.max_queue_images}); retry later"
+            )
+
+    async def _run_alone(self, loop: asyncio.AbstractEventLoop, batch: np.ndarray) -> np.ndarray:
+        self._inflight_images += len(batch)
+        try:
+            start = time.perf_counter()
+            result = await loop.run_in_executor(self.executor, self.run, batch)
+            if self.observer is not None:
+                self.observer.observe_batch(len(batch), (0.0,), time.perf_counter() - start)
+            return result
+        finally:
+            self._inflight_images -= len(batch)
+
+    def _notify(self) -> None:
+        """Wake the batch loop if it waits for a first request, or for a batch that is now full."""
+        wake = self._wake
+        if wake is None or wake.done():
+            return
+        if self._filling and self._waiting_images < self.settings.max_batch_size and not self._closed:
+            return  # the fill timer will wake it; waking per request costs more than it gains
+        wake.set_result(None)
+
+    async def _sleep(self, loop: asyncio.AbstractEventLoop, until: float | None) -> None:
+        wake: asyncio.Future[None] = loop.create_future()
+        self._wake = wake
+        timer = None if until is None else loop.call_at(until, _resolve, wake)
+        try:
+            await wake
+        finally:
+            self._wake = None
+            if timer is not None:
+                timer.cancel()
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._waiting:
+                if self._closed:
+                    return
+                self._filling = False
+                await self._sleep(loop, None)
+            fill_until = self._waiting[0].enqueued + self.settings.max_queue_delay_s
+            full = self._waiting_images >= self.settings.max_batch_size
+            if not full and not self._closed and loop.time() < fill_until:
+                self._filling = True
+                await self._sleep(loop, fill_until)
+                self._filling = False
+            taken = self._take(loop.time())
+            if taken:
+                await self._run_batch(loop, taken)
+
+    def _take(self, now: float) -> list[_Waiting]:
+        """Pop waiting requests up to max_batch_size images, dropping cancelled and expired ones."""
+        taken: list[_Waiting] = []
+        images = 0
+        dropped = 0
+        while self._waiting:
+            head = self._waiting[0]
+            count = len(head.batch)
+            if head.future.done():  # the caller cancelled or timed out
+                self._pop(count)
+                dropped += 1
+                continue
+            if head.deadline is not None and head.deadline <= now:
+                self._pop(count)
+                head.future.set_exception(
+                    DeadlineExpiredError(f"deadline passed after {now - head.enqueued:.3f} s in the queue")
+                )
+                dropped += 1
+                continue
+            if images + count > self.settings.max_batch_size:
+                break
+            self._pop(count)
+            taken.append(head)
+            images += count
+        if dropped and self.observer is not None:
+            self.observer.observe_dropped(dropped)
+        return taken
+
+    def _pop(self, count: int) -> None:
+        self._waiting.popleft()
+        self._waiting_images -= count
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, taken: list[_Waiting]) -> None:
+        batch = taken[0].batch if len(taken) == 1 else np.concatenate([w.batch for w in taken])
+        started = loop.time()
+        self._inflight_images += len(batch)
+        try:
+            start = time.perf_counter()
+            results = await loop.run_in_executor(self.executor, self.run, batch)
+            compute = time.perf_counter() - start
+        except Exception as error:  # the model failed on this batch: every caller in it hears why
+            LOG.exception("batch of %d images for %s failed", len(batch), self.name)
+            for waiting in taken:
+                if not waiting.future.done():
+                    waiting.future.set_exception(error)
+            return
+        finally:
+            self._inflight_images -= len(batch)
+        offset = 0
+        for waiting in taken:
+            count = len(waiting.batch)
+            if not waiting.future.done():
+                waiting.future.set_result(results[offset : offset + count])
+            offset += count
+        if self.observer is not None:
+            self.observer.observe_batch(len(batch), [started - w.enqueued for w in taken], compute)
+
+    async def close(self) -> None:
+        """Stop taking requests; those already waiting are still computed and answered (drain)."""
+        self._closed = True
+        if self._task is not None:
+            self._notify()
+            await self._task
+            self._task = None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,197 @@
+"""A typed Python client of the cnnserve gRPC service.
+
+    with CnnserveClient("localhost:8500") as client:
+        result = client.classify([png_bytes], model="mnist_cnn", top_k=3)
+        result.predictions[0][0].label
+
+Errors come back as `ServerError` carrying the gRPC status code and the server's message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cnnserve.protos import inference_pb2, inference_pb2_grpc
+from cnnserve.serving import wire
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+ImageLike = bytes | np.ndarray | Path
+
+
+class ServerError(Exception):
+    """The server answered with an error status: `code` (grpc.StatusCode) and `message`."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    score: float
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    model: str
+    version: int
+    predictions: list[list[Prediction]]  # per image, best first
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    layer: str
+    values: np.ndarray  # float32 [images, ...layer dims]
+    mosaic_png: bytes
+
+
+@dataclass(frozen=True)
+class ActivationsResult:
+    model: str
+    version: int
+    layers: dict[str, LayerActivations]
+
+
+def _image(image: ImageLike) -> inference_pb2.Image:
+    if isinstance(image, Path):
+        return inference_pb2.Image(encoded=image.read_bytes())
+    return wire.image_proto(image)
+
+
+class CnnserveClient:
+    """A channel to one server; every call raises ServerError on an error status."""
+
+    def __init__(
+        self,
+        address: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def __enter__(self) -> CnnserveClient:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method: grpc.UnaryUnaryMultiCallable, request: object, timeout: float | None) -> object:
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as error:
+            raise ServerError(error.code(), error.details() or "") from None  # type: ignore[attr-defined]
+
+    def classify(
+        self,
+        images: Sequence[ImageLike],
+        model: str,
+        top_k: int = 1,
+        version: int = 0,
+        timeout: float | None = None,
+    ) -> ClassifyResult:
+        """The top_k classes of each image (encoded bytes, a file path, or a preprocessed float32 array)."""
+        request = inference_pb2.ClassifyRequest(
+            model=model, version=version, top_k=top_k, images=[_image(i) for i in images]
+        )
+        response = self._call(self.stub.Classify, request, timeout)
+        assert isinstance(response, inference_pb2.ClassifyResponse)
+        return ClassifyResult(
+            model=response.model,
+            version=response.version,
+            predictions=[
+                [Prediction(p.label, p.index, p.score) for p in result.predictions]
+                for result in response.results
+            ],
+        )
+
+    def activations(
+        self,
+        images: Sequence[ImageLike],
+        model: str,
+        layers: Sequence[str] = (),
+        version: int = 0,
+        mosaic: bool = False,
+        timeout: float | None = None,
+    ) -> ActivationsResult:
+        """Layer activations (empty `layers` = every activation layer), optionally with PNG mosaics."""
+        request = inference_pb2.ActivationsRequest(
+            model=model,
+            version=version,
+            layers=list(layers),
+            mosaic=mosaic,
+            images=[_image(i) for i in images],
+        )
+        response = self._call(self.stub.GetActivations, request, timeout)
+        assert isinstance(response, inference_pb2.ActivationsResponse)
+        return ActivationsResult(
+            model=response.model,
+            version=response.version,
+            layers={
+                layer.layer: LayerActivations(
+                    layer.layer, wire.tensor_array(layer.activations), layer.mosaic_png
+                )
+                for layer in response.layers
+            },
+        )
+
+    def list_models(self, timeout: float | None = None) -> inference_pb2.ListModelsResponse:
+        response = self._call(self.stub.ListModels, inference_pb2.ListModelsRequest(), timeout)
+        assert isinstance(response, inference_pb2.ListModelsResponse)
+        return response
+
+    def metadata(
+        self, model: str, version: int = 0, timeout: float | None = None
+    ) -> inference_pb2.ModelMetadataResponse:
+        request = inference_pb2.ModelMetadataRequest(model=model, version=version)
+        response = self._call(self.stub.GetModelMetadata, request, timeout)
+        assert isinstance(response, inference_pb2.ModelMetadataResponse)
+        return response
+
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        """The health status name of the server ("") or of one model: SERVING, NOT_SERVING, ..."""
+        response = self._call(self.health_stub.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        assert isinstance(response, health_pb2.HealthCheckResponse)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_until_serving(self, service: str = "", timeout: float = 30.0) -> None:
+        """Block until the health check answers SERVING (the server is up and a model is loaded)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                last = self.health(service, timeout=1.0)
+                if last == "SERVING":
+                    return
+            except ServerError as error:
+                last = str(error)
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.address} did not become SERVING within {timeout} s (last: {last})")

@@ -1,0 +1,220 @@
+"""The serving core's operations: request images → input batch → batcher/session → per-image answers.
+
+No gRPC here: the servicer turns protos into these calls (images as encoded bytes, `RawTensor`s or
+arrays) and the batch job or a test can call them directly. Every invalid input raises
+InvalidRequestError naming the image index. Decoding a big request runs in the executor, where Pillow
+and numpy release the GIL, so the event loop keeps accepting; a tiny request is decoded inline, where a
+thread hop would cost more than the decode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from cnnserve.protos import model_config_pb2
+from cnnserve.serving.errors import InvalidRequestError, LayerNotFoundError
+from cnnserve.serving.preprocessing import (
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    PreprocessSpec,
+    preprocess_encoded,
+)
+from cnnserve.serving.registry import LoadedModel, ModelRegistry
+from cnnserve.serving.runtime import top_k as best_k
+
+DEFAULT_MAX_IMAGES = 256
+# A request whose encoded images total fewer bytes than this is decoded on the event loop.
+INLINE_DECODE_BYTES = 8_192
+
+NUMPY_DTYPES: dict[int, np.dtype] = {
+    model_config_pb2.TYPE_FP32: np.dtype("<f4"),
+    model_config_pb2.TYPE_FP16: np.dtype("<f2"),
+    model_config_pb2.TYPE_UINT8: np.dtype("u1"),
+    model_config_pb2.TYPE_INT32: np.dtype("<i4"),
+    model_config_pb2.TYPE_INT64: np.dtype("<i8"),
+}
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_images: int = DEFAULT_MAX_IMAGES  # images per request
+    max_pixels: int = DEFAULT_MAX_PIXELS  # pixels per image, checked from the header before decoding
+
+
+@dataclass(frozen=True)
+class RawTensor:
+    """An already preprocessed image as it came off the wire: dtype, shape, little-endian C-order bytes."""
+
+    data_type: int  # model_config_pb2.DataType
+    shape: tuple[int, ...]
+    data: bytes
+
+
+ImageInput = bytes | RawTensor | np.ndarray
+
+
+@dataclass(frozen=True)
+class ServingCore:
+    """What every RPC handler works with: the live models, the thread pool for blocking work, the limits."""
+
+    registry: ModelRegistry
+    executor: Executor
+    limits: RequestLimits
+
+
+def _dtype_name(data_type: int) -> str:
+    try:
+        return model_config_pb2.DataType.Name(data_type)
+    except ValueError:
+        return str(data_type)
+
+
+def tensor_array(tensor: RawTensor, spec: PreprocessSpec, index: int) -> np.ndarray:
+    """A zero-copy float32 view of a raw tensor, after checking dtype, shape and byte length."""
+    if tensor.data_type != model_config_pb2.TYPE_FP32:
+        raise InvalidRequestError(
+            f"image {index}: tensor has data type {_dtype_name(tensor.data_type)}, the model takes TYPE_FP32",
+            index,
+        )
+    if tensor.shape != spec.input_dims:
+        raise InvalidRequestError(
+            f"image {index}: tensor has shape {list(tensor.shape)}, the model takes {list(spec.input_dims)}",
+            index,
+        )
+    expected = int(np.prod(spec.input_dims)) * 4
+    if len(tensor.data) != expected:
+        raise InvalidRequestError(
+            f"image {index}: tensor holds {len(tensor.data)} bytes, shape {list(tensor.shape)} of "
+            f"TYPE_FP32 needs {expected}",
+            index,
+        )
+    return np.frombuffer(tensor.data, dtype="<f4").reshape(spec.input_dims)
+
+
+def image_array(image: ImageInput, spec: PreprocessSpec, index: int, max_pixels: int) -> np.ndarray:
+    """One request image as the model's float32 input (without the batch dimension)."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        try:
+            return preprocess_encoded(bytes(image), spec, max_pixels)
+        except ImageDecodeError as error:
+            raise InvalidRequestError(f"image {index}: {error}", index) from error
+    if isinstance(image, RawTensor):
+        return tensor_array(image, spec, index)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.float32 or image.shape != spec.input_dims:
+            raise InvalidRequestError(
+                f"image {index}: array of {image.dtype} {list(image.shape)}, the model takes float32 "
+                f"{list(spec.input_dims)}",
+                index,
+            )
+        return image
+    raise InvalidRequestError(f"image {index}: no image content (neither encoded bytes nor a tensor)", index)
+
+
+def check_count(images: Sequence[ImageInput], limits: RequestLimits) -> None:
+    if not images:
+        raise InvalidRequestError("the request holds no image")
+    if len(images) > limits.max_images:
+        raise InvalidRequestError(
+            f"the request holds {len(images)} images, more than the limit of {limits.max_images} per request"
+        )
+
+
+def build_batch(images: Sequence[ImageInput], spec: PreprocessSpec, limits: RequestLimits) -> np.ndarray:
+    """Decode/validate every image into one (N, *input_dims) float32 batch."""
+    check_count(images, limits)
+    if len(images) == 1:
+        return image_array(images[0], spec, 0, limits.max_pixels)[np.newaxis]
+    batch = np.empty((len(images), *spec.input_dims), dtype=np.float32)
+    for index, image in enumerate(images):
+        batch[index] = image_array(image, spec, index, limits.max_pixels)
+    return batch
+
+
+async def prepare_batch(
+    images: Sequence[ImageInput], spec: PreprocessSpec, limits: RequestLimits, executor: Executor
+) -> np.ndarray:
+    """build_batch, in the executor unless the request is tiny."""
+    check_count(images, limits)
+    encoded = sum(len(image) for image in images if isinstance(image, bytes))
+    if encoded <= INLINE_DECODE_BYTES:
+        return build_batch(images, spec, limits)
+    return await asyncio.get_running_loop().run_in_executor(executor, build_batch, images, spec, limits)
+
+
+def check_top_k(top_k: int, num_classes: int) -> int:
+    """top_k 0 means 1; otherwise it must be between 1 and the number of classes."""
+    if top_k == 0:
+        return 1
+    if not 1 <= top_k <= num_classes:
+        raise InvalidRequestError(
+            f"top_k must be between 1 and {num_classes} (the model's classes), not {top_k}"
+        )
+    return top_k
+
+
+def num_classes(model: LoadedModel) -> int:
+    config = model.model.config
+    if config.num_classes:
+        return config.num_classes
+    if model.labels:
+        return len(model.labels)
+    return 2 if config.output_kind == model_config_pb2.SIGMOID else int(np.prod(config.output.dims))
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Per image, the k best classes: indices and probabilities, best first."""
+
+    indices: np.ndarray  # (N, k) int
+    scores: np.ndarray  # (N, k) float32
+
+
+async def classify(
+    model: LoadedModel,
+    images: Sequence[ImageInput],
+    top_k: int,
+    limits: RequestLimits,
+    executor: Executor,
+    deadline: float | None = None,
+) -> TopK:
+    """Classify a request's images through the model's dynamic batcher; `deadline` is loop time."""
+    k = check_top_k(top_k, num_classes(model))
+    batch = await prepare_batch(images, model.spec, limits, executor)
+    probs = await model.batcher.submit(batch, deadline)
+    indices, scores = best_k(probs, k)
+    return TopK(indices, scores)
+
+
+def check_layers(model: LoadedModel, layers: Sequence[str]) -> list[str]:
+    """The requested activation layers (empty = all of them), validated."""
+    available = list(model.runtime.activation_outputs)
+    if not layers:
+        return available
+    for layer in layers:
+        if layer not in model.runtime.activation_outputs:
+            raise LayerNotFoundError(
+                f"model {model.name!r} version {model.version} has no activation layer {layer!r}; "
+                f"activation layers: {', '.join(available) or 'none'}"
+            )
+    return list(dict.fromkeys(layers))
+
+
+async def activations(
+    model: LoadedModel,
+    images: Sequence[ImageInput],
+    layers: Sequence[str],
+    limits: RequestLimits,
+    executor: Executor,
+) -> dict[str, np.ndarray]:
+    """The named layers' activations (float32, [images, ...]) for a request's images."""
+    names = check_layers(model, layers)
+    batch = await prepare_batch(images, model.spec, limits, executor)
+    loop = asyncio.get_running_loop()
+    outputs = await loop.run_in_executor(executor, model.runtime.activations, batch, names)
+    return {name: np.asarray(value, dtype=np.float32) for name, value in outputs.items()}

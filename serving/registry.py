@@ -1,0 +1,350 @@
+"""The live set of loaded model versions, kept in step with the repository by polling.
+
+Each live version gets one ONNX Runtime session (warmed up) and one dynamic batcher. A poll loads new
+versions the config's version policy makes live and unloads versions that left it; a new version that
+fails to load is reported (state UNAVAILABLE with the reason) while the versions already loaded keep
+serving; a model whose config is corrupt is unavailable with the reason and every other model serves.
+Loading runs in a worker thread so the event loop keeps answering meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cnnserve.serving import repository
+from cnnserve.serving.batcher import BatchObserver, BatchSettings, DynamicBatcher
+from cnnserve.serving.errors import ModelUnavailableError
+from cnnserve.serving.preprocessing import PreprocessSpec
+from cnnserve.serving.repository import ModelNotFoundError, ModelVersion, RepositoryError
+from cnnserve.serving.runtime import ModelLoadError, ModelRuntime, SessionOptions
+
+LOG = logging.getLogger(__name__)
+
+AVAILABLE = "AVAILABLE"
+LOADING = "LOADING"
+UNAVAILABLE = "UNAVAILABLE"
+
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_QUEUE_DELAY_US = 500
+DEFAULT_QUEUE_BATCHES = 16  # queue bound when the config sets none: this many full batches
+
+
+@dataclass(frozen=True)
+class BatchOverrides:
+    """Server-wide overrides of each config's batching settings (None = the config's value)."""
+
+    max_batch_size: int | None = None
+    max_queue_delay_us: int | None = None
+    max_queue_size: int | None = None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One serving model version: its repository record, session, batcher and preprocessing."""
+
+    model: ModelVersion
+    runtime: ModelRuntime
+    batcher: DynamicBatcher
+    spec: PreprocessSpec
+    fingerprint: tuple[object, ...] = field(compare=False, default=())
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def version(self) -> int:
+        return self.model.version
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.model.labels
+
+
+def batch_settings(model: ModelVersion, overrides: BatchOverrides) -> BatchSettings:
+    config = model.config
+    max_batch = overrides.max_batch_size or config.max_batch_size or DEFAULT_MAX_BATCH_SIZE
+    delay_us = overrides.max_queue_delay_us
+    if delay_us is None:
+        delay_us = config.dynamic_batching.max_queue_delay_microseconds or DEFAULT_QUEUE_DELAY_US
+    queue = overrides.max_queue_size or config.dynamic_batching.max_queue_size
+    return BatchSettings(
+        max_batch_size=max_batch,
+        max_queue_delay_s=delay_us / 1e6,
+        max_queue_images=queue or DEFAULT_QUEUE_BATCHES * max_batch,
+        enabled=overrides.enabled,
+    )
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, -1)
+    return (st.st_mtime_ns, st.st_size)
+
+
+@dataclass
+class _ModelState:
+    loaded: dict[int, LoadedModel] = field(default_factory=dict)
+    failed: dict[int, tuple[tuple[object, ...], str]] = field(default_factory=dict)  # fingerprint, reason
+    error: str = ""  # why the whole model is unavailable (bad config, no version)
+
+
+class ModelRegistry:
+    """Loads, serves and hot-swaps the repository's models. Use `get(name, version)` to serve."""
+
+    def __init__(
+        self,
+        repo: Path,
+        executor: Executor,
+        session_options: SessionOptions | None = None,
+        overrides: BatchOverrides | None = None,
+        observer_for: Callable[[str], BatchObserver] | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.repo = Path(repo)
+        self.executor = executor
+        self.session_options = session_options or SessionOptions()
+        self.overrides = overrides or BatchOverrides()
+        self.observer_for = observer_for
+        self.on_change = on_change
+        self._models: dict[str, _ModelState] = {}
+        self._repo_error = ""
+        self._lock = asyncio.Lock()
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    def get(self, name: str, version: int = 0) -> LoadedModel:
+        """The loaded model version (0 = the newest live one); NOT_FOUND / UNAVAILABLE errors say why."""
+        state = self._models.get(name)
+        if state is None:
+            raise ModelNotFoundError(
+                f"unknown model {name!r}; available models: {', '.join(self.available_models()) or 'none'}"
+            )
+        if version == 0:
+            if state.loaded:
+                return state.loaded[max(state.loaded)]
+            raise ModelUnavailableError(f"model {name!r} is unavailable: {self._model_reason(name, state)}")
+        loaded = state.loaded.get(version)
+        if loaded is not None:
+            return loaded
+        if version in state.failed:
+            raise ModelUnavailableError(
+                f"model {name!r} version {version} is unavailable: {state.failed[version][1]}"
+            )
+        raise ModelNotFoundError(
+            f"model {name!r} has no version {version}; available versions: "
+            f"{', '.join(map(str, sorted(state.loaded))) or 'none'}"
+        )
+
+    @property
+    def known(self) -> Mapping[str, object]:
+        """The model names in the repository (loaded or not), for cheap membership tests."""
+        return self._models
+
+    def available_models(self) -> list[str]:
+        return sorted(name for name, state in self._models.items() if state.loaded)
+
+    def model_names(self) -> list[str]:
+        return sorted(self._models)
+
+    def statuses(self) -> dict[str, list[VersionStatus]]:
+        """Every known model's versions: loaded ones AVAILABLE, failed ones UNAVAILABLE with the reason."""
+        result: dict[str, list[VersionStatus]] = {}
+        for name in sorted(self._models):
+            state = self._models[name]
+            versions = {v: VersionStatus(v, AVAILABLE) for v in state.loaded}
+            for version, (_, reason) in state.failed.items():
+                versions.setdefault(version, VersionStatus(version, UNAVAILABLE, reason))
+            if not versions and state.error:
+                versions[0] = VersionStatus(0, UNAVAILABLE, state.error)
+            result[name] = [versions[v] for v in sorted(versions)]
+        return result
+
+    @property
+    def repository_error(self) -> str:
+        return self._repo_error
+
+    def _model_reason(self, name: str, state: _ModelState) -> str:
+        if state.error:
+            return state.error
+        if state.failed:
+            return "; ".join(f"version {v}: {reason}" for v, (_, reason) in sorted(state.failed.items()))
+        return "no version is loaded"
+
+    # -- polling ---------------------------------------------------------------------------------
+
+    async def poll(self) -> None:
+        """Bring the loaded set in step with the repository once."""
+        async with self._lock:
+            try:
+                names = repository.list_models(self.repo)
+                if self._repo_error:
+                    LOG.info("model repository %s is readable again", self.repo)
+                self._repo_error = ""
+            except RepositoryError as error:
+                if str(error) != self._repo_error:
+                    LOG.error("%s; serving nothing until it appears (polling)", error)
+                self._repo_error = str(error)
+                names = []
+            if not names and not self._repo_error and self._models:
+                LOG.warning("model repository %s is empty", self.repo)
+            elif not names and not self._repo_error and not self._models:
+                LOG.debug("model repository %s is empty", self.repo)
+            for name in [n for n in self._models if n not in names]:
+                LOG.info("model %s left the repository; unloading it", name)
+                state = self._models.pop(name)
+                await self._unload_all(state.loaded.values())
+                self._changed()
+            for name in names:
+                await self._poll_model(name)
+
+    async def run_polling(self, interval_s: float, stop: asyncio.Event) -> None:
+        """Poll every `interval_s` seconds until `stop` is set (interval <= 0: never)."""
+        if interval_s <= 0:
+            return
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval_s)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.poll()
+            except Exception:  # a poll must never take the server down
+                LOG.exception("polling the model repository %s failed", self.repo)
+
+    async def _poll_model(self, name: str) -> None:
+        state = self._models.setdefault(name, _ModelState())
+        model_dir = self.repo / name
+        try:
+            config = repository.read_model_config(model_dir)
+            labels = repository.read_labels(model_dir, config)
+        except RepositoryError as error:
+            if str(error) != state.error:
+                LOG.error("model %s is unavailable: %s%s", name, error, self._keeping(state))
+                state.error = str(error)
+                self._changed()
+            return
+        if state.error:
+            LOG.info("model %s: configuration readable again", name)
+            state.error = ""
+        versions = repository.list_versions(model_dir)
+        wanted = repository.live_versions(config, versions)
+        if not wanted:
+            if state.error != f"no version folder in {model_dir}":
+                state.error = f"no version folder in {model_dir}"
+                LOG.warning("model %s has %s%s", name, state.error, self._keeping(state))
+            return
+        config_print = (_stat(model_dir / repository.CONFIG_FILENAME), labels)
+        all_loaded = True
+        for version in wanted:
+            fingerprint = (*config_print, *self._version_files(model_dir / str(version)))
+            current = state.loaded.get(version)
+            if current is not None and current.fingerprint == fingerprint:
+                continue
+            failed = state.failed.get(version)
+            if failed is not None and failed[0] == fingerprint:
+                all_loaded = False
+                continue
+            loaded = await self._load(name, version, fingerprint, state)
+            if loaded is None:
+                all_loaded = False
+                continue
+            old = state.loaded.get(version)
+            state.loaded = {**state.loaded, version: loaded}
+            state.failed.pop(version, None)
+            if old is not None:
+                await self._unload_all([old])
+            self._changed()
+        for version in list(state.failed):
+            if version not in wanted:
+                state.failed.pop(version)
+        if all_loaded:
+            retired = [v for v in state.loaded if v not in wanted]
+            if retired:
+                LOG.info("model %s: retiring version(s) %s (version policy)", name, retired)
+                old = [state.loaded[v] for v in retired]
+                state.loaded = {v: m for v, m in state.loaded.items() if v in wanted}
+                await self._unload_all(old)
+                self._changed()
+
+    @staticmethod
+    def _keeping(state: _ModelState) -> str:
+        if state.loaded:
+            return f"; still serving version(s) {sorted(state.loaded)}"
+        return ""
+
+    @staticmethod
+    def _version_files(version_dir: Path) -> tuple[object, ...]:
+        return tuple(_stat(p) for p in sorted(version_dir.glob("*")) if p.is_file())
+
+    async def _load(
+        self, name: str, version: int, fingerprint: tuple[object, ...], state: _ModelState
+    ) -> LoadedModel | None:
+        LOG.info("loading model %s version %d", name, version)
+        try:
+            loaded = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._load_blocking, name, version, fingerprint
+            )
+        except (RepositoryError, ModelLoadError, ValueError, OSError) as error:
+            reason = str(error)
+            LOG.error("model %s version %d failed to load: %s%s", name, version, reason, self._keeping(state))
+            state.failed[version] = (fingerprint, reason)
+            self._changed()
+            return None
+        LOG.info(
+            "model %s version %d is AVAILABLE on %s (max batch %d, queue delay %.0f us)",
+            name,
+            version,
+            ", ".join(loaded.runtime.providers),
+            loaded.batcher.settings.max_batch_size,
+            loaded.batcher.settings.max_queue_delay_s * 1e6,
+        )
+        return loaded
+
+    def _load_blocking(self, name: str, version: int, fingerprint: tuple[object, ...]) -> LoadedModel:
+        model = repository.open_model_version(self.repo, name, version)
+        spec = PreprocessSpec.from_model_config(model.config)
+        runtime = ModelRuntime(model, self.session_options)
+        seconds = runtime.warm_up()
+        LOG.debug("warmed up %s version %d in %.3f s", name, version, seconds)
+        observer = self.observer_for(name) if self.observer_for is not None else None
+        batcher = DynamicBatcher(
+            runtime.classify,
+            batch_settings(model, self.overrides),
+            self.executor,
+            observer=observer,
+            name=f"{name}:{version}",
+        )
+        return LoadedModel(model, runtime, batcher, spec, fingerprint)
+
+    async def _unload_all(self, models: Iterable[LoadedModel]) -> None:
+        for loaded in list(models):
+            await loaded.batcher.close()
+            LOG.info("unloaded model %s version %d", loaded.name, loaded.version)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    async def close(self) -> None:
+        """Unload everything (waiting requests are still answered first)."""
+        async with self._lock:
+            for state in self._models.values():
+                await self._unload_all(state.loaded.values())
+            self._models = {}

@@ -1,0 +1,206 @@
+"""One serving process: the asyncio gRPC server, health, reflection, repository polling, graceful stop.
+
+`InferenceServer` is what the tests start in-process; `run_server` is one worker of `cnnserve serve`
+(the supervisor in `supervisor.py` runs several, all bound to the same port with SO_REUSEPORT).
+Shutdown: health flips to NOT_SERVING, new calls are refused with UNAVAILABLE, calls in flight finish
+(up to the grace period), then the batchers drain and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from cnnserve.protos import inference_pb2, inference_pb2_grpc
+from cnnserve.serving.inference import RequestLimits, ServingCore
+from cnnserve.serving.metrics import ServingMetrics, multiprocess_dir
+from cnnserve.serving.registry import BatchOverrides, ModelRegistry
+from cnnserve.serving.runtime import SessionOptions
+from cnnserve.serving.servicer import EchoServicer, InferenceServicer
+from cnnserve.serving.settings import ServerSettings
+
+LOG = logging.getLogger(__name__)
+
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# After the calls in flight finished: how long streams such as health Watch may linger before cancelling.
+STOP_GRACE_SECONDS = 0.5
+
+
+def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 1),
+    ]
+
+
+class InferenceServer:
+    """The gRPC server of one process over one model repository."""
+
+    def __init__(self, settings: ServerSettings, cpu_count: int | None = None) -> None:
+        self.settings = settings
+        self.metrics = ServingMetrics()
+        threads = settings.intra_op_threads(cpu_count)
+        # ONNX Runtime runs one batch per model at a time; the other threads decode big requests.
+        self.executor = ThreadPoolExecutor(max_workers=threads + 2, thread_name_prefix="cnnserve")
+        self.registry = ModelRegistry(
+            settings.repo,
+            self.executor,
+            SessionOptions(device=settings.device, intra_op_threads=threads, allow_spinning=False),
+            BatchOverrides(
+                settings.max_batch_size,
+                settings.max_queue_delay_us,
+                settings.max_queue_size,
+                settings.batching,
+            ),
+            observer_for=self.metrics.for_model,
+        )
+        self.core = ServingCore(
+            self.registry, self.executor, RequestLimits(settings.max_images, settings.max_pixels)
+        )
+        self.servicer: InferenceServicer | EchoServicer = (
+            EchoServicer() if settings.echo else InferenceServicer(self.core, self.metrics)
+        )
+        self.health = HealthServicer()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._stop_polling = asyncio.Event()
+        self._polling: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._health_names: set[str] = set()
+
+    async def start(self) -> int:
+        """Bind, start answering (health NOT_SERVING until a model loads), load the repository; the port."""
+        server = grpc.aio.server(options=grpc_options(self.settings))
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        address = f"{self.settings.host}:{self.settings.port}"
+        self.port = server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC port {address}")
+        await self._set_health("", NOT_SERVING)
+        await server.start()
+        self._server = server
+        LOG.info("gRPC server listening on %s:%d", self.settings.host, self.port)
+        if self.settings.echo:
+            await self._set_health("", SERVING)
+            await self._set_health(SERVICE_NAME, SERVING)
+            return self.port
+        await self.poll()
+        self._polling = asyncio.get_running_loop().create_task(self._poll_loop())
+        return self.port
+
+    async def poll(self) -> None:
+        """Poll the repository once and bring health in step."""
+        await self.registry.poll()
+        await self._update_health()
+
+    async def _poll_loop(self) -> None:
+        interval = self.settings.poll_interval
+        if interval <= 0:
+            return
+        while not self._stop_polling.is_set():
+            try:
+                await asyncio.wait_for(self._stop_polling.wait(), interval)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self.poll()
+            except Exception:  # a failed poll must not take the server down
+                LOG.exception("polling the model repository %s failed", self.settings.repo)
+
+    async def _set_health(self, service: str, status: int) -> None:
+        await self.health.set(service, status)
+
+    async def _update_health(self) -> None:
+        if self._stopping:
+            return
+        available = set(self.registry.available_models())
+        names = set(self.registry.model_names()) | self._health_names
+        for name in names:
+            await self._set_health(name, SERVING if name in available else NOT_SERVING)
+        self._health_names = names
+        overall = SERVING if available else NOT_SERVING
+        await self._set_health("", overall)
+        await self._set_health(SERVICE_NAME, overall)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: NOT_SERVING, refuse new calls, let calls in flight finish, unload."""
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.settings.grace_seconds if grace is None else grace
+        LOG.info("shutting down: refusing new calls, waiting up to %.0f s for calls in flight", grace)
+        await self.health.enter_graceful_shutdown()
+        self._stop_polling.set()
+        # The transport stays up while the calls in flight finish, so a new call gets a clean UNAVAILABLE
+        # from the servicer rather than a connection torn down under it.
+        await self.servicer.drain(grace)
+        if self._polling is not None:
+            await self._polling
+        if self._server is not None:
+            await self._server.stop(STOP_GRACE_SECONDS)
+        await self.registry.close()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        LOG.info("server stopped")
+
+
+def _start_metrics_http(settings: ServerSettings, server: InferenceServer) -> None:
+    if settings.metrics_port is None or multiprocess_dir() is not None:
+        return  # none wanted, or the supervisor serves every worker's metrics
+    from prometheus_client import start_http_server
+
+    http, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=server.metrics.registry)
+    LOG.info("Prometheus metrics on http://%s:%d/metrics", settings.host, http.server_port)
+
+
+async def serve(settings: ServerSettings, ready: Callable[[int], None] | None = None) -> int:
+    """Run one server until SIGTERM or SIGINT, then stop gracefully; the exit code (0)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    server = InferenceServer(settings)
+    try:
+        port = await server.start()
+    except Exception:
+        await server.stop(0)
+        raise
+    _start_metrics_http(settings, server)
+    if settings.port_file is not None:
+        write_port_file(settings.port_file, port)
+    if ready is not None:
+        ready(port)
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+def write_port_file(path: Path, port: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{port}\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def run_server(settings: ServerSettings, ready: Callable[[int], None] | None = None) -> int:
+    return asyncio.run(serve(settings, ready))

@@ -1,0 +1,143 @@
+"""The server's settings, from command-line flags with `CNNSERVE_*` environment variables as defaults.
+
+Standard library only: `cnnserve serve` parses and validates these before importing gRPC or ONNX Runtime,
+so a bad value (a non-numeric CNNSERVE_PORT, workers <= 0) fails at once with a message naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 8500
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_IMAGES = 256
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_POLL_INTERVAL = 5.0
+DEFAULT_GRACE_SECONDS = 30.0
+
+
+class SettingsError(ValueError):
+    """A flag or environment variable has an invalid value; the message names it."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    repo: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    workers: int = 1
+    threads: int = 0  # ONNX Runtime intra-op threads per worker; 0 = cores // workers
+    device: str = "auto"
+    metrics_port: int | None = None  # None = no metrics endpoint; 0 = an ephemeral port
+    poll_interval: float = DEFAULT_POLL_INTERVAL  # seconds between repository polls; 0 = never
+    max_batch_size: int | None = None  # None = each model's config
+    max_queue_delay_us: int | None = None
+    max_queue_size: int | None = None
+    batching: bool = True
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_images: int = DEFAULT_MAX_IMAGES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
+    echo: bool = False  # serve a no-work Classify: the transport benchmark
+    port_file: Path | None = None  # written with the bound port once every worker serves
+
+    def intra_op_threads(self, cpu_count: int | None = None) -> int:
+        if self.threads > 0:
+            return self.threads
+        cores = cpu_count or os.cpu_count() or 1
+        return max(1, cores // max(1, self.workers))
+
+
+def _int(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise ValueError(f"must be {bound}")
+        return value
+
+    return parse
+
+
+def _float(minimum: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _device(text: str) -> str:
+    if text not in ("auto", "cpu", "cuda"):
+        raise ValueError("must be auto, cpu or cuda")
+    return text
+
+
+# setting name → (environment variable, parser, command-line flag)
+FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "repo": ("CNNSERVE_REPO", Path, "--repo"),
+    "host": ("CNNSERVE_HOST", str, "--host"),
+    "port": ("CNNSERVE_PORT", _int(0, 65535), "--port"),
+    "workers": ("CNNSERVE_WORKERS", _int(1), "--workers"),
+    "threads": ("CNNSERVE_THREADS", _int(0), "--threads"),
+    "device": ("CNNSERVE_DEVICE", _device, "--device"),
+    "metrics_port": ("CNNSERVE_METRICS_PORT", _int(0, 65535), "--metrics-port"),
+    "poll_interval": ("CNNSERVE_POLL_INTERVAL", _float(0.0), "--poll-interval"),
+    "max_batch_size": ("CNNSERVE_MAX_BATCH_SIZE", _int(1), "--max-batch-size"),
+    "max_queue_delay_us": ("CNNSERVE_MAX_QUEUE_DELAY_US", _int(0), "--max-queue-delay-us"),
+    "max_queue_size": ("CNNSERVE_MAX_QUEUE_SIZE", _int(1), "--max-queue-size"),
+    "batching": ("CNNSERVE_BATCHING", _bool, "--batching"),
+    "max_message_bytes": ("CNNSERVE_MAX_MESSAGE_BYTES", _int(1024), "--max-message-bytes"),
+    "max_images": ("CNNSERVE_MAX_IMAGES", _int(1), "--max-images"),
+    "max_pixels": ("CNNSERVE_MAX_PIXELS", _int(1), "--max-pixels"),
+    "grace_seconds": ("CNNSERVE_GRACE_SECONDS", _float(0.0), "--grace-seconds"),
+}
+
+
+def resolve(
+    flags: Mapping[str, Any], environ: Mapping[str, str] | None = None, cpu_count: int | None = None
+) -> ServerSettings:
+    """Settings from flags (None = not given), then CNNSERVE_* variables, then defaults.
+
+    Flags are validated here too (with the flag's name in the message); a variable's bad value names the
+    variable.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name, (variable, parse, flag) in FIELDS.items():
+        given = flags.get(name)
+        if given is not None:
+            source, text = flag, str(given)
+        elif environ.get(variable, "") != "":
+            source, text = variable, environ[variable]
+        else:
+            continue
+        try:
+            values[name] = parse(text)
+        except ValueError as error:
+            reason = str(error) if "must" in str(error) else "is not a valid value"
+            raise SettingsError(f"{source}={text!r} {reason}") from None
+    if "repo" not in values:
+        raise SettingsError("no model repository: pass --repo REPO or set CNNSERVE_REPO")
+    if "workers" not in values:
+        values["workers"] = cpu_count or os.cpu_count() or 1
+    for name in ("echo", "port_file"):
+        if flags.get(name) is not None:
+            values[name] = flags[name]
+    return ServerSettings(**values)

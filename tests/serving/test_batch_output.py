@@ -1,0 +1,111 @@
+"""The batch job's result table: formats, columns, torn-line repair and resume bookkeeping."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from cnnserve.serving.batch_output import (
+    OutputError,
+    Prediction,
+    ResultRow,
+    ResultTable,
+    columns,
+    read_table,
+)
+
+ROWS = [
+    ResultRow("a/1.png", (Prediction("7", 7, 0.9), Prediction("1", 1, 0.05))),
+    ResultRow('b, with "quotes".png', (Prediction("3", 3, 0.5), Prediction("8", 8, 0.25))),
+    ResultRow("bad.jpg", error="cannot decode image:\nline two"),
+]
+
+
+def test_columns_for_top_k() -> None:
+    assert columns(1) == ["path", "label", "index", "score", "model", "version", "error"]
+    assert columns(2)[4:7] == ["label_2", "index_2", "score_2"]
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl", "out.parquet"])
+def test_each_format_round_trips_and_resumes(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    table = ResultTable(path, top_k=2, model="mnist_cnn", version=3)
+    table.write(ROWS[:2])
+    table.close(finished=False)  # a crash: Parquet keeps its journal, the others their rows
+
+    table = ResultTable(path, top_k=2, model="mnist_cnn", version=3)
+    assert table.done == {ROWS[0].path, ROWS[1].path}
+    table.write(ROWS[2:])
+    table.close()
+
+    records = read_table(path)
+    assert [r["path"] for r in records] == [row.path for row in ROWS]
+    first, _, bad = records
+    assert str(first["label"]) == "7" and int(first["index"]) == 7 and float(first["score"]) == 0.9
+    assert str(first["label_2"]) == "1" and float(first["score_2"]) == 0.05
+    assert (first["model"], int(first["version"]), first["error"]) == ("mnist_cnn", 3, "")
+    assert bad["error"] == "cannot decode image: line two"  # one line, whatever the exception said
+    assert bad["label"] in ("", None) and bad["score"] in ("", None)
+    if name.endswith(".parquet"):
+        assert not (tmp_path / ".out.parquet.partial.jsonl").exists()
+        assert pq.read_schema(path).field("index").type == "int64"
+        # Resuming a finished Parquet output carries its rows over.
+        table = ResultTable(path, top_k=2, model="mnist_cnn", version=3)
+        assert len(table.done) == 3
+        table.close()
+        assert len(read_table(path)) == 3
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl"])
+def test_torn_last_line_is_repaired(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    table = ResultTable(path, top_k=1, model="m", version=1)
+    table.write([ResultRow(f"{i}.png", (Prediction("0", 0, 1.0),)) for i in range(5)])
+    table.close()
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) - 7])  # SIGKILL in the middle of the last row
+
+    table = ResultTable(path, top_k=1, model="m", version=1)
+    assert table.done == {f"{i}.png" for i in range(4)}
+    table.write([ResultRow("4.png", (Prediction("0", 0, 1.0),))])
+    table.close()
+    assert path.read_bytes() == whole
+    assert [r["path"] for r in read_table(path)] == [f"{i}.png" for i in range(5)]
+
+
+def test_restart_overwrites_and_other_top_k_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "out.csv"
+    table = ResultTable(path, top_k=1, model="m", version=1)
+    table.write(ROWS[:1])
+    table.close()
+    with pytest.raises(OutputError, match="--restart"):
+        ResultTable(path, top_k=2, model="m", version=1)
+    table = ResultTable(path, top_k=2, model="m", version=1, resume=False)
+    assert table.done == set()
+    table.close()
+    assert list(csv.reader(path.open())) == [columns(2)]
+
+
+def test_unknown_extension_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match=r"\.csv"):
+        ResultTable(tmp_path / "out.xlsx", top_k=1, model="m", version=1)
+
+
+def test_jsonl_rows_are_plain_json(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    table = ResultTable(path, top_k=1, model="m", version=2)
+    table.write(ROWS[:1])
+    table.close()
+    assert json.loads(path.read_text().splitlines()[0]) == {
+        "path": "a/1.png",
+        "label": "7",
+        "index": 7,
+        "score": 0.9,
+        "model": "m",
+        "version": 2,
+        "error": "",
+    }

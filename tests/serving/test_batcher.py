@@ -1,0 +1,137 @@
+"""The dynamic batcher on its own (a real numpy function as the model) and inside a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from cnnserve.serving.batcher import BatchSettings, DynamicBatcher
+from cnnserve.serving.client import CnnserveClient
+from cnnserve.serving.errors import DeadlineExpiredError, QueueFullError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Recorder:
+    """Records batch sizes; the 'model' doubles its input and keeps row order."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.dropped = 0
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.sizes.append(len(batch))
+        return batch * 2.0
+
+    def observe_batch(self, size, queue_seconds, compute_seconds) -> None:
+        assert len(queue_seconds) >= 1 and compute_seconds >= 0
+
+    def observe_dropped(self, count: int) -> None:
+        self.dropped += count
+
+
+def _batcher(recorder: Recorder, executor, **settings) -> DynamicBatcher:
+    values = {"max_batch_size": 8, "max_queue_delay_s": 0.05, "max_queue_images": 64, **settings}
+    return DynamicBatcher(recorder.run, BatchSettings(**values), executor, observer=recorder, name="test")
+
+
+def test_concurrent_requests_merge_in_order_and_split_back() -> None:
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            batcher = _batcher(recorder, executor)
+            inputs = [np.full((n, 3), float(i), np.float32) for i, n in enumerate([1, 2, 3, 1, 5, 4])]
+            results = await asyncio.gather(*(batcher.submit(x) for x in inputs))
+            for x, y in zip(inputs, results, strict=True):
+                np.testing.assert_array_equal(y, x * 2.0)
+            big = np.arange(20, dtype=np.float32).reshape(20, 1)  # more than max_batch_size: split
+            np.testing.assert_array_equal(await batcher.submit(big), big * 2.0)
+            await batcher.close()
+
+    asyncio.run(scenario())
+    assert max(recorder.sizes) == 8 and sum(recorder.sizes) == 16 + 20
+    assert recorder.sizes[0] > 1  # the first batch merged several requests
+
+
+def test_full_queue_expired_and_cancelled_requests() -> None:
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = _batcher(
+                recorder, executor, max_batch_size=64, max_queue_delay_s=0.2, max_queue_images=4
+            )
+            loop = asyncio.get_running_loop()
+            first = asyncio.ensure_future(batcher.submit(np.ones((3, 1), np.float32)))
+            await asyncio.sleep(0)
+            with pytest.raises(QueueFullError):
+                await batcher.submit(np.ones((2, 1), np.float32))
+            expired = asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32), loop.time() + 0.01))
+            await asyncio.sleep(0.3)
+            with pytest.raises(DeadlineExpiredError):
+                await expired
+            assert (await first).shape == (3, 1)
+            cancelled = asyncio.ensure_future(batcher.submit(np.ones((2, 1), np.float32)))
+            await asyncio.sleep(0.01)
+            cancelled.cancel()
+            await asyncio.sleep(0.3)
+            assert batcher.queued_images == 0
+            await batcher.close()
+
+    asyncio.run(scenario())
+    assert recorder.sizes == [3]  # the expired and the cancelled requests were never computed
+    assert recorder.dropped == 2
+
+
+def test_batching_off_runs_each_request_alone() -> None:
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            batcher = _batcher(recorder, executor, enabled=False)
+            await asyncio.gather(*(batcher.submit(np.ones((2, 1), np.float32)) for _ in range(4)))
+
+    asyncio.run(scenario())
+    assert recorder.sizes == [2, 2, 2, 2]
+
+
+def test_server_merges_concurrent_clients_and_never_mixes_answers(
+    start_server, model_repository, digits
+) -> None:
+    server = start_server(model_repository, max_queue_delay_us=20_000)
+    with CnnserveClient(server.address) as client:
+        expected = [p[0].index for p in client.classify(digits.png, "mnist_cnn").predictions]
+    errors: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        try:
+            with CnnserveClient(server.address) as client:
+                for step in range(6):
+                    picks = [
+                        (offset * 7 + step * 3 + j) % len(digits.png) for j in range(1 + (offset + step) % 3)
+                    ]
+                    result = client.classify([digits.png[i] for i in picks], "mnist_cnn")
+                    assert [p[0].index for p in result.predictions] == [expected[i] for i in picks]
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors[0]
+    labels = {"model": "mnist_cnn"}
+    batches = server.metric("cnnserve_batch_size_count", labels)
+    images = server.metric("cnnserve_batch_size_sum", labels)
+    assert images == 40 + sum(1 + (o + s) % 3 for o in range(16) for s in range(6))
+    assert batches < 1 + 16 * 6, "no request was merged with another"
+    assert server.metric("cnnserve_batch_size_bucket", {**labels, "le": "1.0"}) < batches
+    requests = server.metric("cnnserve_requests_total", {"model": "mnist_cnn", "rpc": "Classify"})
+    assert requests == 1 + 16 * 6
+    assert server.metric("cnnserve_images_total", {"model": "mnist_cnn", "rpc": "Classify"}) == images

@@ -1,0 +1,114 @@
+"""Classify, GetActivations, ListModels and GetModelMetadata against in-process ONNX Runtime."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnserve.serving.client import CnnserveClient
+from cnnserve.serving.preprocessing import PreprocessSpec, preprocess_batch
+from cnnserve.serving.repository import open_model_version
+from cnnserve.serving.runtime import ModelRuntime, SessionOptions, top_k
+
+MODEL = "mnist_cnn"
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def reference(model_repository: Path) -> ModelRuntime:
+    """The same model file in this process, on ONNX Runtime directly (no RPC)."""
+    return ModelRuntime(
+        open_model_version(model_repository, MODEL), SessionOptions(device="cpu", intra_op_threads=1)
+    )
+
+
+@pytest.mark.parametrize("encoding", ["png", "jpeg"])
+def test_classify_equals_in_process_onnx_runtime(served, digits, reference, encoding) -> None:
+    images = digits.png if encoding == "png" else digits.jpeg
+    spec = PreprocessSpec.from_model_config(reference.model.config)
+    expected_index, expected_score = top_k(reference.classify(preprocess_batch(images, spec)), 3)
+    with CnnserveClient(served.address) as client:
+        result = client.classify(images, MODEL, top_k=3)
+    assert (result.model, result.version) == (MODEL, 1)
+    assert len(result.predictions) == len(images)
+    for row, predictions in enumerate(result.predictions):
+        assert [p.index for p in predictions] == expected_index[row].tolist()
+        assert [p.label for p in predictions] == [reference.model.labels[i] for i in expected_index[row]]
+        np.testing.assert_array_equal(np.float32([p.score for p in predictions]), expected_score[row])
+
+
+def test_trained_model_reads_the_digits(served, digits) -> None:
+    with CnnserveClient(served.address) as client:
+        result = client.classify(digits.png, MODEL)
+    accuracy = np.mean(np.array([p[0].index for p in result.predictions]) == digits.labels)
+    assert accuracy >= 0.5, f"top-1 accuracy {accuracy:.2f} on 40 real digits"
+
+
+def test_tensor_input_equals_encoded_input(served, digits, reference) -> None:
+    spec = PreprocessSpec.from_model_config(reference.model.config)
+    tensors = list(preprocess_batch(digits.png[:5], spec))
+    with CnnserveClient(served.address) as client:
+        from_tensors = client.classify(tensors, MODEL, top_k=2)
+        from_png = client.classify(digits.png[:5], MODEL, top_k=2)
+    assert from_tensors.predictions == from_png.predictions
+
+
+def test_activations_match_onnx_runtime_and_draw_mosaics(served, digits, reference) -> None:
+    spec = PreprocessSpec.from_model_config(reference.model.config)
+    layers = [layer.name for layer in reference.model.config.activation_layers]
+    assert layers, "export wrote no activation layers"
+    expected = reference.activations(preprocess_batch(digits.png[:2], spec), layers)
+    with CnnserveClient(served.address) as client:
+        result = client.activations(digits.png[:2], MODEL, mosaic=True)
+        one = client.activations(digits.png[:1], MODEL, layers=[layers[0]])
+    assert list(result.layers) == layers
+    for layer in layers:
+        np.testing.assert_array_equal(result.layers[layer].values, expected[layer])
+        picture = Image.open(io.BytesIO(result.layers[layer].mosaic_png))
+        assert picture.format == "PNG" and picture.width >= 32
+    assert list(one.layers) == [layers[0]]
+    assert one.layers[layers[0]].mosaic_png == b""
+
+
+def test_list_models_and_metadata(served, model_repository) -> None:
+    parity = json.loads((model_repository / MODEL / "1" / "parity.json").read_text())
+    with CnnserveClient(served.address) as client:
+        listing = client.list_models()
+        metadata = client.metadata(MODEL)
+        assert client.metadata(MODEL, version=1).version == 1
+    assert [(m.name, [(v.version, v.state) for v in m.versions]) for m in listing.models] == [
+        (MODEL, [(1, "AVAILABLE")])
+    ]
+    assert (metadata.name, metadata.version) == (MODEL, 1)
+    assert list(metadata.execution_providers) == ["CPUExecutionProvider"]
+    assert json.loads(metadata.parity_json) == parity
+    assert list(metadata.labels) == [str(i) for i in range(10)]
+    assert list(metadata.input.dims) == [28, 28, 1]
+    assert [a.name for a in metadata.activation_layers][:2] == ["conv1", "pool1"]
+    assert metadata.max_batch_size >= 1
+    assert metadata.preprocessing.height == 28
+
+
+def test_server_health_serving_overall_and_per_model(served) -> None:
+    with CnnserveClient(served.address) as client:
+        assert client.health() == "SERVING"
+        assert client.health(MODEL) == "SERVING"
+        assert client.health("cnnserve.v1.InferenceService") == "SERVING"
+
+
+def test_reflection_lists_the_services(served) -> None:
+    import grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(served.address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"cnnserve.v1.InferenceService", "grpc.health.v1.Health"} <= names

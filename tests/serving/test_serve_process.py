@@ -1,0 +1,84 @@
+"""`cnnserve serve` as a real process: graceful shutdown on SIGTERM/SIGINT with calls in flight, several
+workers on one port, metrics summed over the workers."""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cnnserve.protos import inference_pb2, inference_pb2_grpc
+from cnnserve.serving.client import CnnserveClient
+
+MODEL = "mnist_cnn"
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
+
+
+def _request(digits, count: int = 2) -> inference_pb2.ClassifyRequest:
+    return inference_pb2.ClassifyRequest(
+        model=MODEL, images=[inference_pb2.Image(encoded=d) for d in digits.png[:count]]
+    )
+
+
+def test_sigterm_finishes_calls_in_flight_and_exits_0(serve_subprocess, model_repository, digits) -> None:
+    # Each request waits 1.5 s in the batch queue, so calls are surely in flight when SIGTERM arrives.
+    server = serve_subprocess(
+        "--repo", str(model_repository), "--workers", "1", "--threads", "1", "--max-queue-delay-us", "1500000"
+    )
+    with grpc.insecure_channel(server.address) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=60
+        )
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        in_flight = [stub.Classify.future(_request(digits), timeout=60) for _ in range(3)]
+        time.sleep(0.3)
+        server.signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Classify(_request(digits), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert [len(f.result().results) for f in in_flight] == [2, 2, 2]
+    assert server.wait(60) == 0, server.log()
+    assert "server stopped" in server.log()
+
+
+def test_two_workers_share_the_port_sum_metrics_and_stop_on_sigint(
+    serve_subprocess, model_repository, digits
+) -> None:
+    server = serve_subprocess(
+        "--repo", str(model_repository), "--workers", "2", "--metrics-port", "0", "--max-queue-delay-us", "0"
+    )
+    log = server.log()
+    assert "worker-0" in log and "worker-1" in log
+    metrics_port = int(re.search(r"on http://[^:]+:(\d+)/metrics", log).group(1))
+    calls = 0
+
+    def client_calls() -> None:
+        nonlocal calls
+        with CnnserveClient(server.address) as client:  # one connection: one worker
+            for _ in range(5):
+                assert len(client.classify(digits.png[:3], MODEL).predictions) == 3
+                calls += 1
+
+    threads = [threading.Thread(target=client_calls) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert calls == 30
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    total = re.search(r'cnnserve_requests_total\{model="mnist_cnn",rpc="Classify"\} (\S+)', text)
+    assert total is not None and float(total.group(1)) == 30, text[:2000]
+    assert re.search(r'cnnserve_images_total\{model="mnist_cnn",rpc="Classify"\} 90.0', text)
+    assert "cnnserve_batch_size_bucket" in text and "cnnserve_compute_seconds_bucket" in text
+    server.signal(signal.SIGINT)
+    assert server.wait(60) == 0, server.log()
+    assert server.log().count("server stopped") == 2
