@@ -95,6 +95,19 @@ def decode_rate(repo: Path, model: str, seconds: float, cores: int) -> float:
         return sum(pool.map(_decode_worker, [(str(repo), model, seconds)] * cores))
 
 
+def _ort_worker(args: tuple[str, str, float, int]) -> dict[int, float]:
+    repo, model, seconds, threads = args
+    return ort_rates(Path(repo), model, seconds, threads)
+
+
+def ort_rates_processes(repo: Path, model: str, seconds: float, cores: int) -> dict[int, float]:
+    """ORT on all cores the way the server uses them: one single-threaded session per process."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(cores) as pool:
+        results = pool.map(_ort_worker, [(str(repo), model, seconds, 1)] * cores)
+    return {b: sum(r[b] for r in results) for b in results[0]}
+
+
 def ort_rates(repo: Path, model: str, seconds: float, cores: int) -> dict[int, float]:
     from cnnserve.serving.repository import open_model_version
     from cnnserve.serving.runtime import ModelRuntime, SessionOptions
@@ -102,7 +115,8 @@ def ort_rates(repo: Path, model: str, seconds: float, cores: int) -> dict[int, f
     version = open_model_version(repo, model)
     runtime = ModelRuntime(version, SessionOptions(device="cpu", intra_op_threads=cores))
     rates = {}
-    for batch_size in (1, 8, 32, 64, 128, 256):
+    largest = max(64, runtime.max_batch_size)
+    for batch_size in [b for b in (1, 8, 32, 64, 128, 256) if b <= largest]:
         batch = np.random.default_rng(0).random((batch_size, *runtime.input_dims), dtype=np.float32)
         runtime.classify(batch)
         done = 0
@@ -271,11 +285,11 @@ print(done / (time.perf_counter() - start))
     return float(out.stdout.decode().split()[-1])
 
 
-def profile(pids: list[int], seconds: float, out: Path) -> str:
+def profile(pids: list[int], seconds: float, out: Path) -> list[subprocess.Popen[bytes]]:
     """py-spy's top functions over all server processes while a load runs (empty if py-spy is absent)."""
     spy = Path(sys.executable).with_name("py-spy")
     if not spy.exists():
-        return ""
+        return []
     procs = [
         subprocess.Popen(
             [
@@ -290,14 +304,28 @@ def profile(pids: list[int], seconds: float, out: Path) -> str:
                 "--output",
                 str(out.with_suffix(f".{pid}.txt")),
                 "--nonblocking",
-                "--native",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         for pid in pids
     ]
-    return " ".join(str(p.pid) for p in procs)
+    return procs
+
+
+def measure_ceiling(args: argparse.Namespace, cores: int) -> tuple[float, dict[int, float], dict[int, float]]:
+    """Decode rate; ORT by batch in one process on all cores; ORT by batch in `cores` 1-thread processes."""
+    decode = decode_rate(args.repo, args.model, args.duration, cores)
+    ort = ort_rates(args.repo, args.model, args.duration, cores)
+    ort_procs = ort_rates_processes(args.repo, args.model, args.duration, cores)
+    print(
+        f"decode+preprocess {decode:,.0f} img/s on {cores} processes; ORT img/s by batch, one process: "
+        + ", ".join(f"{b}: {r:,.0f}" for b, r in ort.items())
+        + f"; {cores} one-thread processes: "
+        + ", ".join(f"{b}: {r:,.0f}" for b, r in ort_procs.items()),
+        flush=True,
+    )
+    return decode, ort, ort_procs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-floor", action="store_true", help="skip the Keras floor")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--repeat", type=int, default=2, help="measure each point this often, keep the best")
     args = parser.parse_args(argv)
 
     from cnnserve.protos import inference_pb2
@@ -328,15 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.duration:.0f} s per point"
     )
 
-    decode = decode_rate(args.repo, args.model, args.duration, cores)
-    ort = ort_rates(args.repo, args.model, args.duration, cores)
-    best_batch = max(ort, key=ort.__getitem__)
-    ceiling = 1.0 / (1.0 / decode + 1.0 / ort[best_batch])
-    print(
-        f"decode+preprocess {decode:,.0f} img/s on {cores} processes; ORT by batch "
-        + ", ".join(f"{b}: {r:,.0f}" for b, r in ort.items())
-        + f" img/s; ceiling {ceiling:,.0f} img/s"
-    )
+    # Shared machines: every figure is the best of --repeat measurements (the ceiling's at the start and
+    # at the end of the run), so a burst of someone else's load does not decide a ratio.
+    decode, ort, ort_procs = measure_ceiling(args, cores)
 
     rows: list[Row] = []
     extra = [] if args.max_queue_delay_us is None else ["--max-queue-delay-us", str(args.max_queue_delay_us)]
@@ -359,10 +382,20 @@ def main(argv: list[str] | None = None) -> int:
         for system, flags, points in plans:
             server = Server(args.repo, args.workers, flags, tmp, system.replace(" ", "").replace(",", "-"))
             try:
+                best: dict[tuple[int, int], Row] = {}
+                for attempt in range(args.repeat):
+                    for clients, count in points:
+                        spies = []
+                        if attempt == 0 and system == "cnnserve" and (clients, count) in ((64, 1), (8, 64)):
+                            spies = profile(server.pids, args.duration, tmp / f"profile-{clients}x{count}")
+                        row = run_load(server.address, payloads[count], clients, count, args.duration, system)
+                        for spy in spies:
+                            spy.wait(60)
+                        kept = best.get((clients, count))
+                        if kept is None or row.images_per_s > kept.images_per_s:
+                            best[(clients, count)] = row
                 for clients, count in points:
-                    if system == "cnnserve" and (clients, count) in ((64, 1), (8, 64)):
-                        profile(server.pids, args.duration, tmp / f"profile-{clients}x{count}")
-                    row = run_load(server.address, payloads[count], clients, count, args.duration, system)
+                    row = best[(clients, count)]
                     rows.append(row)
                     print(
                         f"  {system:24s} {clients:3d} x {count:<3d} {row.images_per_s:10,.0f} img/s "
@@ -372,12 +405,23 @@ def main(argv: list[str] | None = None) -> int:
                     )
             finally:
                 server.stop()
+        decode_end, ort_end, procs_end = measure_ceiling(args, cores)
+        decode = max(decode, decode_end)
+        ort = {b: max(r, ort_end[b]) for b, r in ort.items()}
+        ort_procs = {b: max(r, procs_end[b]) for b, r in ort_procs.items()}
         profiles = sorted(tmp.glob("profile-*.txt"))
         summary = summarise_profiles(profiles, args.duration)
         floor = None
         if not args.no_floor:
             floor = keras_floor(args.model, args.keras_model, images, args.repo, min(args.duration, 3.0))
 
+    # The ceiling as BENCHMARKS.md defines it (one process, ORT on all cores, best batch), and the
+    # stronger one the machine also offers (one single-threaded session per core): ratios use the larger.
+    best_batch = max(ort, key=ort.__getitem__)
+    ceiling_one = 1.0 / (1.0 / decode + 1.0 / ort[best_batch])
+    best_procs = max(ort_procs, key=ort_procs.__getitem__)
+    ceiling_procs = 1.0 / (1.0 / decode + 1.0 / ort_procs[best_procs])
+    ceiling = max(ceiling_one, ceiling_procs)
     echo = {(r.clients, r.images_per_call): r for r in rows if r.system == "echo"}
     print()
     print(
@@ -386,8 +430,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| in-process ceiling (decode {decode:,.0f}/s, ORT {ort[best_batch]:,.0f}/s at batch {best_batch}) "
-        f"| - | {ceiling:,.0f} | - | - | - | - | 100% | - |"
+        f"| in-process ceiling, one process (decode {decode:,.0f}/s, ORT {ort[best_batch]:,.0f}/s at batch "
+        f"{best_batch}) | - | {ceiling_one:,.0f} | - | - | - | - | {100 * ceiling_one / ceiling:.0f}% | - |"
+    )
+    print(
+        f"| in-process ceiling, {cores} one-thread ORT processes (ORT {ort_procs[best_procs]:,.0f}/s at "
+        f"batch {best_procs}) | - | {ceiling_procs:,.0f} | - | - | - | - | "
+        f"{100 * ceiling_procs / ceiling:.0f}% | - |"
     )
     for row in rows:
         base = echo.get((row.clients, row.images_per_call))
@@ -417,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
                     "workers": args.workers,
                     "decode_per_s": decode,
                     "ort_per_s": ort,
+                    "ort_processes_per_s": ort_procs,
+                    "ceiling_one_process_per_s": ceiling_one,
+                    "ceiling_processes_per_s": ceiling_procs,
                     "ceiling_per_s": ceiling,
                     "floor_per_s": floor,
                     "rows": [asdict(r) for r in rows],

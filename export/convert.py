@@ -186,6 +186,27 @@ def convert(model, outputs: Sequence[str], opset: int = DEFAULT_OPSET) -> onnx.M
     return onnx_model
 
 
+def keep_outputs(onnx_model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of the graph with only the named outputs, re-optimised by tf2onnx's optimizer.
+
+    Cheaper than a second conversion, and the result is the same graph: the transposes that only served
+    the dropped NHWC activation outputs cancel out again.
+    """
+    from tf2onnx.graph import GraphUtil
+
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(onnx_model)
+    kept = [output for output in pruned.graph.output if output.name in names]
+    del pruned.graph.output[:]
+    pruned.graph.output.extend(kept)
+    with quiet_tf2onnx():
+        optimized = GraphUtil.optimize_model_proto(pruned, catch_errors=False)
+    optimized.graph.name = onnx_model.graph.name
+    optimized.producer_name = onnx_model.producer_name
+    onnx.checker.check_model(optimized, full_check=True)
+    return optimized
+
+
 def keras_forward(model, outputs: Sequence[str]):
     """A callable batch → {name: numpy array} running Keras in inference mode, for parity checks."""
     from keras import Model

@@ -125,7 +125,7 @@ def measure_variant(
     variant_acc = float(
         np.mean(np.argmax(probabilities(_predict(variant, max_batch, test_x), output_kind), axis=1) == test_y)
     )
-    fp32_speed, variant_speed = compare_throughput(fp32, variant, bench_batch, rounds=timing_rounds)
+    fp32_speed, variant_speed = compare_throughput(fp32_path, variant_path, bench_batch, rounds=timing_rounds)
     fp32_size = fp32_path.stat().st_size
     variant_size = variant_path.stat().st_size
     return {
@@ -140,9 +140,13 @@ def measure_variant(
         "size_bytes": variant_size,
         "size_bytes_fp32": fp32_size,
         "size_ratio_vs_fp32": variant_size / fp32_size,
-        "cpu_images_per_s": variant_speed["images_per_s"],
-        "cpu_images_per_s_fp32": fp32_speed["images_per_s"],
-        "cpu_throughput_ratio_vs_fp32": variant_speed["images_per_s"] / fp32_speed["images_per_s"],
+        # Single-thread CPU time per batch (robust on a shared machine), and wall clock on all threads.
+        "cpu_images_per_s": variant_speed["cpu_images_per_s"],
+        "cpu_images_per_s_fp32": fp32_speed["cpu_images_per_s"],
+        "cpu_throughput_ratio_vs_fp32": variant_speed["cpu_images_per_s"] / fp32_speed["cpu_images_per_s"],
+        "wall_images_per_s": variant_speed["images_per_s"],
+        "wall_images_per_s_fp32": fp32_speed["images_per_s"],
+        "wall_throughput_ratio_vs_fp32": variant_speed["images_per_s"] / fp32_speed["images_per_s"],
         "cpu_batch": fp32_speed["batch"],
         "variant": name,
     }

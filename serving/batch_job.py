@@ -252,7 +252,11 @@ def run_job(config: JobConfig) -> JobSummary:
     """Classify every image under the folder into the output, resuming what a previous run wrote."""
     _validate(config)
     engine, info = _open_engine(config)
-    table = ResultTable(config.output, config.top_k, info.name, info.version, resume=config.resume)
+    try:
+        table = ResultTable(config.output, config.top_k, info.name, info.version, resume=config.resume)
+    except BaseException:
+        engine.__exit__(None, None, None)  # let go of the server channel / Ray before reporting
+        raise
     summary = JobSummary(
         model=info.name, version=info.version, engine=config.engine if config.server is None else "remote"
     )

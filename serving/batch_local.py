@@ -1,10 +1,12 @@
 """The batch job's local engine: decoder processes feeding ONNX Runtime in this process.
 
-Decoding (Pillow, Python) is the part that needs many cores, so a pool of worker processes (spawn or
-forkserver, never fork: the parent holds ONNX Runtime's threads) reads and preprocesses whole batches with
-the server's own preprocessing code, while this process runs the server's own `ModelRuntime` on the batch
-before. A bounded window of batches in flight keeps every core busy and the memory flat, and results come
-back in submission order so the output is in discovery order.
+Decoding (Pillow, Python) needs many cores, so a pool of worker processes (forkserver or spawn, never
+fork: the parent holds ONNX Runtime's threads) reads and preprocesses whole batches with the server's own
+preprocessing code. This process runs the server's own `ModelRuntime` on decoded batches from several
+threads at once: ONNX Runtime releases the GIL, and on a CPU, batches run side by side with one thread
+each scale better than one batch split over every core (small convolutions do not parallelise well
+inside an operator; measured in bench/bench_batch.py). A bounded window of batches in flight keeps every
+core busy and the memory flat; results come back in submission order, so the output is in discovery order.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import signal
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +101,7 @@ class LocalEngine:
         workers: int = 0,
         device: str = "auto",
         max_pixels: int = preprocessing.DEFAULT_MAX_PIXELS,
+        inference_threads: int = 0,
         intra_op_threads: int = 0,
     ) -> None:
         self.root = str(root)
@@ -107,12 +110,25 @@ class LocalEngine:
         self.workers = workers or default_workers()
         self.max_pixels = max_pixels
         self.spec = preprocessing.PreprocessSpec.from_model_config(model.config)
+        cores = default_workers()
+        on_cpu = device == "cpu" or (device == "auto" and "CUDA" not in str(self._available_providers()))
+        # CPU: one batch per core, one ONNX Runtime thread each. GPU: two runs in flight, default threads.
+        self.inference_threads = inference_threads or (cores if on_cpu else 2)
+        if intra_op_threads == 0 and on_cpu:
+            intra_op_threads = max(1, cores // self.inference_threads)
         # The decoder processes share the cores with ONNX Runtime: its idle pool threads must sleep, not spin.
         self.runtime = ModelRuntime(
             model, SessionOptions(device=device, intra_op_threads=intra_op_threads, allow_spinning=False)
         )
-        self.window = 2 * self.workers + 2
+        self.window = 2 * (self.workers + self.inference_threads)
         self._pool: ProcessPoolExecutor | None = None
+        self._inference: ThreadPoolExecutor | None = None
+
+    @staticmethod
+    def _available_providers() -> list[str]:
+        from cnnserve.serving.runtime import import_onnxruntime
+
+        return list(import_onnxruntime().get_available_providers())
 
     @property
     def providers(self) -> list[str]:
@@ -135,24 +151,34 @@ class LocalEngine:
         self.runtime.warm_up()
         for future in started:
             future.result()
+        self._inference = ThreadPoolExecutor(self.inference_threads, thread_name_prefix="classify-folder")
         LOG.info(
-            "local engine: %d decoder processes (%s), ONNX Runtime on %s",
+            "local engine: %d decoder processes (%s), %d inference threads on %s",
             self.workers,
             method,
+            self.inference_threads,
             ", ".join(self.providers),
         )
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._inference is not None:
+            self._inference.shutdown(wait=True, cancel_futures=True)
+            self._inference = None
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
+    def _infer(self, decoding: Future[DecodedBatch]) -> list[ResultRow]:
+        batch = decoding.result()
+        probabilities = self.runtime.classify(batch.tensor) if len(batch.decoded) else np.empty((0, 0))
+        return rows_from_probabilities(batch, probabilities, self.model.labels, self.top_k)
+
     def classify(self, batches: Iterator[list[str]]) -> Iterator[list[ResultRow]]:
         """Rows for each batch of relative paths, in order; decoding runs ahead of inference."""
-        if self._pool is None:
+        if self._pool is None or self._inference is None:
             raise RuntimeError("LocalEngine must be used as a context manager")
-        pending: deque[Future[DecodedBatch]] = deque()
+        pending: deque[Future[list[ResultRow]]] = deque()
         exhausted = False
         while True:
             while not exhausted and len(pending) < self.window:
@@ -160,9 +186,8 @@ class LocalEngine:
                 if paths is None:
                     exhausted = True
                     break
-                pending.append(self._pool.submit(decode_batch, self.root, paths, self.spec, self.max_pixels))
+                decoding = self._pool.submit(decode_batch, self.root, paths, self.spec, self.max_pixels)
+                pending.append(self._inference.submit(self._infer, decoding))
             if not pending:
                 return
-            batch = pending.popleft().result()
-            probabilities = self.runtime.classify(batch.tensor) if len(batch.decoded) else np.empty((0, 0))
-            yield rows_from_probabilities(batch, probabilities, self.model.labels, self.top_k)
+            yield pending.popleft().result()

@@ -174,6 +174,21 @@ class ResultTable:
                 "(a different --top-k?): use --restart to overwrite it, or another --output"
             )
 
+    def _check_model(self, record: dict[str, Any], where: Path) -> None:
+        if record.get("model") not in (None, "", self.model):
+            raise OutputError(
+                f"{where} holds results of model {record['model']!r}, not {self.model!r}: "
+                "use --restart to overwrite it, or another --output"
+            )
+        if str(record.get("version")) not in ("", "None", str(self.version)):
+            LOG.warning(
+                "%s holds results of %s version %s; the rest is classified with version %d",
+                where,
+                self.model,
+                record.get("version"),
+                self.version,
+            )
+
     def _open_csv(self) -> None:
         path = self.path
         if path.exists() and path.stat().st_size > 0:
@@ -188,6 +203,8 @@ class ResultTable:
                     buffer = io.StringIO(newline="")
                     csv.writer(buffer, lineterminator="\n").writerows([self.columns, *good])
                     _rewrite(path, buffer.getvalue())
+                if good:
+                    self._check_model(dict(zip(self.columns, good[0], strict=True)), path)
                 self.done = {row[0] for row in good}
         self._writer = _LineWriter(path)
         if path.stat().st_size == 0:
@@ -209,6 +226,7 @@ class ResultTable:
                     continue
                 if not good:
                     self._check_columns(list(record), path)
+                    self._check_model(record, path)
                 good.append(line)
                 self.done.add(record["path"])
             if bad:

@@ -11,10 +11,11 @@ is dropped before it is computed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,6 +41,9 @@ class BatchSettings:
     max_queue_delay_s: float
     max_queue_images: int
     enabled: bool = True  # False: every request runs alone (no merging), as soon as it arrives
+    # True: wait for more only while requests are known to be on their way (see `expecting`);
+    # False: a batch always waits max_queue_delay to fill, as Triton does.
+    adaptive: bool = True
 
 
 @dataclass(eq=False)
@@ -73,6 +77,7 @@ class DynamicBatcher:
         self._inflight_images = 0  # images of unmerged (batching off) calls being computed
         self._wake: asyncio.Future[None] | None = None  # resolved to wake the batch loop
         self._filling = False  # the loop waits for a batch to fill (only a full batch wakes it early)
+        self._arriving = 0  # requests being decoded that will be submitted next (see `expecting`)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -106,6 +111,21 @@ class DynamicBatcher:
         self._notify()
         return await waiting.future  # a cancelled caller cancels the future; the loop skips it
 
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Mark a request on its way (being decoded) so a batch waits for it, up to max_queue_delay.
+
+        A batch waits for more requests only while some are known to be coming: a lone request runs at
+        once, and under load batches grow by themselves while the previous batch computes.
+        """
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+            if self._arriving == 0:
+                self._notify()  # the loop resumes after the caller's (synchronous) submit
+
     def _check_room(self, count: int) -> None:
         if self.queued_images + count > self.settings.max_queue_images:
             raise QueueFullError(
@@ -129,9 +149,13 @@ class DynamicBatcher:
         wake = self._wake
         if wake is None or wake.done():
             return
-        if self._filling and self._waiting_images < self.settings.max_batch_size and not self._closed:
-            return  # the fill timer will wake it; waking per request costs more than it gains
+        full = self._waiting_images >= self.settings.max_batch_size
+        if self._filling and not full and self._expects_more() and not self._closed:
+            return  # more requests are on their way; the fill timer or the last arrival wakes it
         wake.set_result(None)
+
+    def _expects_more(self) -> bool:
+        return self._arriving > 0 or not self.settings.adaptive
 
     async def _sleep(self, loop: asyncio.AbstractEventLoop, until: float | None) -> None:
         wake: asyncio.Future[None] = loop.create_future()
@@ -154,7 +178,7 @@ class DynamicBatcher:
                 await self._sleep(loop, None)
             fill_until = self._waiting[0].enqueued + self.settings.max_queue_delay_s
             full = self._waiting_images >= self.settings.max_batch_size
-            if not full and not self._closed and loop.time() < fill_until:
+            if not full and self._expects_more() and not self._closed and loop.time() < fill_until:
                 self._filling = True
                 await self._sleep(loop, fill_until)
                 self._filling = False

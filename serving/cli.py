@@ -54,6 +54,11 @@ def _register_serve(subparsers: Any) -> None:
         const="false",
         help="run every request alone, never merged [CNNSERVE_BATCHING=false]",
     )
+    add(
+        "--batch-wait",
+        help="adaptive: a batch waits for requests known to be arriving, at most max_queue_delay (default); "
+        "fixed: always waits max_queue_delay to fill [CNNSERVE_BATCH_WAIT]",
+    )
     add("--max-message-bytes", help="largest request accepted (default 64 MiB) [CNNSERVE_MAX_MESSAGE_BYTES]")
     add("--max-images", help="images per request (default 256) [CNNSERVE_MAX_IMAGES]")
     add("--max-pixels", help="pixels per image, checked before decoding (default 50M) [CNNSERVE_MAX_PIXELS]")

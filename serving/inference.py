@@ -185,7 +185,8 @@ async def classify(
 ) -> TopK:
     """Classify a request's images through the model's dynamic batcher; `deadline` is loop time."""
     k = check_top_k(top_k, num_classes(model))
-    batch = await prepare_batch(images, model.spec, limits, executor)
+    with model.batcher.expecting():
+        batch = await prepare_batch(images, model.spec, limits, executor)
     probs = await model.batcher.submit(batch, deadline)
     indices, scores = best_k(probs, k)
     return TopK(indices, scores)

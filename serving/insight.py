@@ -4,18 +4,21 @@ The pure core of the `GetFilters` and `Explain` RPCs and of `cnnserve filters|ex
 nothing of gRPC or of how a batch is run: occlusion is a plan of occluded copies (made chunk by chunk, so
 the caller can send each chunk through the dynamic batcher) and a reduction of their scores back into a
 heatmap; Grad-CAM is a reduction of the gradient graph's two outputs. Kernels are read from the ONNX
-initializers that export named in `config.layer_weights`, with the `onnx` package (ONNX Runtime does not
-expose initializers), so serving still needs no TensorFlow.
+initializers that export named in `config.layer_weights`, parsed with protobuf alone (ONNX Runtime does
+not expose initializers, and the `onnx` package is not a serving dependency), so serving needs neither
+TensorFlow nor onnx.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -80,19 +83,98 @@ class LayerFilters:
     has_bias: bool
 
 
+# The few fields of ONNX's ModelProto → GraphProto → TensorProto that hold initializers, by their field
+# numbers in onnx.proto (stable: ONNX never renumbers). Parsing with this subset keeps the `onnx` package
+# out of serving (DESIGN.md: serving imports protobuf, ONNX Runtime, gRPC, numpy, Pillow); protobuf skips
+# every other field of the model.
+_ONNX_TENSOR_FIELDS = (
+    # (name, number, type, label)
+    ("dims", 1, "TYPE_INT64", "LABEL_REPEATED"),
+    ("data_type", 2, "TYPE_INT32", "LABEL_OPTIONAL"),
+    ("float_data", 4, "TYPE_FLOAT", "LABEL_REPEATED"),
+    ("int32_data", 5, "TYPE_INT32", "LABEL_REPEATED"),
+    ("name", 8, "TYPE_STRING", "LABEL_OPTIONAL"),
+    ("raw_data", 9, "TYPE_BYTES", "LABEL_OPTIONAL"),
+    ("double_data", 10, "TYPE_DOUBLE", "LABEL_REPEATED"),
+    ("data_location", 14, "TYPE_INT32", "LABEL_OPTIONAL"),
+)
+_ONNX_FLOAT, _ONNX_FLOAT16, _ONNX_DOUBLE, _ONNX_BFLOAT16 = 1, 10, 11, 16
+_ONNX_EXTERNAL = 1
+
+
+@functools.cache
+def _onnx_model_class() -> type:
+    """A protobuf message class for the initializer-holding subset of ONNX's ModelProto."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    package = "cnnserve_onnx_subset"
+    proto = descriptor_pb2.FileDescriptorProto(name=f"{package}.proto", package=package, syntax="proto2")
+    field_type = descriptor_pb2.FieldDescriptorProto
+    tensor = proto.message_type.add(name="TensorProto")
+    for name, number, kind, label in _ONNX_TENSOR_FIELDS:
+        tensor.field.add(
+            name=name, number=number, type=field_type.Type.Value(kind), label=field_type.Label.Value(label)
+        )
+    graph = proto.message_type.add(name="GraphProto")
+    graph.field.add(
+        name="initializer",
+        number=5,
+        type=field_type.TYPE_MESSAGE,
+        label=field_type.LABEL_REPEATED,
+        type_name=f".{package}.TensorProto",
+    )
+    model = proto.message_type.add(name="ModelProto")
+    model.field.add(
+        name="graph",
+        number=7,
+        type=field_type.TYPE_MESSAGE,
+        label=field_type.LABEL_OPTIONAL,
+        type_name=f".{package}.GraphProto",
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.ModelProto"))
+
+
+def _tensor_array(tensor: Any, path: Path) -> np.ndarray:
+    """One ONNX TensorProto (of the subset) as a float32 array."""
+    shape = tuple(int(d) for d in tensor.dims)
+    where = f"initializer {tensor.name!r} of {path}"
+    if tensor.data_location == _ONNX_EXTERNAL:
+        raise WeightsReadError(f"{where} is stored in an external data file, which serving does not read")
+    raw_dtypes = {_ONNX_FLOAT: "<f4", _ONNX_FLOAT16: "<f2", _ONNX_DOUBLE: "<f8"}
+    if tensor.data_type in raw_dtypes and tensor.raw_data:
+        values = np.frombuffer(tensor.raw_data, dtype=raw_dtypes[tensor.data_type])
+    elif tensor.data_type == _ONNX_BFLOAT16 and tensor.raw_data:
+        bits = np.frombuffer(tensor.raw_data, dtype="<u2").astype(np.uint32) << 16
+        values = bits.view(np.float32)
+    elif tensor.data_type == _ONNX_FLOAT:
+        values = np.asarray(tensor.float_data, dtype=np.float32)
+    elif tensor.data_type == _ONNX_DOUBLE:
+        values = np.asarray(tensor.double_data, dtype=np.float64)
+    elif tensor.data_type == _ONNX_FLOAT16:
+        values = np.asarray(tensor.int32_data, dtype=np.uint16).view(np.float16)
+    else:
+        raise WeightsReadError(f"{where} has ONNX data type {tensor.data_type}, not a float type")
+    if values.size != math.prod(shape):
+        raise WeightsReadError(f"{where} holds {values.size} values for shape {shape}")
+    return values.astype(np.float32).reshape(shape)
+
+
 def _read_initializers(paths: Sequence[Path], names: set[str]) -> dict[str, np.ndarray]:
     """The named initializers as float32 arrays, from the first ONNX file that holds each."""
-    import onnx
-    from onnx import numpy_helper
-
     found: dict[str, np.ndarray] = {}
     for path in paths:
         if not path.is_file() or names <= found.keys():
             continue
-        graph = onnx.load(str(path), load_external_data=True).graph
-        for initializer in graph.initializer:
+        model = _onnx_model_class()()
+        try:
+            model.ParseFromString(path.read_bytes())
+        except Exception as error:  # protobuf's DecodeError, or an OSError reading the file
+            raise WeightsReadError(f"{path} is not a readable ONNX model: {error}") from error
+        for initializer in model.graph.initializer:
             if initializer.name in names and initializer.name not in found:
-                found[initializer.name] = numpy_helper.to_array(initializer).astype(np.float32)
+                found[initializer.name] = _tensor_array(initializer, path)
     return found
 
 
@@ -223,33 +305,30 @@ def tile_mosaic(tiles: np.ndarray, min_tile_pixels: int = MIN_TILE_PIXELS) -> tu
 
 
 def filter_tiles(
-    filters: LayerFilters, input_dims: Sequence[int], color_input: bool, input_channel: int = -1
+    filters: LayerFilters, input_dims: Sequence[int], rgb_input: bool, input_channel: int = -1
 ) -> np.ndarray:
     """One tile per output filter: (out, h, w) greyscale or (out, h, w, 3) colour, unnormalised.
 
-    A convolution over RGB input (the first layer of an RGB model) is drawn in colour; any other
-    convolution shows one input channel (`input_channel` >= 0) or the mean over them (-1). A Dense layer's
-    column is drawn as the model's input image when it reads the flattened input, else as a near-square.
+    A convolution reading the RGB image itself (`rgb_input`: the first layer of an RGB model) is drawn in
+    colour, whatever `input_channel`; any other convolution shows one input channel (`input_channel` >= 0)
+    or the mean over them (-1). A Dense layer's column is drawn as the model's input image when it reads
+    the flattened input, else as a near-square (`input_channel` does not apply).
     """
     kernel = filters.kernel
     where = f"layer {filters.layer!r}"
     if kernel.ndim == 4:
         cin = kernel.shape[2]
+        if rgb_input and cin == 3:
+            return np.transpose(kernel, (3, 0, 1, 2))
         if input_channel < -1 or input_channel >= cin:
             raise InvalidFiltersRequest(
                 f"{where} has {cin} input channels; input_channel must be -1 (mean) or 0..{cin - 1}, "
                 f"got {input_channel}"
             )
-        if cin == 3 and color_input and input_channel == -1:
-            return np.transpose(kernel, (3, 0, 1, 2))
         chosen = kernel.mean(axis=2) if input_channel == -1 else kernel[:, :, input_channel, :]
         return np.transpose(chosen, (2, 0, 1))
     if kernel.ndim == 2:
         n_in, n_out = kernel.shape
-        if input_channel != -1:
-            raise InvalidFiltersRequest(
-                f"{where} is a dense layer: input_channel applies to convolutions only"
-            )
         columns = kernel.T
         dims = [int(d) for d in input_dims]
         if math.prod(dims) == n_in and len(dims) >= 2:
@@ -273,8 +352,9 @@ def filters_mosaic_png(
     filters: LayerFilters, config: model_config_pb2.ModelConfig, input_channel: int = -1
 ) -> bytes:
     """The notebooks' `make_mosaic` of a layer's filters, as PNG bytes."""
-    color = config.preprocessing.color_mode == model_config_pb2.RGB
-    tiles = filter_tiles(filters, config.input.dims, color, input_channel)
+    first = bool(config.layer_weights) and config.layer_weights[0].layer == filters.layer
+    rgb_input = first and config.preprocessing.color_mode == model_config_pb2.RGB
+    tiles = filter_tiles(filters, config.input.dims, rgb_input, input_channel)
     picture, _ = tile_mosaic(tiles)
     return encode_png(picture)
 

@@ -59,7 +59,7 @@ from cnnserve.serving.insight import (
     overlay_png,
 )
 from cnnserve.serving.repository import ModelVersion
-from cnnserve.serving.runtime import SessionOptions, choose_providers, create_session, top_k
+from cnnserve.serving.runtime import ModelLoadError, SessionOptions, choose_providers, create_session, top_k
 from cnnserve.serving.wire import tensor_proto
 
 # Occluded copies are sent in chunks that each take about this long (at most max_batch_size images);
@@ -165,6 +165,8 @@ class _VersionInsight:
         self._options = options
         self._lock = threading.Lock()
         self._gradcam: _GradCamSession | None = None
+        # The last measured occlusion round trip per image: the next explanation's first chunk size.
+        self.seconds_per_image: float | None = None
 
     def check_gradcam(self) -> None:
         available, reason = gradcam_available(self.model)
@@ -177,7 +179,12 @@ class _VersionInsight:
         self.check_gradcam()
         with self._lock:
             if self._gradcam is None:
-                self._gradcam = _GradCamSession(self.model, self._options)
+                try:
+                    self._gradcam = _GradCamSession(self.model, self._options)
+                except ModelLoadError as error:
+                    raise GradCamUnavailableError(
+                        f"model {self.model.name!r} version {self.model.version} has no Grad-CAM: {error}"
+                    ) from error
             return self._gradcam
 
 
@@ -190,9 +197,17 @@ class _Classify:
 
 @dataclass(frozen=True)
 class _Call:
-    """A step of an explanation: run this blocking function (off the event loop), send back its result."""
+    """A step of an explanation: run this function and send back its result -- off the event loop
+    unless it is `cheap` (then a thread hop would cost more than the work)."""
 
     function: Callable[[], Any]
+    cheap: bool = False
+
+
+# Below these sizes a step runs on the event loop itself: an occluded chunk of this many bytes, a heatmap
+# reduced from this many copies.
+INLINE_CHUNK_BYTES = 1 << 20
+INLINE_HEATMAP_COPIES = 256
 
 
 _Steps = Generator[_Classify | _Call, Any, ExplainResult]
@@ -224,11 +239,6 @@ class Insight:
             while len(self._versions) > self._cache_size:
                 self._versions.popitem(last=False)
             return state
-
-    def forget(self, name: str, version: int) -> None:
-        with self._lock:
-            for key in [k for k in self._versions if k[0] == name and k[1] == version]:
-                del self._versions[key]
 
     def weight_layers(self, model: ModelVersion) -> list[str]:
         """The layers `GetFilters` can return, for `GetModelMetadata.weight_layers`."""
@@ -284,6 +294,8 @@ class Insight:
                 return stop.value
             if isinstance(step, _Classify):
                 reply = await classify(step.batch)
+            elif step.cheap:
+                reply = step.function()
             else:
                 reply = await loop.run_in_executor(executor, step.function)
 
@@ -319,20 +331,27 @@ class Insight:
             )
             scores = []
             # Item 0 is the unaltered image (it rides with the first chunk), item i > 0 is copy i - 1.
-            sizer = _ChunkSizer(chunk_size, self._chunk_seconds)
+            sizer = _ChunkSizer(chunk_size, self._chunk_seconds, state.seconds_per_image)
+            image_bytes = plan.image.nbytes
             start = 0
             while start < plan.size + 1:
                 stop = min(start + sizer.next_size, plan.size + 1)
-                batch = yield _Call(lambda start=start, stop=stop: _occluded_chunk(plan, start, stop))
+                batch = yield _Call(
+                    lambda start=start, stop=stop: _occluded_chunk(plan, start, stop),
+                    cheap=(stop - start) * image_bytes <= INLINE_CHUNK_BYTES,
+                )
                 sent = time.perf_counter()
                 scores.append(np.asarray((yield _Classify(batch))))
                 sizer.observe(stop - start, time.perf_counter() - sent)
                 start = stop
+            state.seconds_per_image = sizer.seconds_per_image
             all_probs = np.concatenate(scores)
             probs = all_probs[0]
             target = int(top_k(probs[None], 1)[0][0, 0]) if target is None else target
             copies = all_probs[1:, target]
-            heatmap = yield _Call(lambda: plan.heatmap(float(probs[target]), copies))
+            heatmap = yield _Call(
+                lambda: plan.heatmap(float(probs[target]), copies), cheap=plan.size <= INLINE_HEATMAP_COPIES
+            )
         png = (
             (yield _Call(lambda: overlay_png(image, heatmap, config.preprocessing)))
             if options.overlay
@@ -358,21 +377,32 @@ class _ChunkSizer:
 
     A chunk of a small model is a full batch (`max_batch_size`); a big model's chunks shrink until one
     takes about `seconds` (measured round trip, queueing included), so a Classify request never waits
-    behind much more than that, whatever the model. The first chunk is small, to measure.
+    behind much more than that, whatever the model. The version's first explanation starts small, to
+    measure; later ones start from the rate the previous one measured.
     """
 
     FIRST = 8
 
-    def __init__(self, max_size: int, seconds: float) -> None:
+    def __init__(self, max_size: int, seconds: float, seconds_per_image: float | None = None) -> None:
         self.max_size = max(1, max_size)
         self.seconds = seconds
-        self.next_size = min(self.max_size, self.FIRST) if seconds > 0 else self.max_size
+        self.seconds_per_image = seconds_per_image
+        if seconds <= 0:
+            self.next_size = self.max_size
+        elif seconds_per_image is None:
+            self.next_size = min(self.max_size, self.FIRST)
+        else:
+            self._size_from_rate()
+
+    def _size_from_rate(self) -> None:
+        assert self.seconds_per_image is not None
+        self.next_size = max(1, min(self.max_size, int(self.seconds / self.seconds_per_image)))
 
     def observe(self, images: int, elapsed: float) -> None:
         if self.seconds <= 0 or images <= 0:
             return
-        per_image = max(elapsed, 1e-6) / images
-        self.next_size = max(1, min(self.max_size, int(self.seconds / per_image)))
+        self.seconds_per_image = max(elapsed, 1e-6) / images
+        self._size_from_rate()
 
 
 def _occluded_chunk(plan: OcclusionPlan, start: int, stop: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from cnnserve.serving.batcher import BatchObserver, BatchSettings, DynamicBatche
 from cnnserve.serving.errors import ModelUnavailableError
 from cnnserve.serving.preprocessing import PreprocessSpec
 from cnnserve.serving.repository import ModelNotFoundError, ModelVersion, RepositoryError
-from cnnserve.serving.runtime import ModelLoadError, ModelRuntime, SessionOptions
+from cnnserve.serving.runtime import DeviceUnavailableError, ModelLoadError, ModelRuntime, SessionOptions
 
 LOG = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class BatchOverrides:
     max_queue_delay_us: int | None = None
     max_queue_size: int | None = None
     enabled: bool = True
+    adaptive: bool = True
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ def batch_settings(model: ModelVersion, overrides: BatchOverrides) -> BatchSetti
         max_queue_delay_s=delay_us / 1e6,
         max_queue_images=queue or DEFAULT_QUEUE_BATCHES * max_batch,
         enabled=overrides.enabled,
+        adaptive=overrides.adaptive,
     )
 
 
@@ -301,7 +303,7 @@ class ModelRegistry:
             loaded = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._load_blocking, name, version, fingerprint
             )
-        except (RepositoryError, ModelLoadError, ValueError, OSError) as error:
+        except (RepositoryError, ModelLoadError, DeviceUnavailableError, ValueError, OSError) as error:
             reason = str(error)
             LOG.error("model %s version %d failed to load: %s%s", name, version, reason, self._keeping(state))
             state.failed[version] = (fingerprint, reason)

@@ -33,6 +33,9 @@ LOG = logging.getLogger(__name__)
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# The name Kubernetes' liveness and startup probes ask about (docker/k8s/): SERVING from the moment the port
+# is bound until shutdown, models or not, so that an empty repository never makes a pod crash-loop.
+LIVENESS_SERVICE = "liveness"
 # After the calls in flight finished: how long streams such as health Watch may linger before cancelling.
 STOP_GRACE_SECONDS = 0.5
 
@@ -59,10 +62,11 @@ class InferenceServer:
             self.executor,
             SessionOptions(device=settings.device, intra_op_threads=threads, allow_spinning=False),
             BatchOverrides(
-                settings.max_batch_size,
-                settings.max_queue_delay_us,
-                settings.max_queue_size,
-                settings.batching,
+                max_batch_size=settings.max_batch_size,
+                max_queue_delay_us=settings.max_queue_delay_us,
+                max_queue_size=settings.max_queue_size,
+                enabled=settings.batching,
+                adaptive=settings.batch_wait == "adaptive",
             ),
             observer_for=self.metrics.for_model,
         )
@@ -98,6 +102,7 @@ class InferenceServer:
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {address}")
         await self._set_health("", NOT_SERVING)
+        await self._set_health(LIVENESS_SERVICE, SERVING)
         await server.start()
         self._server = server
         LOG.info("gRPC server listening on %s:%d", self.settings.host, self.port)
@@ -106,6 +111,11 @@ class InferenceServer:
             await self._set_health(SERVICE_NAME, SERVING)
             return self.port
         await self.poll()
+        if not self.registry.model_names() and Path(self.settings.repo).is_dir():
+            LOG.warning(
+                "model repository %s is empty: serving nothing until a model appears (polling)",
+                self.settings.repo,
+            )
         self._polling = asyncio.get_running_loop().create_task(self._poll_loop())
         return self.port
 

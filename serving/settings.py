@@ -39,6 +39,7 @@ class ServerSettings:
     max_queue_delay_us: int | None = None
     max_queue_size: int | None = None
     batching: bool = True
+    batch_wait: str = "adaptive"  # or "fixed": every batch waits max_queue_delay to fill
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_images: int = DEFAULT_MAX_IMAGES
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -83,6 +84,12 @@ def _bool(text: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _batch_wait(text: str) -> str:
+    if text not in ("adaptive", "fixed"):
+        raise ValueError("must be adaptive or fixed")
+    return text
+
+
 def _device(text: str) -> str:
     if text not in ("auto", "cpu", "cuda"):
         raise ValueError("must be auto, cpu or cuda")
@@ -103,6 +110,7 @@ FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "max_queue_delay_us": ("CNNSERVE_MAX_QUEUE_DELAY_US", _int(0), "--max-queue-delay-us"),
     "max_queue_size": ("CNNSERVE_MAX_QUEUE_SIZE", _int(1), "--max-queue-size"),
     "batching": ("CNNSERVE_BATCHING", _bool, "--batching"),
+    "batch_wait": ("CNNSERVE_BATCH_WAIT", _batch_wait, "--batch-wait"),
     "max_message_bytes": ("CNNSERVE_MAX_MESSAGE_BYTES", _int(1024), "--max-message-bytes"),
     "max_images": ("CNNSERVE_MAX_IMAGES", _int(1), "--max-images"),
     "max_pixels": ("CNNSERVE_MAX_PIXELS", _int(1), "--max-pixels"),

@@ -87,7 +87,7 @@ def zoo_command(args: argparse.Namespace) -> int:
             "  ".join(
                 cell.rjust(w) if i == 4 else cell.ljust(w)
                 for i, (cell, w) in enumerate(zip(line, widths, strict=True))
-            )
+            ).rstrip()
         )
     return 0
 

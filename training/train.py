@@ -8,12 +8,13 @@ never overwritten silently, and Ctrl-C leaves the best checkpoint so far with a 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import platform
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,15 @@ def _versions(dataset_kind: str) -> dict[str, str]:
     return versions
 
 
+def _split_sizes(dataset: LoadedDataset, skipped_while_training: set[str]) -> dict[str, int]:
+    """Images per split that training actually used (files that failed to decode are not counted)."""
+    sizes = {}
+    for name, split in dataset.splits.items():
+        lost = 0 if isinstance(split, ArraySplit) else len(skipped_while_training.intersection(split.paths))
+        sizes[name] = len(split) - lost
+    return sizes
+
+
 def _raw_images(split: Split, indices: Sequence[int], entry: ZooEntry) -> np.ndarray:
     pre = entry.preprocessing
     if isinstance(split, ArraySplit):
@@ -181,6 +191,14 @@ def _predict(model: Any, test_ds: Any, entry: ZooEntry) -> tuple[np.ndarray, np.
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
     return np.concatenate(indices), np.concatenate(true), np.concatenate(predicted)
+
+
+@contextlib.contextmanager
+def _quiet_unknown_length() -> Iterator[None]:
+    """Streamed folders have no known length until a pass ends; Keras warns about that every time."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        yield
 
 
 def train_model(
@@ -260,7 +278,7 @@ def train_model(
                 split_seed=dataset.split_seed,
                 test_split=dataset.test_split,
             ),
-            split_sizes=dataset.sizes(),
+            split_sizes=_split_sizes(dataset, skip_log.files),
             seed=seed,
             epochs=epochs,
             epochs_completed=len(val_losses),
@@ -287,9 +305,7 @@ def train_model(
         )
 
     try:
-        with warnings.catch_warnings():
-            # Streamed folders have no known length until the first epoch ends; Keras warns about it.
-            warnings.filterwarnings("ignore", message="Your input ran out of data")
+        with _quiet_unknown_length():
             model.fit(
                 train_ds,
                 validation_data=val_ds,
@@ -308,7 +324,8 @@ def train_model(
         raise TrainingInterrupted(run_dir, saved) from None
 
     best = keras.models.load_model(checkpoint)
-    scores = best.evaluate(test_ds, verbose=0, return_dict=True)
+    with _quiet_unknown_length():
+        scores = best.evaluate(test_ds, verbose=0, return_dict=True)
     test_loss, test_accuracy = float(scores["loss"]), float(scores["accuracy"])
     log.info("test accuracy %.4f, test loss %.4f (%s split)", test_accuracy, test_loss, dataset.test_split)
 

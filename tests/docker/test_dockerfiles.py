@@ -302,3 +302,14 @@ def test_build_context_is_small(dockerignore_rules: list[tuple[bool, re.Pattern[
                 files += 1
     assert files > 20
     assert total < 5 * 1024 * 1024, f"build context {total / 1e6:.1f} MB in {files} files"
+
+
+def test_tools_target_has_every_wing(cpu_dockerfile: Dockerfile) -> None:
+    """`--target tools`: the whole package for train/export, non-root, never the default target."""
+    tools = cpu_dockerfile.stage("tools")
+    assert cpu_dockerfile.final.name != "tools"
+    copied = {source for copy in tools.copies() for source in copy.sources}
+    assert {"pyproject.toml", "cnnserve/", "training/", "export/", "serving/", "protos/"} <= copied
+    assert any('".[cpu]"' in run.arguments for run in tools.all("RUN"))
+    assert tools.exec_form("ENTRYPOINT") == ["cnnserve"]
+    assert tools.last("USER").arguments.split(":")[0] != "0"

@@ -13,7 +13,7 @@ import yaml
 from dockerimage import DOCKER_DIR, IMAGE_REPO, REPO_ROOT, Dockerfile
 
 K8S_DIR = DOCKER_DIR / "k8s"
-MANIFESTS = sorted(K8S_DIR.glob("*.yaml"))
+MANIFESTS = sorted(K8S_DIR.rglob("*.yaml"))
 # The newest schemas kubernetes-validate ships, and the oldest release the manifests support (the
 # preStop `sleep` action is on by default from 1.30).
 VERSIONS = [kubernetes_validate.latest_version(), "1.30.0"]
@@ -55,7 +55,7 @@ def test_every_expected_manifest_is_there() -> None:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.relative_to(K8S_DIR).as_posix())
 def test_manifest_validates_strictly(path: Path, version: str) -> None:
     for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
         if document:

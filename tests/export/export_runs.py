@@ -46,6 +46,7 @@ def make_run(
     data_root: Path | None = None,
     seed: int = 0,
     model=None,  # a keras.Model replacing the zoo's (custom heads, unconvertible layers)
+    per_class: int = 6,  # images per class and split in the RGB datasets
 ) -> Path:
     """Write `model.keras` (untrained weights, non-zero biases) and `run.json` for one zoo architecture."""
     entry = get_entry(zoo_name)
@@ -65,7 +66,10 @@ def make_run(
         assert data_root is not None, f"{zoo_name} needs an RGB image folder dataset"
         classes = entry.labels
         folder = digit_image_folders(
-            data_root / f"{len(classes)}-{entry.preprocessing.height}", classes, entry.preprocessing.height
+            data_root / f"{len(classes)}-{entry.preprocessing.height}-{per_class}",
+            classes,
+            entry.preprocessing.height,
+            per_class,
         )
         dataset = DatasetInfo(kind="image-folders", path=str(folder), provenance="digit PNGs", split_seed=0)
     info = RunInfo(

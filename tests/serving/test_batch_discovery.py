@@ -114,4 +114,12 @@ def test_permission_denied_folder_is_warned_counted_and_skipped() -> None:
 def test_folder_links_are_not_followed(tree: Path) -> None:
     (tree / "z" / "loop").symlink_to(tree, target_is_directory=True)  # would recurse forever if followed
     (tree / "link.png").symlink_to(tree / "b.png")  # a link to a file is an image like any other
-    assert list(iter_images(tree)) == ["a.PNG", "b.png", "c.bmp", "link.png", "m/n.png", "z/y.png", "z/a/x.jpg"]
+    assert list(iter_images(tree)) == [
+        "a.PNG",
+        "b.png",
+        "c.bmp",
+        "link.png",
+        "m/n.png",
+        "z/y.png",
+        "z/a/x.jpg",
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import random
 import signal
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnserve import cli
 from cnnserve.serving.batch_job import JobConfig, run_job
 from cnnserve.serving.batch_output import read_table
 from cnnserve.serving.batch_remote import RemoteEngine, RemoteError
@@ -188,16 +190,10 @@ def test_labelled_folder_accuracy_and_pictures(model_repository: Path, tmp_path:
             assert picture.format == "PNG" and picture.width > 200
 
 
-def test_clear_errors_before_any_work(model_repository: Path, tmp_path: Path) -> None:
+def test_clear_errors_before_any_work(
+    model_repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = make_digit_folder(tmp_path / "digits", 3, labelled=False)
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "cnnserve", "classify-folder", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
 
     output = str(tmp_path / "out.csv")
     cases = [
@@ -224,10 +220,11 @@ def test_clear_errors_before_any_work(model_repository: Path, tmp_path: Path) ->
         ),
     ]
     for args, message in cases:
-        result = cli(*args, "--retries", "0", "--connect-timeout", "1")
-        assert result.returncode == 1, result
-        assert result.stderr.strip().splitlines()[-1].startswith("error: ")
-        assert message in result.stderr
+        code = cli.main(["classify-folder", *args, "--retries", "0", "--connect-timeout", "1"])
+        stderr = capsys.readouterr().err
+        assert code == 1, stderr
+        assert stderr.strip().splitlines()[-1].startswith("error: ")
+        assert message in stderr
         assert not Path(output).exists()
 
 
@@ -283,13 +280,12 @@ def test_resume_after_sigkill_gives_every_file_exactly_once(model_repository: Pa
     assert all(not r["error"] for r in rows.values())
     assert "already in the output" in result.stdout
 
-    # A clean run agrees with the interrupted-and-resumed one, row for row; --restart starts over.
-    clean = tmp_path / "clean.csv"
-    restart = [*command[: command.index("--output") + 1], str(clean), "--restart", "--batch-size", "64"]
-    for _ in range(2):
-        assert subprocess.run(restart, capture_output=True, timeout=180).returncode == 0
-    assert _predictions(_rows(clean)) == _predictions(rows)
-    with clean.open() as handle:
+    # --restart starts over in the same output; the clean run agrees with the interrupted-and-resumed one.
+    restart = [*command, "--restart", "--batch-size", "64"]
+    assert subprocess.run(restart, capture_output=True, timeout=180).returncode == 0
+    clean = _rows(output)
+    assert _predictions(clean) == _predictions(rows)
+    with output.open() as handle:
         assert sum(1 for _ in csv.reader(handle)) == 2501
 
 
@@ -447,3 +443,16 @@ def test_server_going_away_keeps_rows_and_resumes(model_repository: Path, tmp_pa
             job.kill()
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_progress_logs_rate_and_eta_when_not_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
+    from cnnserve.serving.batch_job import Progress
+
+    caplog.set_level(logging.INFO, logger="cnnserve.serving.batch_job")
+    progress = Progress(total=10, mode="auto", interval_s=0.0)  # pytest's stderr is not a terminal
+    assert progress.mode == "log"
+    time.sleep(0.01)
+    progress.update(5)
+    progress.close()
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith("5/10 images (50.0%), ") and "images/s, ETA 0:0" in message

@@ -84,6 +84,8 @@ def test_restart_overwrites_and_other_top_k_is_refused(tmp_path: Path) -> None:
     table.close()
     with pytest.raises(OutputError, match="--restart"):
         ResultTable(path, top_k=2, model="m", version=1)
+    with pytest.raises(OutputError, match="model 'm', not 'other'"):
+        ResultTable(path, top_k=1, model="other", version=1)
     table = ResultTable(path, top_k=2, model="m", version=1, resume=False)
     assert table.done == set()
     table.close()

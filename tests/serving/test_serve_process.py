@@ -29,7 +29,16 @@ def _request(digits, count: int = 2) -> inference_pb2.ClassifyRequest:
 def test_sigterm_finishes_calls_in_flight_and_exits_0(serve_subprocess, model_repository, digits) -> None:
     # Each request waits 1.5 s in the batch queue, so calls are surely in flight when SIGTERM arrives.
     server = serve_subprocess(
-        "--repo", str(model_repository), "--workers", "1", "--threads", "1", "--max-queue-delay-us", "1500000"
+        "--repo",
+        str(model_repository),
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--max-queue-delay-us",
+        "1500000",
+        "--batch-wait",
+        "fixed",
     )
     with grpc.insecure_channel(server.address) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)

@@ -83,7 +83,7 @@ def test_top_k_out_of_range(served, digits) -> None:
 @pytest.fixture
 def strict(start_server, model_repository):
     """A server with small limits: 4 images per request, 10,000 pixels, 200 kB messages, a 12-image queue
-    whose first request waits 300 ms for others."""
+    where every batch waits 300 ms for others."""
     return start_server(
         model_repository,
         max_images=4,
@@ -91,6 +91,7 @@ def strict(start_server, model_repository):
         max_message_bytes=200_000,
         max_queue_size=12,
         max_queue_delay_us=300_000,
+        batch_wait="fixed",
     )
 
 

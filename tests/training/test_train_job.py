@@ -128,6 +128,9 @@ def test_image_folder_run_with_a_sigmoid_head(tmp_path: Path) -> None:
                 pixels[..., channel] = 230
                 Image.fromarray(pixels).save(_mk(root, split, cls, i))
     (root / "train" / "dogs" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    # A truncated JPEG passes the up-front scan (its header is fine) and fails only when decoded.
+    whole = (root / "train" / "dogs" / "dogs0.jpg").read_bytes()
+    (root / "train" / "dogs" / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
     run_dir = train_model(
         "cats_dogs_small", data=root, out_dir=tmp_path / "run", epochs=2, batch_size=8, seed=1, verbose=0
     )
@@ -138,7 +141,7 @@ def test_image_folder_run_with_a_sigmoid_head(tmp_path: Path) -> None:
         "validation": 8,
         "test": 8,
     }
-    assert run.skipped_count == 1 and run.skipped_files[0].endswith("corrupt.jpg")
+    assert sorted(Path(p).name for p in run.skipped_files) == ["corrupt.jpg", "truncated.jpg"]
     assert run.augmentation == "shear_zoom_flip"
     assert run.test_accuracy is not None and run.test_accuracy >= 0.5
     raw, labels = load_raw_samples(run, "test", 3)
