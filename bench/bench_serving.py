@@ -121,7 +121,7 @@ def ort_rates(repo: Path, model: str, seconds: float, cores: int) -> dict[int, f
         runtime.classify(batch)
         done = 0
         start = time.perf_counter()
-        while time.perf_counter() - start < seconds / 3:
+        while time.perf_counter() - start < seconds / 3 or done < 8 * batch_size:
             runtime.classify(batch)
             done += batch_size
         rates[batch_size] = done / (time.perf_counter() - start)
@@ -225,7 +225,7 @@ class Server:
         self.port_file = tmp / f"{name}.port"
         self.port_file.unlink(missing_ok=True)
         self.log = (tmp / f"{name}.log").open("w")
-        command = [sys.executable, "-m", "cnnserve", "--log-level", "INFO", "serve", "--repo", str(repo)]
+        command = [sys.executable, "-m", "cnnserve", "--log-level", "WARNING", "serve", "--repo", str(repo)]
         command += ["--host", "127.0.0.1", "--port", "0", "--workers", str(workers), "--poll-interval", "0"]
         command += ["--port-file", str(self.port_file), *extra]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, required=True)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measured point")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measured point")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every measurement (medians kept)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server worker processes")
     parser.add_argument("--max-queue-delay-us", type=int, default=None, help="server batching delay override")
     parser.add_argument(
@@ -343,7 +344,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-floor", action="store_true", help="skip the Keras floor")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--repeat", type=int, default=2, help="measure each point this often, keep the best")
     args = parser.parse_args(argv)
 
     from cnnserve.protos import inference_pb2
@@ -354,16 +354,18 @@ def main(argv: list[str] | None = None) -> int:
     images = make_images(version.config)
     print(
         f"# {args.model} v{version.version}, {cores} cores, {args.workers} server workers, "
-        f"{args.duration:.0f} s per point"
+        f"{args.duration:.0f} s per point, {args.rounds} rounds"
     )
-
-    # Shared machines: every figure is the best of --repeat measurements (the ceiling's at the start and
-    # at the end of the run), so a burst of someone else's load does not decide a ratio.
-    decode, ort, ort_procs = measure_ceiling(args, cores)
-
-    rows: list[Row] = []
     extra = [] if args.max_queue_delay_us is None else ["--max-queue-delay-us", str(args.max_queue_delay_us)]
-    loads = [(1, 1), (8, 1), (64, 1), (8, 64)]
+    plans = [
+        ("echo", ["--echo"], [(64, 1), (8, 64)]),
+        ("cnnserve", extra, [(1, 1), (8, 1), (64, 1), (8, 64)]),
+        ("cnnserve, batching off", [*extra, "--no-batching"], [(64, 1), (8, 64)]),
+    ]
+    # Shared machines drift by 2x within minutes: every round measures the ceiling and then every server
+    # point, each point's ratios are taken against its own round, and the medians over rounds are kept.
+    ceilings: list[dict[str, float]] = []
+    measured: dict[tuple[str, int, int], list[Row]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_name:
         tmp = Path(tmp_name)
         payloads = {}
@@ -373,111 +375,133 @@ def main(argv: list[str] | None = None) -> int:
             )
             payloads[count] = tmp / f"payload-{count}.bin"
             payloads[count].write_bytes(request.SerializeToString())
-
-        plans = [
-            ("echo", ["--echo"], [(64, 1), (8, 64)]),
-            ("cnnserve", extra, loads),
-            ("cnnserve, batching off", [*extra, "--no-batching"], [(64, 1), (8, 64)]),
-        ]
-        for system, flags, points in plans:
-            server = Server(args.repo, args.workers, flags, tmp, system.replace(" ", "").replace(",", "-"))
-            try:
-                best: dict[tuple[int, int], Row] = {}
-                for attempt in range(args.repeat):
+        servers = {}
+        try:
+            for system, flags, _ in plans:  # all started up front; an idle server costs no CPU
+                name = system.replace(" ", "").replace(",", "-")
+                servers[system] = Server(args.repo, args.workers, flags, tmp, name)
+            for round_index in range(args.rounds):
+                ceilings.append(ceiling_figures(*measure_ceiling(args, cores)))
+                for system, _, points in plans:
+                    server = servers[system]
                     for clients, count in points:
                         spies = []
-                        if attempt == 0 and system == "cnnserve" and (clients, count) in ((64, 1), (8, 64)):
+                        profiled = system == "cnnserve" and (clients, count) in ((64, 1), (8, 64))
+                        if round_index == 0 and profiled:
                             spies = profile(server.pids, args.duration, tmp / f"profile-{clients}x{count}")
                         row = run_load(server.address, payloads[count], clients, count, args.duration, system)
                         for spy in spies:
                             spy.wait(60)
-                        kept = best.get((clients, count))
-                        if kept is None or row.images_per_s > kept.images_per_s:
-                            best[(clients, count)] = row
-                for clients, count in points:
-                    row = best[(clients, count)]
-                    rows.append(row)
-                    print(
-                        f"  {system:24s} {clients:3d} x {count:<3d} {row.images_per_s:10,.0f} img/s "
-                        f"{row.calls_per_s:9,.0f} calls/s p50 {row.p50_ms:6.2f} ms p99 {row.p99_ms:6.2f} ms "
-                        f"errors {row.errors}",
-                        flush=True,
-                    )
-            finally:
+                        measured.setdefault((system, clients, count), []).append(row)
+                        print(
+                            f"  round {round_index + 1}: {system:24s} {clients:3d} x {count:<3d} "
+                            f"{row.images_per_s:10,.0f} img/s {row.calls_per_s:9,.0f} calls/s "
+                            f"p50 {row.p50_ms:6.2f} ms p99 {row.p99_ms:6.2f} ms errors {row.errors}",
+                            flush=True,
+                        )
+        finally:
+            for server in servers.values():
                 server.stop()
-        decode_end, ort_end, procs_end = measure_ceiling(args, cores)
-        decode = max(decode, decode_end)
-        ort = {b: max(r, ort_end[b]) for b, r in ort.items()}
-        ort_procs = {b: max(r, procs_end[b]) for b, r in ort_procs.items()}
-        profiles = sorted(tmp.glob("profile-*.txt"))
-        summary = summarise_profiles(profiles, args.duration)
+        summary = summarise_profiles(sorted(tmp.glob("profile-*.txt")), args.duration)
         floor = None
         if not args.no_floor:
             floor = keras_floor(args.model, args.keras_model, images, args.repo, min(args.duration, 3.0))
+    report(args, cores, ceilings, measured, floor, summary)
+    return 0
 
-    # The ceiling as BENCHMARKS.md defines it (one process, ORT on all cores, best batch), and the
-    # stronger one the machine also offers (one single-threaded session per core): ratios use the larger.
-    best_batch = max(ort, key=ort.__getitem__)
-    ceiling_one = 1.0 / (1.0 / decode + 1.0 / ort[best_batch])
+
+def ceiling_figures(decode: float, ort: dict[int, float], ort_procs: dict[int, float]) -> dict[str, float]:
+    """The ceiling as BENCHMARKS.md defines it (one process, ORT on all cores, best batch), and the
+    stronger one the machine also offers (one single-threaded session per core); ratios use the larger."""
+    best = max(ort, key=ort.__getitem__)
     best_procs = max(ort_procs, key=ort_procs.__getitem__)
-    ceiling_procs = 1.0 / (1.0 / decode + 1.0 / ort_procs[best_procs])
-    ceiling = max(ceiling_one, ceiling_procs)
-    echo = {(r.clients, r.images_per_call): r for r in rows if r.system == "echo"}
+    one = 1.0 / (1.0 / decode + 1.0 / ort[best])
+    procs = 1.0 / (1.0 / decode + 1.0 / ort_procs[best_procs])
+    return {
+        "decode": decode,
+        "ort": ort[best],
+        "ort_batch": best,
+        "ort_processes": ort_procs[best_procs],
+        "ort_processes_batch": best_procs,
+        "ceiling_one_process": one,
+        "ceiling_processes": procs,
+        "ceiling": max(one, procs),
+    }
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def report(
+    args: argparse.Namespace,
+    cores: int,
+    ceilings: list[dict[str, float]],
+    measured: dict[tuple[str, int, int], list[Row]],
+    floor: float | None,
+    summary: dict[str, list[str]],
+) -> None:
+    def spread(values: list[float], digits: int = 0) -> str:
+        return f"{_median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
+
+    ceiling = [c["ceiling"] for c in ceilings]
     print()
+    print("medians over rounds (min-max in brackets); ratios are taken within each round")
     print(
         "| system | clients x images/call | images/s | calls/s | p50 ms | p99 ms | errors | "
         "% of ceiling | % of echo calls/s |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
+    one = [c["ceiling_one_process"] for c in ceilings]
+    procs = [c["ceiling_processes"] for c in ceilings]
     print(
-        f"| in-process ceiling, one process (decode {decode:,.0f}/s, ORT {ort[best_batch]:,.0f}/s at batch "
-        f"{best_batch}) | - | {ceiling_one:,.0f} | - | - | - | - | {100 * ceiling_one / ceiling:.0f}% | - |"
+        f"| in-process ceiling, one process: decode {_median([c['decode'] for c in ceilings]):,.0f}/s, "
+        f"ORT on {cores} threads {_median([c['ort'] for c in ceilings]):,.0f}/s | - | {spread(one)} "
+        f"| - | - | - | - | {spread([100 * a / b for a, b in zip(one, ceiling, strict=True)])}% | - |"
     )
     print(
-        f"| in-process ceiling, {cores} one-thread ORT processes (ORT {ort_procs[best_procs]:,.0f}/s at "
-        f"batch {best_procs}) | - | {ceiling_procs:,.0f} | - | - | - | - | "
-        f"{100 * ceiling_procs / ceiling:.0f}% | - |"
+        f"| in-process ceiling, ORT as {cores} one-thread processes "
+        f"{_median([c['ort_processes'] for c in ceilings]):,.0f}/s | - | {spread(procs)} | - | - | - | - | "
+        f"{spread([100 * a / b for a, b in zip(procs, ceiling, strict=True)])}% | - |"
     )
-    for row in rows:
-        base = echo.get((row.clients, row.images_per_call))
-        echo_share = (
-            f"{100 * row.calls_per_s / base.calls_per_s:.0f}%" if base and row.system != "echo" else "-"
-        )
+    for (system, clients, count), rows in measured.items():
+        echo_rows = measured.get(("echo", clients, count))
+        echo_share = "-"
+        if echo_rows and system != "echo":
+            shares = [100 * r.calls_per_s / e.calls_per_s for r, e in zip(rows, echo_rows, strict=True)]
+            echo_share = f"{spread(shares)}%"
+        shares = [100 * r.images_per_s / c for r, c in zip(rows, ceiling, strict=True)]
         print(
-            f"| {row.system} | {row.clients} x {row.images_per_call} | {row.images_per_s:,.0f} | "
-            f"{row.calls_per_s:,.0f} | {row.p50_ms:.2f} | {row.p99_ms:.2f} | {row.errors} | "
-            f"{100 * row.images_per_s / ceiling:.1f}% | {echo_share} |"
+            f"| {system} | {clients} x {count} | {spread([r.images_per_s for r in rows])} | "
+            f"{_median([r.calls_per_s for r in rows]):,.0f} | {_median([r.p50_ms for r in rows]):.2f} | "
+            f"{_median([r.p99_ms for r in rows]):.2f} | {sum(r.errors for r in rows)} | "
+            f"{spread(shares, 1)}% | {echo_share} |"
         )
     if floor is not None:
         print(
             f"| Keras model.predict, one image at a time | 1 x 1 | {floor:,.1f} | {floor:,.1f} | - | - | 0 | "
-            f"{100 * floor / ceiling:.2f}% | - |"
+            f"{100 * floor / _median(ceiling):.2f}% | - |"
         )
     if summary:
-        print("\nprofile (py-spy, server processes, share of samples):")
+        print("\nprofile (py-spy on the server processes, round 1, share of samples):")
         for name, lines in summary.items():
             print(f"  {name}: " + "; ".join(lines))
     if args.json:
+        rows_json = {f"{s} {c}x{b}": [asdict(r) for r in rows] for (s, c, b), rows in measured.items()}
         args.json.write_text(
             json.dumps(
                 {
                     "model": args.model,
                     "cores": cores,
                     "workers": args.workers,
-                    "decode_per_s": decode,
-                    "ort_per_s": ort,
-                    "ort_processes_per_s": ort_procs,
-                    "ceiling_one_process_per_s": ceiling_one,
-                    "ceiling_processes_per_s": ceiling_procs,
-                    "ceiling_per_s": ceiling,
+                    "ceilings": ceilings,
                     "floor_per_s": floor,
-                    "rows": [asdict(r) for r in rows],
+                    "rows": rows_json,
                     "profile": summary,
                 },
                 indent=2,
             )
         )
-    return 0
 
 
 def summarise_profiles(paths: list[Path], seconds: float) -> dict[str, list[str]]:

@@ -63,6 +63,7 @@ class ExportOptions:
     gradcam_samples: int = 16
     activation_overhead_limit_pct: float = 3.0  # above this, activations go to a second graph
     timing_rounds: int = 3  # interleaved rounds of best-of-8 timings (overhead and variant throughput)
+    timing_budget_s: float = 6.0  # stop timing after this long (at least 3 runs of each graph)
     thresholds: Thresholds = field(default_factory=Thresholds)
     seed: int = 0
 
@@ -128,9 +129,11 @@ def _json_default(value: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
-def _measure_overhead(class_path: Path, full_path: Path, batch: np.ndarray, rounds: int) -> dict[str, Any]:
+def _measure_overhead(
+    class_path: Path, full_path: Path, batch: np.ndarray, rounds: int, budget_s: float
+) -> dict[str, Any]:
     """Classification time of the plain graph vs the graph with activation outputs (CPU, best of runs)."""
-    plain, full = compare_throughput(class_path, full_path, batch, rounds=rounds)
+    plain, full = compare_throughput(class_path, full_path, batch, rounds=rounds, budget_s=budget_s)
     return {
         "batch": int(batch.shape[0]),
         "provider": "CPUExecutionProvider",
@@ -188,7 +191,9 @@ def export_run(run_dir: Path, repo: Path, options: ExportOptions | None = None) 
         onnx.save(full_model, str(full_path))
 
         bench_batch = _tile(held_x, max_batch)
-        overhead = _measure_overhead(class_path, full_path, bench_batch, options.timing_rounds)
+        overhead = _measure_overhead(
+            class_path, full_path, bench_batch, options.timing_rounds, options.timing_budget_s
+        )
         separate = overhead["overhead_pct"] > options.activation_overhead_limit_pct
         overhead["limit_pct"] = options.activation_overhead_limit_pct
         overhead["separate_activations_graph"] = separate
@@ -407,6 +412,7 @@ def _build_variants(
             options.max_batch_size,
             bench_batch,
             options.timing_rounds,
+            options.timing_budget_s,
         )
         files[variants.FP16_FILENAME] = path
     if options.int8:
@@ -425,6 +431,7 @@ def _build_variants(
             options.max_batch_size,
             bench_batch,
             options.timing_rounds,
+            options.timing_budget_s,
         )
         results["int8"]["calibration_samples"] = len(calibration)
         files[variants.INT8_FILENAME] = path

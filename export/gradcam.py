@@ -139,6 +139,8 @@ def _gradient_function(model, head: _Head, output_kind: int):
     )
     def gradients(image, target):
         activations = conv_model(image, training=False)
+        # One constant per weight, shared by the forward and the backward pass (the graph stores it once).
+        constants = {name: [tf.constant(w) for w in arrays] for name, arrays in weights.items()}
         # Forward through the head, keeping what the backward pass needs.
         tape: list[tuple[Any, Any, Any]] = []  # (layer, input, pre-activation or output)
         x = activations
@@ -154,7 +156,7 @@ def _gradient_function(model, head: _Head, output_kind: int):
             elif kind == "Dropout":
                 continue
             else:  # Dense
-                kernel, *bias = (tf.constant(w) for w in weights[layer.name])
+                kernel, *bias = constants[layer.name]
                 z = tf.matmul(x, kernel) + (bias[0] if bias else 0.0)
                 tape.append((layer, x, z))
                 x = z if layer is head.layers[-1] else _apply(tf, _activation_name(layer), z)
@@ -172,7 +174,9 @@ def _gradient_function(model, head: _Head, output_kind: int):
             if kind == "Dense":
                 if index > 0:  # hidden layer: through its activation first
                     grad = grad * _derivative(tf, _activation_name(layer), saved)
-                grad = tf.matmul(grad, tf.constant(weights[layer.name][0]), transpose_b=True)
+                # grad · Wᵀ computed as (W · gradᵀ)ᵀ: transposing the small gradient instead of the
+                # kernel keeps tf2onnx from folding a second, transposed copy of W into the graph.
+                grad = tf.transpose(tf.matmul(constants[layer.name][0], grad, transpose_b=True))
             elif kind == "Flatten":
                 grad = tf.reshape(grad, tf.shape(x_in))
             else:  # MaxPooling2D

@@ -26,7 +26,7 @@ import numpy as np
 from cnnserve.serving import preprocessing
 from cnnserve.serving.batch_output import Prediction, ResultRow
 from cnnserve.serving.repository import ModelVersion
-from cnnserve.serving.runtime import ModelRuntime, SessionOptions, top_k
+from cnnserve.serving.runtime import CUDA, ModelRuntime, SessionOptions, top_k
 
 LOG = logging.getLogger(__name__)
 
@@ -71,14 +71,14 @@ def rows_from_probabilities(
     predictions: dict[int, tuple[Prediction, ...]] = {}
     if len(batch.decoded):
         indices, scores = top_k(probabilities, k)
-        for row, position in enumerate(batch.decoded):
+        names = [labels[i] if i < len(labels) else str(i) for i in range(probabilities.shape[1])]
+        # Python ints and floats once per batch (tolist), not numpy scalars per value: this runs per image.
+        for position, row_indices, row_scores in zip(
+            batch.decoded, indices.tolist(), scores.astype(np.float64).tolist(), strict=True
+        ):
             predictions[position] = tuple(
-                Prediction(
-                    label=labels[int(i)] if int(i) < len(labels) else str(int(i)),
-                    index=int(i),
-                    score=float(s),
-                )
-                for i, s in zip(indices[row], scores[row], strict=True)
+                Prediction(label=names[i], index=i, score=s)
+                for i, s in zip(row_indices, row_scores, strict=True)
             )
     return [
         ResultRow(path=path, predictions=predictions.get(position, ()), error=batch.errors.get(position, ""))
@@ -111,7 +111,7 @@ class LocalEngine:
         self.max_pixels = max_pixels
         self.spec = preprocessing.PreprocessSpec.from_model_config(model.config)
         cores = default_workers()
-        on_cpu = device == "cpu" or (device == "auto" and "CUDA" not in str(self._available_providers()))
+        on_cpu = device == "cpu" or (device == "auto" and CUDA not in self._available_providers())
         # CPU: one batch per core, one ONNX Runtime thread each. GPU: two runs in flight, default threads.
         self.inference_threads = inference_threads or (cores if on_cpu else 2)
         if intra_op_threads == 0 and on_cpu:

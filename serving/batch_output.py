@@ -259,19 +259,27 @@ class ResultTable:
         """Append one batch of rows in one write, then flush it."""
         if not rows:
             return
-        records = [row_record(row, self.top_k, self.model, self.version) for row in rows]
         if self.format == "csv":
-            text = self._csv_lines(
-                [
-                    ["" if record[name] is None else record[name] for name in self.columns]
-                    for record in records
-                ]
-            )
+            text = self._csv_lines(self._csv_row(row) for row in rows)
         else:
-            text = "".join(json.dumps(record) + "\n" for record in records)
+            text = "".join(
+                json.dumps(row_record(row, self.top_k, self.model, self.version)) + "\n" for row in rows
+            )
         self._writer.write_text(text)
         self.done.update(row.path for row in rows)
         self.rows_written += len(rows)
+
+    def _csv_row(self, row: ResultRow) -> list[Any]:
+        """The CSV cells of a row, built directly (this runs once per image)."""
+        cells: list[Any] = [row.path]
+        for rank in range(self.top_k):
+            if rank < len(row.predictions):
+                prediction = row.predictions[rank]
+                cells += [prediction.label, prediction.index, prediction.score]
+            else:
+                cells += ["", "", ""]
+        cells += [self.model, self.version, " ".join(row.error.split()) if row.error else ""]
+        return cells
 
     def close(self, finished: bool = True) -> None:
         """Flush and sync; a finished Parquet job turns its journal into the Parquet file."""

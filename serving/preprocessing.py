@@ -30,6 +30,11 @@ _RESAMPLE: dict[int, Image.Resampling] = {
 }
 _PIL_MODE = {model_config_pb2.GRAYSCALE: "L", model_config_pb2.RGB: "RGB"}
 
+# Pillow warns about images above its own pixel limit while opening them; `open_image` refuses those
+# itself (from the header, before decoding), so the warning is noise. A filter set once here, rather than
+# `warnings.catch_warnings()` per image, which is not thread-safe and costs on every request.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 
 class ImageDecodeError(ValueError):
     """The bytes are not an image Pillow can decode (corrupt, truncated, empty or another format)."""
@@ -86,15 +91,13 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
     if not data:
         raise ImageDecodeError("empty image (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"image of {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
-                )
-            image.load()
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"image of {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+            )
+        image.load()
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(str(error)) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from cnnserve.protos import inference_pb2, inference_pb2_grpc
 from cnnserve.serving.inference import RequestLimits, ServingCore
 from cnnserve.serving.metrics import ServingMetrics, multiprocess_dir
-from cnnserve.serving.registry import BatchOverrides, ModelRegistry
+from cnnserve.serving.registry import AVAILABLE, BatchOverrides, ModelRegistry
 from cnnserve.serving.runtime import SessionOptions
 from cnnserve.serving.servicer import EchoServicer, InferenceServicer
 from cnnserve.serving.settings import ServerSettings
@@ -147,8 +147,11 @@ class InferenceServer:
             return
         available = set(self.registry.available_models())
         names = set(self.registry.model_names()) | self._health_names
+        statuses = self.registry.statuses()
         for name in names:
             await self._set_health(name, SERVING if name in available else NOT_SERVING)
+            loaded = sum(1 for s in statuses.get(name, []) if s.state == AVAILABLE)
+            self.metrics.model_versions.labels(name).set(loaded)
         self._health_names = names
         overall = SERVING if available else NOT_SERVING
         await self._set_health("", overall)

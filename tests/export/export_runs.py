@@ -112,6 +112,7 @@ def fast_options(**overrides: object):  # -> ExportOptions
         "image_samples": 2,
         "gradcam_samples": 4,
         "timing_rounds": 1,
+        "timing_budget_s": 0.5,
         "max_batch_size": 16,
         "accuracy_samples": 200,
         "calibration_samples": 64,

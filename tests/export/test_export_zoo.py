@@ -39,7 +39,7 @@ def test_zoo_model_exports_with_parity(
     entry = ZOO[zoo_name]
     run_dir = make_run(tmp_path / "run", zoo_name, data_root=rgb_data_root)
     # The 150×150 model is the slow one: a smaller max batch keeps its full-batch edge case cheap.
-    options = fast_options(max_batch_size=8 if zoo_name == "cats_dogs_cnn" else 16)
+    options = fast_options(max_batch_size=4 if zoo_name == "cats_dogs_cnn" else 16)
     result = export_run(run_dir, zoo_repo, options)
     parity = result.parity
     assert result.model_name == zoo_name and result.version == 1

@@ -265,7 +265,7 @@ def test_resume_after_sigkill_gives_every_file_exactly_once(model_repository: Pa
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
-        _wait_for_rows(output, rng.randint(1, 1200), process)
+        _wait_for_rows(output, rng.randint(1, 800), process)
         time.sleep(rng.uniform(0, 0.05))
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the job and its decoder processes, mid-write

@@ -32,10 +32,12 @@ def test_empty_repository_then_a_model_appears(start_server, model_repository, t
         assert client.health() == "SERVING"
         assert client.health(MODEL) == "SERVING"
         assert client.classify(digits.png[:1], MODEL).version == 1
+        assert server.metric("cnnserve_model_versions_available", {"model": MODEL}) == 1
         shutil.rmtree(repo / MODEL)
         server.poll()
         assert client.health() == "NOT_SERVING"
         assert client.health(MODEL) == "NOT_SERVING"
+        assert server.metric("cnnserve_model_versions_available", {"model": MODEL}) == 0
         with pytest.raises(ServerError) as caught:
             client.classify(digits.png[:1], MODEL)
         assert caught.value.code == grpc.StatusCode.NOT_FOUND
