@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -204,6 +205,14 @@ def start_server(repo: Path, scratch: Path) -> tuple[subprocess.Popen, str]:
 
 
 def main() -> int:
+    scratch = Path(tempfile.mkdtemp(prefix="bench_batch_"))
+    try:
+        return run(scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(scratch: Path) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -235,7 +244,6 @@ def main() -> int:
     model_version = open_model_version(args.repo, args.model)
     spec = PreprocessSpec.from_model_config(model_version.config)
     batch_size = args.batch_size or model_version.config.max_batch_size or 64
-    scratch = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     folder = args.folder or scratch / "images"
     if args.make_digits:
         make_digits(folder, args.make_digits)

@@ -137,7 +137,12 @@ async def _load(address: str, payload: bytes, clients: int, warmup: float, secon
     import grpc
 
     channels = [
-        grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 256 << 20)])
+        # A local subchannel pool per channel: each gets its own TCP connection (gRPC would otherwise share
+        # one between channels to the same address), so SO_REUSEPORT spreads them over the server workers.
+        grpc.aio.insecure_channel(
+            address,
+            options=[("grpc.max_send_message_length", 256 << 20), ("grpc.use_local_subchannel_pool", 1)],
+        )
         for _ in range(min(clients, 16))
     ]
     calls = [c.unary_unary(CLASSIFY, request_serializer=None, response_deserializer=None) for c in channels]
@@ -521,7 +526,10 @@ def summarise_profiles(paths: list[Path], seconds: float) -> dict[str, list[str]
         total = sum(counts.values()) or 1
         busy = total / (100.0 * seconds)
         top = sorted(counts.items(), key=lambda item: -item[1])
-        summary[name] = [f"{busy:.2f} cores busy", *(f"{kind} {100 * n / total:.0f}%" for kind, n in top)]
+        summary[name] = [
+            f"{busy:.2f} busy threads (samples/s / 100)",
+            *(f"{kind} {100 * n / total:.0f}%" for kind, n in top),
+        ]
     return summary
 
 

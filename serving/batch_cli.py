@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=0,
-        help="decoder processes (local), calls in flight "
-        "(--server) or ONNX Runtime actors (ray); default: one per core",
+        help="decoder processes (local; default: one per core), calls in flight (--server; default: 4) "
+        "or ONNX Runtime actors (ray; default: one per CPU of the cluster, one per GPU with --device cuda)",
     )
     parser.add_argument("--top-k", type=int, default=1, help="predictions per image (default: 1)")
     parser.add_argument(
@@ -74,7 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="--server: seconds to wait for the server to answer at start (default: 10)",
     )
     parser.add_argument(
-        "--max-pixels", type=int, default=None, help="refuse images with more pixels than this"
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="refuse images with more pixels than this (default: 50,000,000; with --server the "
+        "server's own --max-pixels applies)",
     )
     parser.add_argument(
         "--recursive",

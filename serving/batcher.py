@@ -1,11 +1,12 @@
 """Dynamic batching: concurrent requests for one model version merged into one ONNX Runtime call.
 
-A request waits at most `max_queue_delay` after the oldest waiting request arrived, or until
-`max_batch_size` images are waiting. One batch runs at a time per model version, in a thread of the
-executor, so the event loop keeps accepting (and queueing) while ONNX Runtime computes: under load the
-next batch fills up during the current one, which is what makes batching adaptive. The queue is bounded
-in images (overflow → QueueFullError); a request whose deadline has passed, or whose caller went away,
-is dropped before it is computed.
+A batch waits at most `max_queue_delay` after its oldest request arrived, and only while requests are
+known to be on their way (adaptive; `fixed` always waits), or until `max_batch_size` images wait. Batches
+run in threads of the executor, so the event loop keeps accepting (and queueing) while ONNX Runtime
+computes: under load the next batch fills up during the current one, which is what makes batching
+adaptive; a second batch runs alongside only when a full one waits. The queue is bounded in images
+(overflow → QueueFullError); a request whose deadline has passed, or whose caller went away, is dropped
+before it is computed.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class BatchSettings:
     # True: wait for more only while requests are known to be on their way (see `expecting`);
     # False: a batch always waits max_queue_delay to fill, as Triton does.
     adaptive: bool = True
+    # Batches computing at once. A second one starts only when a full batch waits, so big requests keep
+    # every core busy (ORT runs one thread per worker) while small ones still merge behind the first.
+    max_concurrent_batches: int = 2
 
 
 @dataclass(eq=False)
@@ -78,6 +82,8 @@ class DynamicBatcher:
         self._wake: asyncio.Future[None] | None = None  # resolved to wake the batch loop
         self._filling = False  # the loop waits for a batch to fill (only a full batch wakes it early)
         self._arriving = 0  # requests being decoded that will be submitted next (see `expecting`)
+        self._running = 0  # batches computing now
+        self._batches: set[asyncio.Task[None]] = set()  # their tasks (kept referenced)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -144,14 +150,16 @@ class DynamicBatcher:
         finally:
             self._inflight_images -= len(batch)
 
-    def _notify(self) -> None:
+    def _notify(self, force: bool = False) -> None:
         """Wake the batch loop if it waits for a first request, or for a batch that is now full."""
         wake = self._wake
         if wake is None or wake.done():
             return
-        full = self._waiting_images >= self.settings.max_batch_size
-        if self._filling and not full and self._expects_more() and not self._closed:
-            return  # more requests are on their way; the fill timer or the last arrival wakes it
+        if not force and not self._closed and self._waiting_images < self.settings.max_batch_size:
+            if self._filling and self._expects_more():
+                return  # more requests are on their way; the fill timer or the last arrival wakes it
+            if self._running:
+                return  # a batch computes; its end (or a full batch) wakes the loop
         wake.set_result(None)
 
     def _expects_more(self) -> bool:
@@ -171,20 +179,32 @@ class DynamicBatcher:
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._waiting:
-                if self._closed:
+            if not self._waiting:
+                if self._closed and not self._running:
                     return
-                self._filling = False
                 await self._sleep(loop, None)
-            fill_until = self._waiting[0].enqueued + self.settings.max_queue_delay_s
+                continue
             full = self._waiting_images >= self.settings.max_batch_size
+            if self._running and (not full or self._running >= self.settings.max_concurrent_batches):
+                # While a batch computes, the next one fills; only a full one may run alongside it.
+                await self._sleep(loop, None)
+                continue
+            fill_until = self._waiting[0].enqueued + self.settings.max_queue_delay_s
             if not full and self._expects_more() and not self._closed and loop.time() < fill_until:
                 self._filling = True
                 await self._sleep(loop, fill_until)
                 self._filling = False
             taken = self._take(loop.time())
             if taken:
-                await self._run_batch(loop, taken)
+                self._running += 1
+                task = loop.create_task(self._run_batch(loop, taken))
+                self._batches.add(task)
+                task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        self._running -= 1
+        self._notify(force=True)
 
     def _take(self, now: float) -> list[_Waiting]:
         """Pop waiting requests up to max_batch_size images, dropping cancelled and expired ones."""
@@ -247,7 +267,7 @@ class DynamicBatcher:
         """Stop taking requests; those already waiting are still computed and answered (drain)."""
         self._closed = True
         if self._task is not None:
-            self._notify()
+            self._notify(force=True)
             await self._task
             self._task = None
 

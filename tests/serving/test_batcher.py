@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -136,3 +137,33 @@ def test_server_merges_concurrent_clients_and_never_mixes_answers(
     requests = server.metric("cnnserve_requests_total", {"model": "mnist_cnn", "rpc": "Classify"})
     assert requests == 1 + 16 * 6
     assert server.metric("cnnserve_images_total", {"model": "mnist_cnn", "rpc": "Classify"}) == images
+
+
+def test_a_full_batch_runs_alongside_the_one_computing_but_never_more() -> None:
+    lock = threading.Lock()
+    running = [0, 0]  # now, most at once
+    sizes: list[int] = []
+
+    def slow(batch: np.ndarray) -> np.ndarray:
+        with lock:
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+            sizes.append(len(batch))
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return batch + 1.0
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            settings = BatchSettings(max_batch_size=4, max_queue_delay_s=0.0, max_queue_images=64)
+            batcher = DynamicBatcher(slow, settings, executor, name="slow")
+            full = [batcher.submit(np.full((4, 1), i, np.float32)) for i in range(4)]
+            small = [batcher.submit(np.full((1, 1), 10 + i, np.float32)) for i in range(3)]
+            results = await asyncio.gather(*full, *small)
+            assert [float(r[0, 0]) for r in results] == [1, 2, 3, 4, 11, 12, 13]
+            await batcher.close()
+
+    asyncio.run(scenario())
+    assert running[1] == 2
+    assert sorted(sizes) == [3, 4, 4, 4, 4]  # the three small requests merged into one batch
