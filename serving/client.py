@@ -86,6 +86,9 @@ class CnnserveClient:
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
+                # Per-call round robin over every address the target resolves to, e.g.
+                # dns:///cnnserve-headless.NAMESPACE.svc.cluster.local:8500 reaches every ready pod.
+                ("grpc.lb_policy_name", "round_robin"),
             ],
         )
         self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)

@@ -124,6 +124,13 @@ class ModelRuntime:
         self.providers_requested = choose_providers(self.options.device, config.execution.providers)
         self.session = create_session(model.model_file, self.providers_requested, self.options)
         self.providers: list[str] = list(self.session.get_providers())
+        if self.options.device == "cuda" and CUDA not in self.providers:
+            # onnxruntime-gpu lists CUDA as available even without a GPU, then quietly falls back to the CPU.
+            raise DeviceUnavailableError(
+                f"device 'cuda' requested but ONNX Runtime could not start CUDA for {model.model_file} "
+                f"(running on {', '.join(self.providers)}): no GPU visible, or the driver, CUDA or cuDNN "
+                "libraries do not match this onnxruntime-gpu"
+            )
         self.input_name = config.input.name
         self.output_name = config.output.name
         self.output_kind = config.output_kind

@@ -45,6 +45,10 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 1),
+        # Close connections after a few minutes (calls in flight get 30 s more) so that clients balancing
+        # per call over a headless Service re-resolve and spread onto replicas added since they connected.
+        ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+        ("grpc.max_connection_age_grace_ms", 30 * 1000),
     ]
 
 

@@ -21,6 +21,22 @@ DEFAULT_POLL_INTERVAL = 5.0
 DEFAULT_GRACE_SECONDS = 30.0
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (containers).
+
+    `os.cpu_count()` is the host's count; in a container limited to 2 CPUs on a 32-core host it would
+    start 32 workers.
+    """
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            count = min(count, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
 class SettingsError(ValueError):
     """A flag or environment variable has an invalid value; the message names it."""
 
@@ -50,7 +66,7 @@ class ServerSettings:
     def intra_op_threads(self, cpu_count: int | None = None) -> int:
         if self.threads > 0:
             return self.threads
-        cores = cpu_count or os.cpu_count() or 1
+        cores = cpu_count or available_cpus()
         return max(1, cores // max(1, self.workers))
 
 
@@ -144,7 +160,7 @@ def resolve(
     if "repo" not in values:
         raise SettingsError("no model repository: pass --repo REPO or set CNNSERVE_REPO")
     if "workers" not in values:
-        values["workers"] = cpu_count or os.cpu_count() or 1
+        values["workers"] = cpu_count or available_cpus()
     for name in ("echo", "port_file"):
         if flags.get(name) is not None:
             values[name] = flags[name]
