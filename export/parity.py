@@ -14,20 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from cnnserve.protos import model_config_pb2
+from cnnserve.serving.runtime import probabilities as serving_probabilities
 
 
 def probabilities(raw: np.ndarray, kind: int) -> np.ndarray:
-    """Class probabilities from a head's raw output, exactly as serving computes them."""
-    raw = np.asarray(raw, dtype=np.float64)
-    if kind == model_config_pb2.LOGITS:
-        shifted = raw - raw.max(axis=1, keepdims=True)
-        exp = np.exp(shifted)
-        return exp / exp.sum(axis=1, keepdims=True)
-    if kind == model_config_pb2.SIGMOID:
-        p = raw.reshape(raw.shape[0], -1)[:, :1]
-        return np.concatenate([1.0 - p, p], axis=1)
-    return raw
+    """Class probabilities from a head's raw output, exactly as serving computes them (in float64)."""
+    return serving_probabilities(raw, kind, np.float64)
 
 
 @dataclass

@@ -91,9 +91,12 @@ def create_session(path: Path, providers: Sequence[str], options: SessionOptions
         raise ModelLoadError(f"ONNX Runtime cannot load {path}: {error}") from error
 
 
-def probabilities(raw: np.ndarray, kind: int) -> np.ndarray:
-    """Class probabilities from a head's output: softmax as is, logits via softmax, sigmoid as (1-p, p)."""
-    raw = np.asarray(raw, dtype=np.float32)
+def probabilities(raw: np.ndarray, kind: int, dtype: type[np.floating] = np.float32) -> np.ndarray:
+    """Class probabilities from a head's output: softmax as is, logits via softmax, sigmoid as (1-p, p).
+
+    Export's parity check calls it with float64, so its errors measure the graph, not the arithmetic.
+    """
+    raw = np.asarray(raw, dtype=dtype)
     if kind == model_config_pb2.LOGITS:
         shifted = raw - raw.max(axis=1, keepdims=True)
         exp = np.exp(shifted)

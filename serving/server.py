@@ -89,7 +89,7 @@ class InferenceServer:
         self._health_names: set[str] = set()
 
     async def start(self) -> int:
-        """Bind, start answering (health NOT_SERVING until a model loads), load the repository; the port."""
+        """Bind, load the repository, then answer (health NOT_SERVING until a model loads); the port."""
         server = grpc.aio.server(options=grpc_options(self.settings))
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -107,14 +107,18 @@ class InferenceServer:
             raise OSError(f"cannot bind gRPC port {address}")
         await self._set_health("", NOT_SERVING)
         await self._set_health(LIVENESS_SERVICE, SERVING)
+        if self.settings.echo:
+            await self._set_health("", SERVING)
+            await self._set_health(SERVICE_NAME, SERVING)
+        else:
+            # Load the repository before listening: with several workers on one port, the kernel only hands
+            # connections to listening sockets, so no call (or health probe) reaches a worker still loading.
+            await self.poll()
         await server.start()
         self._server = server
         LOG.info("gRPC server listening on %s:%d", self.settings.host, self.port)
         if self.settings.echo:
-            await self._set_health("", SERVING)
-            await self._set_health(SERVICE_NAME, SERVING)
             return self.port
-        await self.poll()
         if not self.registry.model_names() and Path(self.settings.repo).is_dir():
             LOG.warning(
                 "model repository %s is empty: serving nothing until a model appears (polling)",
