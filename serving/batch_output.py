@@ -141,12 +141,24 @@ class _LineWriter:
             self._handle.close()
 
 
+def _require_pyarrow(path: Path) -> None:
+    """Refuse a Parquet output before any work when pyarrow is missing, not after the last batch."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as error:
+        raise OutputError(
+            f"{path}: Parquet output needs pyarrow (install `cnnserve[parquet]`); or write .csv or .jsonl"
+        ) from error
+
+
 class ResultTable:
     """An open output: the paths already in it, and `write()` to append a batch of rows."""
 
     def __init__(self, path: Path, top_k: int, model: str, version: int, resume: bool = True) -> None:
         self.path = path
         self.format = output_format(path)
+        if self.format == "parquet":
+            _require_pyarrow(path)
         self.top_k = top_k
         self.model = model
         self.version = version
