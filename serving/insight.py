@@ -381,6 +381,13 @@ def _starts(size: int, patch: int, stride: int) -> list[int]:
     return starts
 
 
+def _coverage(length: int, starts: Sequence[int], patch: int) -> np.ndarray:
+    """(length, len(starts)) float64: 1 where the patch starting at starts[j] covers position i."""
+    positions = np.arange(length)[:, None]
+    begins = np.asarray(starts)[None, :]
+    return ((positions >= begins) & (positions < begins + patch)).astype(np.float64)
+
+
 @dataclass(frozen=True)
 class OcclusionPlan:
     """The occluded copies of one image: each covers a `patch`×`patch` square with `fill_value`."""
@@ -456,12 +463,13 @@ class OcclusionPlan:
         if scores.shape[0] != self.size:
             raise ValueError(f"expected {self.size} occlusion scores, got {scores.shape[0]}")
         height, width = self.image.shape[:2]
-        total = np.zeros((height, width), dtype=np.float64)
-        count = np.zeros((height, width), dtype=np.float64)
-        for index, score in enumerate(scores):
-            top, left = self.position(index)
-            total[top : top + self.patch, left : left + self.patch] += base_score - score
-            count[top : top + self.patch, left : left + self.patch] += 1.0
+        drops = (base_score - scores).reshape(len(self.rows), len(self.cols))
+        # The copies lie on a grid, so the sum over the patches covering each pixel factorises:
+        # total = rows_cover @ drops @ cols_cover.T, with cover[y, r] = 1 when patch row r covers pixel row y.
+        rows_cover = _coverage(height, self.rows, self.patch)
+        cols_cover = _coverage(width, self.cols, self.patch)
+        total = rows_cover @ drops @ cols_cover.T
+        count = np.outer(rows_cover.sum(axis=1), cols_cover.sum(axis=1))
         return (total / np.maximum(count, 1.0)).astype(np.float32)
 
 
