@@ -264,7 +264,12 @@ def run_job(config: JobConfig) -> JobSummary:
     done_before = frozenset(table.done)
     if done_before:
         LOG.info("resuming: %d files are already in %s", len(done_before), config.output)
-    total = batch_discovery.count_images(config.folder, config.recursive, exclude=done_before)
+    # The total only feeds the progress bar or log: without progress, skip a second walk of the folder.
+    total = (
+        0
+        if config.progress == "none"
+        else batch_discovery.count_images(config.folder, config.recursive, exclude=done_before)
+    )
     batch_size = config.batch_size or info.max_batch_size or DEFAULT_BATCH_SIZE
     stats = batch_discovery.DiscoveryStats()
 
