@@ -62,42 +62,11 @@ def _image_folders(root: Path, size: int, per_class: int = 6) -> Path:
 
 
 def _untrained_run(run_dir: Path, zoo_name: str, data: Path) -> Path:
-    from cnnserve.training.rundir import DatasetInfo, RunInfo, write_run
-    from cnnserve.training.zoo import build_model, get_entry
+    from cnnserve.training.rundir import DatasetInfo
+    from cnnserve.training.train import write_untrained_run
 
-    entry = get_entry(zoo_name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(zoo_name)
-    model.save(run_dir / "model.keras")
-    info = RunInfo(
-        model=zoo_name,
-        status="completed",
-        dataset=DatasetInfo(kind="image-folders", path=str(data), provenance="generated JPEGs", split_seed=0),
-        split_sizes={"train": 0, "validation": 0, "test": 0},
-        seed=0,
-        epochs=0,
-        epochs_completed=0,
-        batch_size=entry.batch_size,
-        optimizer=entry.optimizer,
-        learning_rate=entry.learning_rate,
-        loss=entry.loss,
-        augmentation="none",
-        history={},
-        best_epoch=None,
-        test_accuracy=None,
-        test_loss=None,
-        params=int(model.count_params()),
-        input_shape=tuple(entry.input_shape),
-        num_classes=entry.num_classes,
-        output_kind=entry.output_kind,
-        labels=entry.labels,
-        preprocessing=entry.preprocessing,
-        versions={},
-        wall_time_s=0.0,
-        run_dir=run_dir,
-    )
-    write_run(run_dir, info)
-    return run_dir
+    dataset = DatasetInfo(kind="image-folders", path=str(data), provenance="generated JPEGs", split_seed=0)
+    return write_untrained_run(zoo_name, run_dir, dataset)
 
 
 def build_repository(workdir: Path, models: list[str]) -> Path:

@@ -398,11 +398,10 @@ def _build_variants(
     test_x = np.ascontiguousarray(test_x, dtype=np.float32).reshape((-1, *dims))
     test_y = np.asarray(test_y).astype(np.int64).reshape(-1)
     results: dict[str, Any] = {}
-    if options.fp16:
-        path = work / variants.FP16_FILENAME
-        variants.make_fp16(model_path, path)
-        results["fp16"] = variants.measure_variant(
-            "fp16",
+
+    def measure(name: str, path: Path) -> dict[str, Any]:
+        return variants.measure_variant(
+            name,
             model_path,
             path,
             kind_enum,
@@ -414,25 +413,18 @@ def _build_variants(
             options.timing_rounds,
             options.timing_budget_s,
         )
+
+    if options.fp16:
+        path = work / variants.FP16_FILENAME
+        variants.make_fp16(model_path, path)
+        results["fp16"] = measure("fp16", path)
         files[variants.FP16_FILENAME] = path
     if options.int8:
         calibration, _ = datasets.load_samples(run, "train", options.calibration_samples, seed=options.seed)
         calibration = np.ascontiguousarray(calibration, dtype=np.float32).reshape((-1, *dims))
         path = work / variants.INT8_FILENAME
         variants.make_int8(model_path, path, calibration, work)
-        results["int8"] = variants.measure_variant(
-            "int8",
-            model_path,
-            path,
-            kind_enum,
-            held_x,
-            test_x,
-            test_y,
-            options.max_batch_size,
-            bench_batch,
-            options.timing_rounds,
-            options.timing_budget_s,
-        )
+        results["int8"] = measure("int8", path)
         results["int8"]["calibration_samples"] = len(calibration)
         files[variants.INT8_FILENAME] = path
     return results

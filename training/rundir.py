@@ -44,7 +44,7 @@ class RunInfo:
     """Everything `run.json` records about one training run."""
 
     model: str
-    status: str  # "completed" | "interrupted"
+    status: str  # "completed" | "interrupted" | "untrained"
     dataset: DatasetInfo
     split_sizes: Mapping[str, int]
     seed: int

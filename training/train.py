@@ -135,6 +135,49 @@ def _check_fit(entry: ZooEntry, dataset: LoadedDataset) -> None:
         )
 
 
+def write_untrained_run(
+    model_name: str, run_dir: Path, dataset: DatasetInfo, model: Any = None, seed: int = 0
+) -> Path:
+    """A run directory for an architecture with untrained weights (status "untrained").
+
+    Export's parity and the benchmarks do not need trained weights, only a real model and a real dataset
+    to draw samples from; training every zoo model would take far too long for them.
+    """
+    entry = get_entry(model_name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(model_name) if model is None else model
+    model.save(run_dir / MODEL_FILE)
+    info = RunInfo(
+        model=model_name,
+        status="untrained",
+        dataset=dataset,
+        split_sizes={"train": 0, "validation": 0, "test": 0},
+        seed=seed,
+        epochs=0,
+        epochs_completed=0,
+        batch_size=entry.batch_size,
+        optimizer=entry.optimizer,
+        learning_rate=entry.learning_rate,
+        loss=entry.loss,
+        augmentation="none",
+        history={},
+        best_epoch=None,
+        test_accuracy=None,
+        test_loss=None,
+        params=int(model.count_params()),
+        input_shape=tuple(entry.input_shape),
+        num_classes=entry.num_classes,
+        output_kind=entry.output_kind,
+        labels=entry.labels,
+        preprocessing=entry.preprocessing,
+        versions=_versions(dataset.kind),
+        wall_time_s=0.0,
+        run_dir=run_dir,
+    )
+    write_run(run_dir, info)
+    return run_dir
+
+
 def _versions(dataset_kind: str) -> dict[str, str]:
     import keras
     import tensorflow as tf

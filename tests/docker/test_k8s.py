@@ -57,9 +57,10 @@ def test_every_expected_manifest_is_there() -> None:
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.relative_to(K8S_DIR).as_posix())
 def test_manifest_validates_strictly(path: Path, version: str) -> None:
-    for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-        if document:
-            kubernetes_validate.validate(document, version, strict=True)
+    documents = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+    assert documents, f"{path} holds no manifest"
+    for document in documents:
+        kubernetes_validate.validate(document, version, strict=True)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnserve.training.rundir import DatasetInfo, RunInfo, write_run
+from cnnserve.training.rundir import DatasetInfo
+from cnnserve.training.train import write_untrained_run
 from cnnserve.training.zoo import build_model, get_entry
 
 
@@ -50,7 +51,6 @@ def make_run(
 ) -> Path:
     """Write `model.keras` (untrained weights, non-zero biases) and `run.json` for one zoo architecture."""
     entry = get_entry(zoo_name)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if model is None:
         model = build_model(zoo_name)
         rng = np.random.default_rng(seed)
@@ -59,7 +59,6 @@ def make_run(
             if len(weights) == 2:
                 bias = rng.normal(0.0, 0.05, weights[1].shape).astype(np.float32)
                 layer.set_weights([weights[0], bias])
-    model.save(run_dir / "model.keras")
     if entry.preprocessing.color_mode == "grayscale":
         dataset = DatasetInfo(kind="mnist-bundled", path=None, provenance="bundled digits", split_seed=0)
     else:
@@ -72,35 +71,7 @@ def make_run(
             per_class,
         )
         dataset = DatasetInfo(kind="image-folders", path=str(folder), provenance="digit PNGs", split_seed=0)
-    info = RunInfo(
-        model=zoo_name,
-        status="completed",
-        dataset=dataset,
-        split_sizes={"train": 0, "validation": 0, "test": 0},
-        seed=seed,
-        epochs=0,
-        epochs_completed=0,
-        batch_size=entry.batch_size,
-        optimizer=entry.optimizer,
-        learning_rate=entry.learning_rate,
-        loss=entry.loss,
-        augmentation="none",
-        history={},
-        best_epoch=None,
-        test_accuracy=None,
-        test_loss=None,
-        params=int(model.count_params()),
-        input_shape=tuple(entry.input_shape),
-        num_classes=entry.num_classes,
-        output_kind=entry.output_kind,
-        labels=entry.labels,
-        preprocessing=entry.preprocessing,
-        versions={},
-        wall_time_s=0.0,
-        run_dir=run_dir,
-    )
-    write_run(run_dir, info)
-    return run_dir
+    return write_untrained_run(zoo_name, run_dir, dataset, model=model, seed=seed)
 
 
 def fast_options(**overrides: object):  # -> ExportOptions
