@@ -21,7 +21,10 @@ DEFAULT_POLL_INTERVAL = 5.0
 DEFAULT_GRACE_SECONDS = 30.0
 
 
-def available_cpus() -> int:
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     """CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota (containers).
 
     `os.cpu_count()` is the host's count; in a container limited to 2 CPUs on a 32-core host it would
@@ -29,7 +32,7 @@ def available_cpus() -> int:
     """
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        quota, period = cpu_max.read_text().split()[:2]
         if quota != "max" and int(period) > 0:
             count = min(count, max(1, int(quota) // int(period)))
     except (OSError, ValueError):
