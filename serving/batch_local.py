@@ -1,13 +1,16 @@
-"""The batch job's local engine: decoder processes feeding ONNX Runtime in this process.
+"""The batch job's local engine: processes that decode image files and classify them with ONNX Runtime.
 
-Decoding (Pillow, Python) needs many cores, so a pool of worker processes (forkserver or spawn, never
-fork: the parent holds ONNX Runtime's threads) reads and preprocesses whole batches with the server's own
-preprocessing code. This process runs the server's own `ModelRuntime` on decoded batches from several
-threads at once: ONNX Runtime releases the GIL, and on a CPU, batches run side by side with one thread
-each scale better than one batch split over every core (small convolutions do not parallelise well
-inside an operator; measured in bench/bench_batch.py). A bounded window of batches in flight keeps every
-core busy and the memory flat; results come back in submission order, so the output is in discovery order.
-While the decoder processes start, this process decodes the first batches itself with the same function.
+Decoding (Pillow, Python) needs many cores, so the work runs in a pool of worker processes (forkserver
+or spawn, never fork: the parent holds ONNX Runtime's threads) using the server's own preprocessing and
+`ModelRuntime`. On a CPU each worker decodes a batch and then classifies it with its own one-thread
+session, so only file paths go in and a few probabilities per image come back: the cores are always busy
+with one or the other, and the parent only walks the folder and writes rows. (Measured against decoding
+in the workers and classifying in the parent, which ships every float32 tensor back through a pipe and
+makes the parent's thread hand-offs compete with the decoders for the same cores: bench/bench_batch.py.)
+On a GPU the workers only decode and this process runs the one GPU session, two batches in flight.
+A bounded window of batches in flight keeps the memory flat; results come back in submission order, so
+the output is in discovery order. While the worker processes start (a fresh interpreter's imports and a
+session), this process decodes and classifies the first batches itself with the same functions.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +69,45 @@ def decode_batch(
     return DecodedBatch(tuple(paths), tensor, tuple(decoded), errors)
 
 
-def rows_from_probabilities(
-    batch: DecodedBatch, probabilities: np.ndarray, labels: Sequence[str], k: int
-) -> list[ResultRow]:
+@dataclass(frozen=True)
+class ClassifiedBatch:
+    """A batch after classification: the probabilities of the decoded images, errors for the others."""
+
+    paths: tuple[str, ...]
+    probabilities: np.ndarray  # (number decoded, classes) float32
+    decoded: tuple[int, ...]
+    errors: dict[int, str]
+
+
+# A worker process's own session, created by `_start_worker` (one per process, one ONNX Runtime thread).
+_WORKER_RUNTIME: ModelRuntime | None = None
+
+
+def _start_worker(model: ModelVersion | None, options: SessionOptions) -> None:
+    """Pool initializer: ignore Ctrl-C (the parent stops the pool after writing what is done), load."""
+    global _WORKER_RUNTIME
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if model is not None:
+        _WORKER_RUNTIME = ModelRuntime(model, options, with_activations=False)
+
+
+def classify_batch(runtime: ModelRuntime, batch: DecodedBatch) -> ClassifiedBatch:
+    probabilities = runtime.classify(batch.tensor) if len(batch.decoded) else np.empty((0, 0), np.float32)
+    return ClassifiedBatch(batch.paths, probabilities, batch.decoded, batch.errors)
+
+
+def decode_and_classify(
+    root: str, paths: Sequence[str], spec: preprocessing.PreprocessSpec, max_pixels: int
+) -> ClassifiedBatch:
+    """In a worker process: decode one batch of files and classify it with the worker's session."""
+    assert _WORKER_RUNTIME is not None, "the pool was started without a model"
+    return classify_batch(_WORKER_RUNTIME, decode_batch(root, paths, spec, max_pixels))
+
+
+def rows_from_probabilities(batch: ClassifiedBatch, labels: Sequence[str], k: int) -> list[ResultRow]:
     """One row per path of the batch: top-k predictions for decoded images, the error for the rest."""
     predictions: dict[int, tuple[Prediction, ...]] = {}
+    probabilities = batch.probabilities
     if len(batch.decoded):
         indices, scores = top_k(probabilities, k)
         names = [labels[i] if i < len(labels) else str(i) for i in range(probabilities.shape[1])]
@@ -92,7 +130,7 @@ def default_workers() -> int:
 
 
 class LocalEngine:
-    """Classify batches of files under `root` with decoder processes and one ONNX Runtime session."""
+    """Classify batches of files under `root` with worker processes and ONNX Runtime sessions."""
 
     def __init__(
         self,
@@ -102,8 +140,6 @@ class LocalEngine:
         workers: int = 0,
         device: str = "auto",
         max_pixels: int = preprocessing.DEFAULT_MAX_PIXELS,
-        inference_threads: int = 0,
-        intra_op_threads: int = 0,
     ) -> None:
         self.root = str(root)
         self.model = model
@@ -111,16 +147,18 @@ class LocalEngine:
         self.workers = workers or default_workers()
         self.max_pixels = max_pixels
         self.spec = preprocessing.PreprocessSpec.from_model_config(model.config)
-        cores = default_workers()
-        on_cpu = device == "cpu" or (device == "auto" and CUDA not in self._available_providers())
-        # CPU: one batch per core, one ONNX Runtime thread each. GPU: two runs in flight, default threads.
-        self.inference_threads = inference_threads or (cores if on_cpu else 2)
-        if intra_op_threads == 0 and on_cpu:
-            intra_op_threads = max(1, cores // self.inference_threads)
-        # The decoder processes share the cores with ONNX Runtime: its idle pool threads must sleep, not spin.
-        self.runtime = ModelRuntime(
-            model, SessionOptions(device=device, intra_op_threads=intra_op_threads, allow_spinning=False)
+        # CPU: every worker classifies what it decodes with its own one-thread session. GPU: the workers
+        # only decode; this process keeps two batches in flight on the GPU session.
+        self.on_cpu = device == "cpu" or (device == "auto" and CUDA not in self._available_providers())
+        # Idle ONNX Runtime pool threads must sleep, not spin: every core is also decoding.
+        options = SessionOptions(
+            device=device, intra_op_threads=1 if self.on_cpu else 0, allow_spinning=False
         )
+        self.worker_options = options
+        self._context = self._start_fork_server()
+        # This process's session classifies the first batches on a CPU, and everything on a GPU.
+        self.runtime = ModelRuntime(model, options, with_activations=False)
+        self.inference_threads = default_workers() if self.on_cpu else 2
         self.window = 2 * (self.workers + self.inference_threads)
         self._pool: ProcessPoolExecutor | None = None
         self._inference: ThreadPoolExecutor | None = None
@@ -136,29 +174,38 @@ class LocalEngine:
     def providers(self) -> list[str]:
         return self.runtime.providers
 
+    def _start_fork_server(self) -> multiprocessing.context.BaseContext:
+        """The worker processes' start method; a fork server starts now, its imports overlapping ours."""
+        if "forkserver" not in multiprocessing.get_all_start_methods():
+            return multiprocessing.get_context("spawn")
+        context = multiprocessing.get_context("forkserver")
+        # Imported once in the fork server, not once per worker.
+        context.set_forkserver_preload(
+            ["cnnserve.serving.batch_local"] + (["onnxruntime"] if self.on_cpu else [])
+        )
+        forkserver.ensure_running()
+        return context
+
     def __enter__(self) -> LocalEngine:
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        context = multiprocessing.get_context(method)
-        if method == "forkserver":
-            context.set_forkserver_preload(["cnnserve.serving.batch_local"])
-        # Workers ignore Ctrl-C: the parent stops them after writing what is done.
+        context = self._context
+        method = context.get_start_method()
         self._pool = ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=context,
-            initializer=signal.signal,
-            initargs=(signal.SIGINT, signal.SIG_IGN),
+            initializer=_start_worker,
+            initargs=(self.model if self.on_cpu else None, self.worker_options),
         )
         self._inference = ThreadPoolExecutor(self.inference_threads, thread_name_prefix="classify-folder")
-        # A decoder process is ready only after a fresh interpreter's imports (~0.2 s, a fifth of decoding
-        # 10,000 digits): they start in the background while ONNX Runtime warms up here and, until they are
-        # up, the inference threads decode the first batches themselves (see `classify`).
-        self._started = self._inference.submit(self._start_decoders)
+        # A worker process is ready only after a fresh interpreter's imports and its session (~0.2 s, a
+        # fifth of classifying 10,000 digits): they start in the background while ONNX Runtime warms up
+        # here and, until they are up, this process decodes the first batches itself (see `classify`).
+        self._started = self._inference.submit(self._start_workers)
         self.runtime.warm_up()
         LOG.info(
-            "local engine: %d decoder processes (%s), %d inference threads on %s",
+            "local engine: %d worker processes (%s) %s, on %s",
             self.workers,
             method,
-            self.inference_threads,
+            "decoding and classifying" if self.on_cpu else "decoding, classifying here",
             ", ".join(self.providers),
         )
         return self
@@ -171,26 +218,32 @@ class LocalEngine:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _start_decoders(self) -> None:
+    def _start_workers(self) -> None:
         assert self._pool is not None
         for future in [self._pool.submit(os.getpid) for _ in range(self.workers)]:
             future.result()
 
-    def _decode_here(self, paths: list[str]) -> list[ResultRow]:
-        return self._classify(decode_batch(self.root, paths, self.spec, self.max_pixels))
+    def _here(self, paths: list[str]) -> ClassifiedBatch:
+        return classify_batch(self.runtime, decode_batch(self.root, paths, self.spec, self.max_pixels))
 
-    def _infer(self, decoding: Future[DecodedBatch]) -> list[ResultRow]:
-        return self._classify(decoding.result())
+    def _classify_decoded(self, decoding: Future[DecodedBatch]) -> ClassifiedBatch:
+        return classify_batch(self.runtime, decoding.result())
 
-    def _classify(self, batch: DecodedBatch) -> list[ResultRow]:
-        probabilities = self.runtime.classify(batch.tensor) if len(batch.decoded) else np.empty((0, 0))
-        return rows_from_probabilities(batch, probabilities, self.model.labels, self.top_k)
+    def _submit(self, paths: list[str]) -> Future[ClassifiedBatch]:
+        assert self._pool is not None and self._inference is not None and self._started is not None
+        if not self._started.done():
+            return self._inference.submit(self._here, paths)
+        self._started.result()  # a worker process that could not start ends the job here
+        if self.on_cpu:
+            return self._pool.submit(decode_and_classify, self.root, paths, self.spec, self.max_pixels)
+        decoding = self._pool.submit(decode_batch, self.root, paths, self.spec, self.max_pixels)
+        return self._inference.submit(self._classify_decoded, decoding)
 
     def classify(self, batches: Iterator[list[str]]) -> Iterator[list[ResultRow]]:
         """Rows for each batch of relative paths, in order; decoding runs ahead of inference."""
-        if self._pool is None or self._inference is None or self._started is None:
+        if self._pool is None:
             raise RuntimeError("LocalEngine must be used as a context manager")
-        pending: deque[Future[list[ResultRow]]] = deque()
+        pending: deque[Future[ClassifiedBatch]] = deque()
         exhausted = False
         while True:
             while not exhausted and len(pending) < self.window:
@@ -198,12 +251,7 @@ class LocalEngine:
                 if paths is None:
                     exhausted = True
                     break
-                if self._started.done():
-                    self._started.result()  # a decoder process that could not start ends the job here
-                    decoding = self._pool.submit(decode_batch, self.root, paths, self.spec, self.max_pixels)
-                    pending.append(self._inference.submit(self._infer, decoding))
-                else:
-                    pending.append(self._inference.submit(self._decode_here, paths))
+                pending.append(self._submit(paths))
             if not pending:
                 return
-            yield pending.popleft().result()
+            yield rows_from_probabilities(pending.popleft().result(), self.model.labels, self.top_k)

@@ -85,7 +85,9 @@ class RayClassifier:
         model_version = open_model_version(Path(repo), model, version)
         self.spec = preprocessing.PreprocessSpec.from_model_config(model_version.config)
         self.runtime = ModelRuntime(
-            model_version, SessionOptions(device=device, intra_op_threads=intra_op_threads)
+            model_version,
+            SessionOptions(device=device, intra_op_threads=intra_op_threads),
+            with_activations=False,
         )
         self.root, self.top_k, self.max_pixels, self.decode = root, top_k, max_pixels, decode
 

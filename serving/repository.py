@@ -48,6 +48,25 @@ class ModelVersion:
     def activations_file(self) -> Path:
         return self.path / (self.config.activations_filename or self.model_file.name)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Generated message classes do not pickle by reference here (their module name is the proto
+        # package's), so worker processes receive the config as its wire bytes.
+        fields = (
+            self.name,
+            self.version,
+            self.path,
+            self.config.SerializeToString(),
+            self.labels,
+            self.parity,
+        )
+        return _model_version_from_wire, fields
+
+
+def _model_version_from_wire(
+    name: str, version: int, path: Path, config: bytes, labels: tuple[str, ...], parity: dict[str, Any]
+) -> ModelVersion:
+    return ModelVersion(name, version, path, model_config_pb2.ModelConfig.FromString(config), labels, parity)
+
 
 def list_models(repo: Path) -> list[str]:
     """Names of the model folders in the repository (hidden folders skipped), sorted."""

@@ -120,7 +120,10 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 class ModelRuntime:
     """One model version's ONNX Runtime session: classification and activation outputs."""
 
-    def __init__(self, model: ModelVersion, options: SessionOptions | None = None) -> None:
+    def __init__(
+        self, model: ModelVersion, options: SessionOptions | None = None, with_activations: bool = True
+    ) -> None:
+        """`with_activations=False` skips the activations graph: batch jobs only classify."""
         self.model = model
         self.options = options or SessionOptions()
         config = model.config
@@ -137,8 +140,8 @@ class ModelRuntime:
         self.input_name = config.input.name
         self.output_name = config.output.name
         self.output_kind = config.output_kind
-        self._activation_session = self.session
-        if model.activations_file != model.model_file:
+        self._activation_session = self.session if with_activations else None
+        if with_activations and model.activations_file != model.model_file:
             self._activation_session = create_session(
                 model.activations_file, self.providers_requested, self.options
             )
@@ -164,7 +167,7 @@ class ModelRuntime:
         start = time.perf_counter()
         batch = np.zeros((self.max_batch_size, *self.input_dims), dtype=np.float32)
         self.classify(batch)
-        if self._activation_session is not self.session:
+        if self._activation_session is not None and self._activation_session is not self.session:
             self.activations(batch[:1], list(self.activation_outputs))
         return time.perf_counter() - start
 
@@ -183,6 +186,8 @@ class ModelRuntime:
                 f"model {self.model.name!r} has no activation layer {unknown[0]!r}; "
                 f"layers: {', '.join(self.activation_outputs)}"
             )
+        if self._activation_session is None:
+            raise RuntimeError(f"this runtime of {self.model.name!r} was created without activations")
         names = [self.activation_outputs[layer] for layer in layers]
         outputs = self._activation_session.run(names, {self.input_name: batch})
         return dict(zip(layers, outputs, strict=True))
