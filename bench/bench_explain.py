@@ -5,8 +5,9 @@ Per model (`mnist_cnn`, `cats_dogs_cnn`):
 - in-process ceiling: the same occluded batch (the unaltered image + every occluded copy, default patch
   and stride) run through ONNX Runtime in this process, in chunks of `max_batch_size`, copies prebuilt;
   also the whole in-process explanation (`Insight.explain`: copies, ORT, heatmap);
-- the server: one `Explain` RPC (occlusion, default settings), `cnnserve serve` in its own process;
-  target: server <= 1.5x the in-process ORT time;
+- the server: one `Explain` RPC (occlusion, default settings), `cnnserve serve` in its own process
+  with its defaults for the machine (a worker per core, one ORT thread each; `--server-workers`,
+  `--server-threads` to change); target: server <= 1.5x the in-process ORT time;
 - Classify at 8 clients x 1 image per call for a fixed time: p50/p99 and images/s, without and then with
   one client sending Explain calls back to back.
 
@@ -111,12 +112,17 @@ def sample_image(name: str, workdir: Path) -> bytes:
 # -- the server --------------------------------------------------------------------------------------
 
 
-def start_server(repo: Path, workdir: Path, threads: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    repo: Path, workdir: Path, workers: int = 0, threads: int = 0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`cnnserve serve` on the repository; workers/threads 0 = the server's defaults for this machine."""
     port_file = workdir / "port"
     port_file.unlink(missing_ok=True)
     command = [sys.executable, "-m", "cnnserve", "--log-level", "WARNING", "serve", "--repo", str(repo)]
-    command += ["--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file), "--workers", "1"]
-    command += ["--threads", str(threads), "--device", "cpu", "--poll-interval", "0"]
+    command += ["--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file)]
+    command += ["--device", "cpu", "--poll-interval", "0"]
+    command += ["--workers", str(workers)] if workers else []
+    command += ["--threads", str(threads)] if threads else []
     log = (workdir / "server.log").open("wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
@@ -178,26 +184,37 @@ def _stub(address: str):
 
 
 def explain_side_by_side(
-    repo: Path, address: str, name: str, image: bytes, repeats: int, threads: int
+    repo: Path, address: str, name: str, image: bytes, repeats: int, threads: int, block: int
 ) -> dict[str, float]:
-    """Medians of interleaved runs (server, in-process ORT, ...), so load drift hits both alike."""
+    """Medians over interleaved blocks (server, in-process ORT, ...) of `block` consecutive calls each,
+    so load drift hits every figure alike. A block's first call finds the threads of its side asleep
+    (on a VM, waking a sleeping thread on an idle vCPU is slow); its other calls find them awake, as
+    under steady traffic. Both are reported: `<key>` is the steady median, `<key>_first` the first calls.
+    """
     from cnnserve.protos import inference_pb2
 
     spinning = InProcess(repo, name, image, threads, allow_spinning=True)
-    sleeping = InProcess(repo, name, image, threads, allow_spinning=False)  # the server's setting
+    sleeping = InProcess(repo, name, image, threads, allow_spinning=False)  # sessions that sleep when idle
     channel, stub = _stub(address)
     request = inference_pb2.ExplainRequest(model=name, image=inference_pb2.Image(encoded=image))
     stub.Explain(request, timeout=300)  # warm-up: the server reads nothing twice
-    times: dict[str, list[float]] = {"server": [], "ort": [], "ort_nospin": [], "explain": []}
-    for _ in range(repeats):
+
+    def server() -> float:
         start = time.perf_counter()
         stub.Explain(request, timeout=300)
-        times["server"].append(time.perf_counter() - start)
-        times["ort"].append(spinning.ort())
-        times["ort_nospin"].append(sleeping.ort())
-        times["explain"].append(spinning.explain())
+        return time.perf_counter() - start
+
+    sides = {"server": server, "ort": spinning.ort, "ort_nospin": sleeping.ort, "explain": spinning.explain}
+    first: dict[str, list[float]] = {key: [] for key in sides}
+    steady: dict[str, list[float]] = {key: [] for key in sides}
+    for _ in range(repeats):
+        for key, measure in sides.items():
+            times = [measure() for _ in range(max(1, block))]
+            first[key].append(times[0])
+            steady[key].extend(times[1:] or times)
     channel.close()
-    result = {key: statistics.median(values) for key, values in times.items()}
+    result = {key: statistics.median(values) for key, values in steady.items()}
+    result.update({f"{key}_first": statistics.median(values) for key, values in first.items()})
     result.update(copies=spinning.plan.size, patch=spinning.plan.patch, stride=spinning.plan.stride)
     result["max_batch"] = spinning.chunk
     return result
@@ -265,32 +282,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/cnnserve-bench-explain"))
     parser.add_argument("--repo", type=Path, help="an existing repository (default: built in --workdir)")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--repeats", type=int, default=5, help="Explain calls timed per figure (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved blocks per figure")
+    parser.add_argument("--block", type=int, default=5, help="consecutive calls per block")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each Classify load")
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT threads, both sides")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="ORT threads of the in-process sessions"
+    )
+    parser.add_argument("--server-workers", type=int, default=0, help="0 = the server's default (cores)")
+    parser.add_argument("--server-threads", type=int, default=0, help="0 = the server's default")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     models = [m for m in args.models.split(",") if m]
     args.workdir.mkdir(parents=True, exist_ok=True)
     repo = args.repo or build_repository(args.workdir, models)
 
-    process, address = start_server(repo, args.workdir, args.threads)
+    process, address = start_server(repo, args.workdir, args.server_workers, args.server_threads)
     try:
-        print(f"# bench_explain: {os.cpu_count()} cores, ORT threads {args.threads}, server: 1 worker")
+        server = (
+            f"{args.server_workers or 'default'} workers x {args.server_threads or 'default'} ORT threads"
+        )
+        print(
+            f"# bench_explain: {os.cpu_count()} cores; in-process ORT threads {args.threads}; server {server}"
+        )
         print(
             "| model | copies (patch/stride) | in-process ORT | same, no spinning | in-process explain "
-            "| server Explain | server / ORT |"
+            "| server Explain | server / ORT | first call of a block: ORT, server, server / ORT |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         loads = []
         for name in models:
             image = sample_image(name, args.workdir)
-            f = explain_side_by_side(repo, address, name, image, args.repeats, args.threads)
+            f = explain_side_by_side(repo, address, name, image, args.repeats, args.threads, args.block)
             print(
                 f"| {name} | {f['copies']} ({f['patch']}/{f['stride']}), batches of {f['max_batch']} "
                 f"| {f['ort'] * 1e3:.1f} ms | {f['ort_nospin'] * 1e3:.1f} ms | {f['explain'] * 1e3:.1f} ms "
-                f"| {f['server'] * 1e3:.1f} ms | {f['server'] / f['ort']:.2f}x |",
+                f"| {f['server'] * 1e3:.1f} ms | {f['server'] / f['ort']:.2f}x "
+                f"| {f['ort_first'] * 1e3:.1f} ms, {f['server_first'] * 1e3:.1f} ms, "
+                f"{f['server_first'] / f['ort_first']:.2f}x |",
                 flush=True,
             )
             quiet = classify_load(address, name, image, args.clients, args.seconds, explain=False)

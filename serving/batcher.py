@@ -4,9 +4,9 @@ A batch waits at most `max_queue_delay` after its oldest request arrived, and on
 known to be on their way (adaptive; `fixed` always waits), or until `max_batch_size` images wait. Batches
 run in threads of the executor, so the event loop keeps accepting (and queueing) while ONNX Runtime
 computes: under load the next batch fills up during the current one, which is what makes batching
-adaptive; a second batch runs alongside only when a full one waits. The queue is bounded in images
-(overflow → QueueFullError); a request whose deadline has passed, or whose caller went away, is dropped
-before it is computed.
+adaptive; a second batch runs alongside only when a full one (or a ready-made `bulk` one) waits.
+The queue is bounded in images (overflow → QueueFullError); a request whose deadline has passed, or
+whose caller went away, is dropped before it is computed.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class _Waiting:
     future: asyncio.Future[np.ndarray]
     deadline: float | None  # event-loop time
     enqueued: float  # event-loop time
+    bulk: bool = False  # a ready-made batch: it need not wait to merge (see `submit`)
 
 
 class DynamicBatcher:
@@ -91,10 +92,14 @@ class DynamicBatcher:
     def queued_images(self) -> int:
         return self._waiting_images + self._inflight_images
 
-    async def submit(self, batch: np.ndarray, deadline: float | None = None) -> np.ndarray:
+    async def submit(
+        self, batch: np.ndarray, deadline: float | None = None, bulk: bool = False
+    ) -> np.ndarray:
         """Results for a (N, ...) batch, computed together with whatever else is waiting.
 
         `deadline` is in `loop.time()` seconds; past it the request is dropped with DeadlineExpiredError.
+        `bulk` marks a ready-made batch (an explanation's chunk): when it reaches the head of the queue it
+        may start alongside a running batch, as a full one would, instead of waiting to merge.
         """
         if self._closed:
             raise ShuttingDownError(f"model {self.name} is being unloaded")
@@ -103,18 +108,18 @@ class DynamicBatcher:
         if count > limit:
             parts = [batch[start : start + limit] for start in range(0, count, limit)]
             self._check_room(count)
-            results = await asyncio.gather(*(self.submit(part, deadline) for part in parts))
+            results = await asyncio.gather(*(self.submit(part, deadline, bulk) for part in parts))
             return np.concatenate(results)
         self._check_room(count)
         loop = asyncio.get_running_loop()
         if not self.settings.enabled:
             return await self._run_alone(loop, batch)
-        waiting = _Waiting(batch, loop.create_future(), deadline, loop.time())
+        waiting = _Waiting(batch, loop.create_future(), deadline, loop.time(), bulk)
         self._waiting.append(waiting)
         self._waiting_images += count
         if self._task is None:
             self._task = loop.create_task(self._batch_loop(), name=f"batcher-{self.name}")
-        self._notify()
+        self._notify(force=bulk)
         return await waiting.future  # a cancelled caller cancels the future; the loop skips it
 
     @contextlib.contextmanager
@@ -184,7 +189,7 @@ class DynamicBatcher:
                     return
                 await self._sleep(loop, None)
                 continue
-            full = self._waiting_images >= self.settings.max_batch_size
+            full = self._waiting_images >= self.settings.max_batch_size or self._waiting[0].bulk
             if self._running and (not full or self._running >= self.settings.max_concurrent_batches):
                 # While a batch computes, the next one fills; only a full one may run alongside it.
                 await self._sleep(loop, None)

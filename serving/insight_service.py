@@ -34,7 +34,7 @@ import asyncio
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -196,6 +196,20 @@ class _Classify:
 
 
 @dataclass(frozen=True)
+class _Submit:
+    """A step of an explanation: start classifying this batch, send back a handle for `_Collect` at once."""
+
+    batch: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Collect:
+    """A step of an explanation: wait for a submitted batch, send back its probabilities."""
+
+    handle: Any
+
+
+@dataclass(frozen=True)
 class _Call:
     """A step of an explanation: run this function and send back its result -- off the event loop
     unless it is `cheap` (then a thread hop would cost more than the work)."""
@@ -210,7 +224,7 @@ INLINE_CHUNK_BYTES = 1 << 20
 INLINE_HEATMAP_COPIES = 256
 
 
-_Steps = Generator[_Classify | _Call, Any, ExplainResult]
+_Steps = Generator[_Classify | _Submit | _Collect | _Call, Any, ExplainResult]
 
 
 class Insight:
@@ -271,7 +285,12 @@ class Insight:
                 step = steps.send(reply)
             except StopIteration as stop:
                 return stop.value
-            reply = classify(step.batch) if isinstance(step, _Classify) else step.function()
+            if isinstance(step, _Classify | _Submit):
+                reply = classify(step.batch)  # computed now; its handle is the result
+            elif isinstance(step, _Collect):
+                reply = step.handle
+            else:
+                reply = step.function()
 
     async def explain_async(
         self,
@@ -281,26 +300,43 @@ class Insight:
         classify: Callable[[np.ndarray], Awaitable[np.ndarray]],
         chunk_size: int,
         executor: Executor | None = None,
+        chunks_in_flight: int = 1,
     ) -> ExplainResult:
-        """asyncio driver: each chunk is awaited through `classify` (the batcher) before the next is sent;
-        Grad-CAM's session call and the numpy reductions run in `executor` (None: the loop's default)."""
+        """asyncio driver: occluded chunks go through `classify` (the batcher), `chunks_in_flight` at a
+        time; Grad-CAM's session call and the numpy reductions run in `executor` (None: the loop's default).
+        """
         loop = asyncio.get_running_loop()
-        steps = self._steps(model, image, options, chunk_size)
+        steps = self._steps(model, image, options, chunk_size, chunks_in_flight)
         reply: Any = None
-        while True:
-            try:
-                step = steps.send(reply)
-            except StopIteration as stop:
-                return stop.value
-            if isinstance(step, _Classify):
-                reply = await classify(step.batch)
-            elif step.cheap:
-                reply = step.function()
-            else:
-                reply = await loop.run_in_executor(executor, step.function)
+        submitted: list[asyncio.Task[np.ndarray]] = []
+        try:
+            while True:
+                try:
+                    step = steps.send(reply)
+                except StopIteration as stop:
+                    return stop.value
+                if isinstance(step, _Classify):
+                    reply = await classify(step.batch)
+                elif isinstance(step, _Submit):
+                    reply = loop.create_task(classify(step.batch))
+                    submitted.append(reply)
+                elif isinstance(step, _Collect):
+                    reply = await step.handle
+                elif step.cheap:
+                    reply = step.function()
+                else:
+                    reply = await loop.run_in_executor(executor, step.function)
+        finally:
+            for task in submitted:  # an error or a cancelled call: chunks still queued are not computed
+                task.cancel()
 
     def _steps(
-        self, model: ModelVersion, image: np.ndarray, options: ExplainOptions, chunk_size: int
+        self,
+        model: ModelVersion,
+        image: np.ndarray,
+        options: ExplainOptions,
+        chunk_size: int,
+        chunks_in_flight: int = 1,
     ) -> _Steps:
         """The explanation as a sequence of steps, so the blocking and asyncio drivers share every line."""
         config = model.config
@@ -329,21 +365,34 @@ class Insight:
             plan = OcclusionPlan.create(
                 image, dims, height, width, options.patch_size, options.stride, options.fill_value
             )
-            scores = []
             # Item 0 is the unaltered image (it rides with the first chunk), item i > 0 is copy i - 1.
-            sizer = _ChunkSizer(chunk_size, self._chunk_seconds, state.seconds_per_image)
+            # Up to `chunks_in_flight` chunks wait or compute at once, so the batcher can run them side by
+            # side on a CPU whose sessions use one thread each; results are collected in order.
+            window = max(1, chunks_in_flight)
+            sizer = _ChunkSizer(chunk_size, self._chunk_seconds, state.seconds_per_image, window)
             image_bytes = plan.image.nbytes
-            start = 0
-            while start < plan.size + 1:
-                stop = min(start + sizer.next_size, plan.size + 1)
-                batch = yield _Call(
-                    lambda start=start, stop=stop: _occluded_chunk(plan, start, stop),
-                    cheap=(stop - start) * image_bytes <= INLINE_CHUNK_BYTES,
-                )
-                sent = time.perf_counter()
-                scores.append(np.asarray((yield _Classify(batch))))
-                sizer.observe(stop - start, time.perf_counter() - sent)
-                start = stop
+            total = plan.size + 1
+            scores: list[np.ndarray] = []
+            pending: deque[tuple[Any, int]] = deque()
+            began = time.perf_counter()
+            start = collected = 0
+            chunk = _even_chunk(total, sizer.next_size, window)
+            while start < total or pending:
+                if start < total and len(pending) < window:
+                    if not sizer.next_size / 2 < chunk <= sizer.next_size:  # the rate has changed
+                        chunk = _even_chunk(total - start, sizer.next_size, window)
+                    stop = min(start + chunk, total)
+                    batch = yield _Call(
+                        lambda start=start, stop=stop: _occluded_chunk(plan, start, stop),
+                        cheap=(stop - start) * image_bytes <= INLINE_CHUNK_BYTES,
+                    )
+                    pending.append(((yield _Submit(batch)), stop - start))
+                    start = stop
+                    continue
+                handle, count = pending.popleft()
+                scores.append(np.asarray((yield _Collect(handle))))
+                collected += count
+                sizer.observe(collected, time.perf_counter() - began)
             state.seconds_per_image = sizer.seconds_per_image
             all_probs = np.concatenate(scores)
             probs = all_probs[0]
@@ -376,17 +425,20 @@ class _ChunkSizer:
     """How many occluded copies to send next, so one chunk keeps the model busy about `seconds`.
 
     A chunk of a small model is a full batch (`max_batch_size`); a big model's chunks shrink until one
-    takes about `seconds` (measured round trip, queueing included), so a Classify request never waits
-    behind much more than that, whatever the model. The version's first explanation starts small, to
-    measure; later ones start from the rate the previous one measured.
+    takes about `seconds` (measured round trip, queueing included, with `window` chunks sharing the
+    model), so a Classify request never waits behind much more than that, whatever the model. The
+    version's first explanation starts small, to measure; later ones start from the previous rate.
     """
 
     FIRST = 8
 
-    def __init__(self, max_size: int, seconds: float, seconds_per_image: float | None = None) -> None:
+    def __init__(
+        self, max_size: int, seconds: float, seconds_per_image: float | None = None, window: int = 1
+    ) -> None:
         self.max_size = max(1, max_size)
         self.seconds = seconds
         self.seconds_per_image = seconds_per_image
+        self.window = max(1, window)
         if seconds <= 0:
             self.next_size = self.max_size
         elif seconds_per_image is None:
@@ -399,10 +451,21 @@ class _ChunkSizer:
         self.next_size = max(1, min(self.max_size, int(self.seconds / self.seconds_per_image)))
 
     def observe(self, images: int, elapsed: float) -> None:
+        """`images` scored in `elapsed` seconds since the first chunk was sent."""
         if self.seconds <= 0 or images <= 0:
             return
-        self.seconds_per_image = max(elapsed, 1e-6) / images
+        # With `window` chunks in flight, each one's round trip is `window` times the per-image share.
+        self.seconds_per_image = self.window * max(elapsed, 1e-6) / images
         self._size_from_rate()
+
+
+def _even_chunk(items: int, most: int, window: int) -> int:
+    """A chunk size of at most `most` that cuts `items` into a multiple of `window` nearly equal chunks,
+    so the chunks computing side by side finish together (170 copies, 64 at most, 2 at a time: 4 × 43
+    rather than 64 + 64 and then 42 alone; the last one may be smaller)."""
+    chunks = -(-items // max(1, most))
+    chunks = -(-chunks // window) * window
+    return max(1, -(-items // chunks))
 
 
 def _occluded_chunk(plan: OcclusionPlan, start: int, stop: int) -> np.ndarray:
@@ -543,10 +606,18 @@ async def explain_rpc(
     batch = await prepare_batch([wire.image_input(request.image)], loaded.spec, limits, executor)
 
     async def classify(chunk: np.ndarray) -> np.ndarray:
-        return await loaded.batcher.submit(chunk, deadline)
+        # A chunk is a ready-made batch: it may compute beside another one rather than wait to merge.
+        return await loaded.batcher.submit(chunk, deadline, bulk=len(chunk) > 1)
 
+    settings = loaded.batcher.settings
     result = await insight.explain_async(
-        loaded.model, batch[0], options, classify, loaded.batcher.settings.max_batch_size, executor
+        loaded.model,
+        batch[0],
+        options,
+        classify,
+        settings.max_batch_size,
+        executor,
+        chunks_in_flight=settings.max_concurrent_batches if settings.enabled else 1,
     )
     response = inference_pb2.ExplainResponse()
     fill_explain_response(result, response)

@@ -167,3 +167,40 @@ def test_a_full_batch_runs_alongside_the_one_computing_but_never_more() -> None:
     asyncio.run(scenario())
     assert running[1] == 2
     assert sorted(sizes) == [3, 4, 4, 4, 4]  # the three small requests merged into one batch
+
+
+def test_a_bulk_request_runs_alongside_without_being_full_and_small_ones_merge_into_it() -> None:
+    """An explanation's chunk (bulk) starts beside a running batch although it is not full; Classify
+    requests queued behind it ride in the same batch."""
+    lock = threading.Lock()
+    running = [0, 0]  # now, most at once
+    sizes: list[int] = []
+
+    def slow(batch: np.ndarray) -> np.ndarray:
+        with lock:
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+            sizes.append(len(batch))
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return batch + 1.0
+
+    async def scenario(bulk: bool) -> None:
+        with ThreadPoolExecutor(4) as executor:
+            settings = BatchSettings(max_batch_size=8, max_queue_delay_s=0.0, max_queue_images=64)
+            batcher = DynamicBatcher(slow, settings, executor, name="slow")
+            first = asyncio.ensure_future(batcher.submit(np.zeros((3, 1), np.float32), bulk=bulk))
+            await asyncio.sleep(0.01)  # the first batch computes
+            second = batcher.submit(np.ones((3, 1), np.float32), bulk=bulk)
+            small = batcher.submit(np.full((1, 1), 5, np.float32))
+            results = await asyncio.gather(first, second, small)
+            assert [r[:, 0].tolist() for r in results] == [[1, 1, 1], [2, 2, 2], [6]]
+            await batcher.close()
+
+    asyncio.run(scenario(bulk=True))
+    assert running[1] == 2 and sizes == [3, 4]
+    running[1] = 0
+    sizes.clear()
+    asyncio.run(scenario(bulk=False))  # not full, not bulk: waits for the first batch, then merges
+    assert running[1] == 1 and sizes == [3, 4]
