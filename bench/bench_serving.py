@@ -416,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ceiling_figures(decode: float, ort: dict[int, float], ort_procs: dict[int, float]) -> dict[str, float]:
-    """The ceiling as BENCHMARKS.md defines it (one process, ORT on all cores, best batch), and the
-    stronger one the machine also offers (one single-threaded session per core); ratios use the larger."""
+    """The ceiling as BENCHMARKS.md and the serving issue define it (one process, ORT on all cores, best
+    batch), and the stronger one the machine also offers (one single-threaded session per core, as the
+    server's workers run): the first is the target's yardstick, the second is reported beside it."""
     best = max(ort, key=ort.__getitem__)
     best_procs = max(ort_procs, key=ort_procs.__getitem__)
     one = 1.0 / (1.0 / decode + 1.0 / ort[best])
@@ -430,7 +431,8 @@ def ceiling_figures(decode: float, ort: dict[int, float], ort_procs: dict[int, f
         "ort_processes_batch": best_procs,
         "ceiling_one_process": one,
         "ceiling_processes": procs,
-        "ceiling": max(one, procs),
+        "ceiling": one,
+        "ceiling_strong": max(one, procs),
     }
 
 
@@ -450,24 +452,29 @@ def report(
         return f"{_median(values):,.{digits}f} ({min(values):,.{digits}f}-{max(values):,.{digits}f})"
 
     ceiling = [c["ceiling"] for c in ceilings]
+    strong = [c["ceiling_strong"] for c in ceilings]
     print()
-    print("medians over rounds (min-max in brackets); ratios are taken within each round")
+    print(
+        "medians over rounds (min-max in brackets); ratios are taken within each round; % of ceiling: of the"
+        " one-process ceiling (the defined yardstick); % of strong: of the larger of the two"
+    )
     print(
         "| system | clients x images/call | images/s | calls/s | p50 ms | p99 ms | errors | "
-        "% of ceiling | % of echo calls/s |"
+        "% of ceiling | % of strong ceiling | % of echo calls/s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     one = [c["ceiling_one_process"] for c in ceilings]
     procs = [c["ceiling_processes"] for c in ceilings]
     print(
         f"| in-process ceiling, one process: decode {_median([c['decode'] for c in ceilings]):,.0f}/s, "
         f"ORT on {cores} threads {_median([c['ort'] for c in ceilings]):,.0f}/s | - | {spread(one)} "
-        f"| - | - | - | - | {spread([100 * a / b for a, b in zip(one, ceiling, strict=True)])}% | - |"
+        f"| - | - | - | - | 100% | {spread([100 * a / b for a, b in zip(one, strong, strict=True)])}% | - |"
     )
     print(
         f"| in-process ceiling, ORT as {cores} one-thread processes "
         f"{_median([c['ort_processes'] for c in ceilings]):,.0f}/s | - | {spread(procs)} | - | - | - | - | "
-        f"{spread([100 * a / b for a, b in zip(procs, ceiling, strict=True)])}% | - |"
+        f"{spread([100 * a / b for a, b in zip(procs, ceiling, strict=True)])}% | "
+        f"{spread([100 * a / b for a, b in zip(procs, strong, strict=True)])}% | - |"
     )
     for (system, clients, count), rows in measured.items():
         echo_rows = measured.get(("echo", clients, count))
@@ -476,16 +483,17 @@ def report(
             shares = [100 * r.calls_per_s / e.calls_per_s for r, e in zip(rows, echo_rows, strict=True)]
             echo_share = f"{spread(shares)}%"
         shares = [100 * r.images_per_s / c for r, c in zip(rows, ceiling, strict=True)]
+        strong_shares = [100 * r.images_per_s / c for r, c in zip(rows, strong, strict=True)]
         print(
             f"| {system} | {clients} x {count} | {spread([r.images_per_s for r in rows])} | "
             f"{_median([r.calls_per_s for r in rows]):,.0f} | {_median([r.p50_ms for r in rows]):.2f} | "
             f"{_median([r.p99_ms for r in rows]):.2f} | {sum(r.errors for r in rows)} | "
-            f"{spread(shares, 1)}% | {echo_share} |"
+            f"{spread(shares, 1)}% | {spread(strong_shares, 1)}% | {echo_share} |"
         )
     if floor is not None:
         print(
             f"| Keras model.predict, one image at a time | 1 x 1 | {floor:,.1f} | {floor:,.1f} | - | - | 0 | "
-            f"{100 * floor / _median(ceiling):.2f}% | - |"
+            f"{100 * floor / _median(ceiling):.2f}% | {100 * floor / _median(strong):.2f}% | - |"
         )
     if summary:
         print("\nprofile (py-spy on the server processes, round 1, share of samples):")

@@ -570,7 +570,9 @@ async def explain(
 ) -> inference_pb2.ExplainResponse:
     """The `Explain` RPC over a `ServingCore`; `deadline` is event-loop time (None: the call's own)."""
     loaded = core.registry.get(request.model, request.version)
-    return await explain_rpc(insight_for(core), loaded, request, core.limits, core.executor, deadline)
+    return await explain_rpc(
+        insight_for(core), loaded, request, core.limits, core.executor, deadline, core.decode_executor
+    )
 
 
 async def filters_rpc(
@@ -596,6 +598,7 @@ async def explain_rpc(
     limits: Any,
     executor: Executor | None = None,
     deadline: float | None = None,
+    decode_executor: Executor | None = None,
 ) -> inference_pb2.ExplainResponse:
     """`Explain` for a `registry.LoadedModel`: the image decoded as for Classify, the occluded copies
     through its dynamic batcher chunk by chunk; `limits` is an `inference.RequestLimits`, `deadline` is
@@ -603,7 +606,7 @@ async def explain_rpc(
     from cnnserve.serving.inference import prepare_batch
 
     options = explain_options_from_request(request)
-    batch = await prepare_batch([wire.image_input(request.image)], loaded.spec, limits, executor)
+    batch = await prepare_batch([wire.image_input(request.image)], loaded.spec, limits, decode_executor)
 
     async def classify(chunk: np.ndarray) -> np.ndarray:
         # A chunk is a ready-made batch: it may compute beside another one rather than wait to merge.

@@ -26,7 +26,7 @@ from cnnserve.serving.metrics import ServingMetrics, multiprocess_dir
 from cnnserve.serving.registry import AVAILABLE, BatchOverrides, ModelRegistry
 from cnnserve.serving.runtime import SessionOptions
 from cnnserve.serving.servicer import EchoServicer, InferenceServicer
-from cnnserve.serving.settings import ServerSettings
+from cnnserve.serving.settings import ServerSettings, available_cpus
 
 LOG = logging.getLogger(__name__)
 
@@ -74,8 +74,13 @@ class InferenceServer:
             ),
             observer_for=self.metrics.for_model,
         )
+        # A worker with at most one core to itself decodes big requests on its event loop (see inference).
+        cores_per_worker = (cpu_count or available_cpus()) / max(1, settings.workers)
         self.core = ServingCore(
-            self.registry, self.executor, RequestLimits(settings.max_images, settings.max_pixels)
+            self.registry,
+            self.executor,
+            RequestLimits(settings.max_images, settings.max_pixels),
+            decode_on_loop=cores_per_worker <= 1.0,
         )
         self.servicer: InferenceServicer | EchoServicer = (
             EchoServicer() if settings.echo else InferenceServicer(self.core, self.metrics)

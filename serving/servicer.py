@@ -174,7 +174,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         loaded = core.registry.get(request.model, request.version)
         images = wire.image_inputs(request.images)
         result = await inference.classify(
-            loaded, images, request.top_k, core.limits, core.executor, self._deadline(context)
+            loaded, images, request.top_k, core.limits, core.decode_executor, self._deadline(context)
         )
         response = inference_pb2.ClassifyResponse(
             model=loaded.name, version=loaded.version, results=wire.classifications(result, loaded.labels)
@@ -193,7 +193,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         loaded = core.registry.get(request.model, request.version)
         images = wire.image_inputs(request.images)
         outputs = await inference.activations(
-            loaded, images, list(request.layers), core.limits, core.executor
+            loaded, images, list(request.layers), core.limits, core.executor, core.decode_executor
         )
 
         def build() -> list[inference_pb2.LayerActivation]:

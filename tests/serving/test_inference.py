@@ -1,0 +1,83 @@
+"""Decoding a request's images: inline, in the executor, or on the event loop in slices."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnserve.serving import inference
+from cnnserve.serving.errors import InvalidRequestError
+from cnnserve.serving.inference import RequestLimits, build_batch, prepare_batch
+from cnnserve.serving.preprocessing import PreprocessSpec
+from cnnserve.serving.repository import open_model_version
+from cnnserve.serving.server import InferenceServer
+from cnnserve.serving.settings import ServerSettings
+
+MODEL = "mnist_cnn"
+
+
+@pytest.fixture(scope="module")
+def spec(model_repository: Path) -> PreprocessSpec:
+    return PreprocessSpec.from_model_config(open_model_version(model_repository, MODEL).config)
+
+
+def _big_request(digits) -> list[bytes]:
+    images = (digits.png * 64)[:64]
+    assert sum(map(len, images)) > inference.INLINE_DECODE_BYTES  # not the inline path
+    return images
+
+
+def test_decoding_on_the_loop_in_slices_lets_other_calls_run(
+    digits, spec: PreprocessSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inference, "DECODE_SLICE_S", 0.0)  # yield after every image
+    images = _big_request(digits)
+    limits = RequestLimits()
+
+    async def scenario() -> tuple[np.ndarray, int]:
+        ticks = 0
+        done = False
+
+        async def other_call() -> None:
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        other = asyncio.ensure_future(other_call())
+        await asyncio.sleep(0)
+        batch = await prepare_batch(images, spec, limits, None)
+        done = True
+        await other
+        return batch, ticks
+
+    batch, ticks = asyncio.run(scenario())
+    np.testing.assert_array_equal(batch, build_batch(images, spec, limits))
+    assert ticks >= len(images) - 1  # the other coroutine ran between the images
+
+
+@pytest.mark.parametrize("where", ["loop", "executor"])
+def test_a_bad_image_in_a_big_request_names_its_index(digits, spec: PreprocessSpec, where: str) -> None:
+    images = _big_request(digits)
+    images[37] = b"\x89PNG\r\n\x1a\n not really"
+
+    async def scenario(executor: ThreadPoolExecutor | None) -> None:
+        await prepare_batch(images, spec, RequestLimits(), executor)
+
+    with ThreadPoolExecutor(1) as executor, pytest.raises(InvalidRequestError, match="image 37") as error:
+        asyncio.run(scenario(executor if where == "executor" else None))
+    assert error.value.index == 37
+
+
+@pytest.mark.parametrize(("workers", "cpus", "on_loop"), [(2, 2, True), (4, 2, True), (1, 2, False)])
+def test_a_worker_with_one_core_decodes_on_its_loop(
+    model_repository: Path, workers: int, cpus: int, on_loop: bool
+) -> None:
+    server = InferenceServer(ServerSettings(repo=model_repository, workers=workers), cpu_count=cpus)
+    assert server.core.decode_on_loop is on_loop
+    assert (server.core.decode_executor is None) is on_loop
+    server.executor.shutdown()
