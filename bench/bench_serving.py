@@ -390,13 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 for system, _, points in plans:
                     server = servers[system]
                     for clients, count in points:
-                        spies = []
-                        profiled = system == "cnnserve" and (clients, count) in ((64, 1), (8, 64))
-                        if round_index == 0 and profiled:
-                            spies = profile(server.pids, args.duration, tmp / f"profile-{clients}x{count}")
                         row = run_load(server.address, payloads[count], clients, count, args.duration, system)
-                        for spy in spies:
-                            spy.wait(60)
                         measured.setdefault((system, clients, count), []).append(row)
                         print(
                             f"  round {round_index + 1}: {system:24s} {clients:3d} x {count:<3d} "
@@ -404,6 +398,13 @@ def main(argv: list[str] | None = None) -> int:
                             f"p50 {row.p50_ms:6.2f} ms p99 {row.p99_ms:6.2f} ms errors {row.errors}",
                             flush=True,
                         )
+            # Profiles come from a pass of their own: py-spy's sampling would slow the measured rounds.
+            for clients, count in ((64, 1), (8, 64)):
+                server = servers["cnnserve"]
+                spies = profile(server.pids, args.duration, tmp / f"profile-{clients}x{count}")
+                run_load(server.address, payloads[count], clients, count, args.duration, "cnnserve")
+                for spy in spies:
+                    spy.wait(60)
         finally:
             for server in servers.values():
                 server.stop()
@@ -496,7 +497,7 @@ def report(
             f"{100 * floor / _median(ceiling):.2f}% | {100 * floor / _median(strong):.2f}% | - |"
         )
     if summary:
-        print("\nprofile (py-spy on the server processes, round 1, share of samples):")
+        print("\nprofile (py-spy on the server processes, a pass after the rounds, share of samples):")
         for name, lines in summary.items():
             print(f"  {name}: " + "; ".join(lines))
     if args.json:

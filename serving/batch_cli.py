@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="model name in the repository or on the server")
     parser.add_argument("--model-version", type=int, default=0, help="model version (default: newest live)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--repo", type=Path, help="model repository: run the model in this process")
+    source.add_argument("--repo", type=Path, help="model repository: run the model on this machine")
     source.add_argument("--server", metavar="ADDR", help="host:port of a running `cnnserve serve`")
     parser.add_argument(
         "--output", "-o", required=True, type=Path, help="result table (.csv/.jsonl/.parquet)"
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--engine",
         choices=["local", "ray"],
         default="local",
-        help="local decoder processes + ONNX Runtime (default), or Ray Data",
+        help="local worker processes decoding and running ONNX Runtime (default), or Ray Data",
     )
     parser.add_argument(
         "--ray-address",
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--workers",
         type=int,
         default=0,
-        help="decoder processes (local; default: one per core), calls in flight (--server; default: 4) "
+        help="worker processes (local; default: one per core), calls in flight (--server; default: 4) "
         "or ONNX Runtime actors (ray; default: one per CPU of the cluster, one per GPU with --device cuda)",
     )
     parser.add_argument("--top-k", type=int, default=1, help="predictions per image (default: 1)")

@@ -1,7 +1,7 @@
 """A batch classification job over an image folder: discovery → engine → result table, resumable.
 
 The job is engine-agnostic: it walks the folder (streaming, stable order), drops files the output already
-holds, cuts the rest into batches, hands them to an engine (local decoder processes + ONNX Runtime, a
+holds, cuts the rest into batches, hands them to an engine (local worker processes decoding + ONNX Runtime, a
 running server, or Ray Data) that yields one row per file in order, and appends the rows to the output as
 they come. Everything that can be wrong with the request (missing folder, unknown model, unreachable
 server, an output that cannot be resumed) is checked before the first image is read.
@@ -42,7 +42,7 @@ class JobConfig:
     engine: str = "local"
     ray_address: str | None = None
     batch_size: int = 0  # 0 = the model's max_batch_size (64 when unset)
-    workers: int = 0  # 0 = one per core (decoder processes / calls in flight / Ray actors)
+    workers: int = 0  # 0 = one per core (worker processes / calls in flight / Ray actors)
     top_k: int = 1
     device: str = "auto"
     recursive: bool = True

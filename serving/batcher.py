@@ -232,6 +232,8 @@ class DynamicBatcher:
                 continue
             if images + count > self.settings.max_batch_size:
                 break
+            if taken and head.bulk:
+                break  # a ready-made batch is not merged into another: it may run beside it instead
             self._pop(count)
             taken.append(head)
             images += count

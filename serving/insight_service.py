@@ -369,13 +369,12 @@ class Insight:
             # Up to `chunks_in_flight` chunks wait or compute at once, so the batcher can run them side by
             # side on a CPU whose sessions use one thread each; results are collected in order.
             window = max(1, chunks_in_flight)
-            sizer = _ChunkSizer(chunk_size, self._chunk_seconds, state.seconds_per_image, window)
+            sizer = _ChunkSizer(chunk_size, self._chunk_seconds, state.seconds_per_image)
             image_bytes = plan.image.nbytes
             total = plan.size + 1
             scores: list[np.ndarray] = []
-            pending: deque[tuple[Any, int]] = deque()
-            began = time.perf_counter()
-            start = collected = 0
+            pending: deque[tuple[Any, int, float]] = deque()
+            start = 0
             chunk = _even_chunk(total, sizer.next_size, window)
             while start < total or pending:
                 if start < total and len(pending) < window:
@@ -386,13 +385,13 @@ class Insight:
                         lambda start=start, stop=stop: _occluded_chunk(plan, start, stop),
                         cheap=(stop - start) * image_bytes <= INLINE_CHUNK_BYTES,
                     )
-                    pending.append(((yield _Submit(batch)), stop - start))
+                    sent = time.perf_counter()
+                    pending.append(((yield _Submit(batch)), stop - start, sent))
                     start = stop
                     continue
-                handle, count = pending.popleft()
+                handle, count, sent = pending.popleft()
                 scores.append(np.asarray((yield _Collect(handle))))
-                collected += count
-                sizer.observe(collected, time.perf_counter() - began)
+                sizer.observe(count, time.perf_counter() - sent)
             state.seconds_per_image = sizer.seconds_per_image
             all_probs = np.concatenate(scores)
             probs = all_probs[0]
@@ -425,20 +424,19 @@ class _ChunkSizer:
     """How many occluded copies to send next, so one chunk keeps the model busy about `seconds`.
 
     A chunk of a small model is a full batch (`max_batch_size`); a big model's chunks shrink until one
-    takes about `seconds` (measured round trip, queueing included, with `window` chunks sharing the
-    model), so a Classify request never waits behind much more than that, whatever the model. The
-    version's first explanation starts small, to measure; later ones start from the previous rate.
+    takes about `seconds` from being sent to its answer (queueing included), so a Classify request never
+    waits behind much more than that, whatever the model. The version's first explanation starts small,
+    to measure; later ones start from the rate the previous one measured.
     """
 
     FIRST = 8
 
-    def __init__(
-        self, max_size: int, seconds: float, seconds_per_image: float | None = None, window: int = 1
-    ) -> None:
+    def __init__(self, max_size: int, seconds: float, seconds_per_image: float | None = None) -> None:
         self.max_size = max(1, max_size)
         self.seconds = seconds
         self.seconds_per_image = seconds_per_image
-        self.window = max(1, window)
+        self._images = 0
+        self._elapsed = 0.0
         if seconds <= 0:
             self.next_size = self.max_size
         elif seconds_per_image is None:
@@ -451,11 +449,12 @@ class _ChunkSizer:
         self.next_size = max(1, min(self.max_size, int(self.seconds / self.seconds_per_image)))
 
     def observe(self, images: int, elapsed: float) -> None:
-        """`images` scored in `elapsed` seconds since the first chunk was sent."""
+        """A chunk of `images` took `elapsed` seconds from being sent to its answer."""
         if self.seconds <= 0 or images <= 0:
             return
-        # With `window` chunks in flight, each one's round trip is `window` times the per-image share.
-        self.seconds_per_image = self.window * max(elapsed, 1e-6) / images
+        self._images += images
+        self._elapsed += max(elapsed, 1e-6)
+        self.seconds_per_image = self._elapsed / self._images
         self._size_from_rate()
 
 

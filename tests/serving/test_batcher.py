@@ -204,3 +204,30 @@ def test_a_bulk_request_runs_alongside_without_being_full_and_small_ones_merge_i
     sizes.clear()
     asyncio.run(scenario(bulk=False))  # not full, not bulk: waits for the first batch, then merges
     assert running[1] == 1 and sizes == [3, 4]
+
+
+def test_bulk_requests_waiting_together_are_not_merged_into_one_batch() -> None:
+    """Two explanation chunks queued at once stay two batches (computed side by side), or an explanation
+    would fall back to one lane: small requests still merge."""
+    sizes: list[int] = []
+    lock = threading.Lock()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with lock:
+            sizes.append(len(batch))
+        time.sleep(0.01)
+        return batch
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            settings = BatchSettings(max_batch_size=16, max_queue_delay_s=0.0, max_queue_images=64)
+            batcher = DynamicBatcher(run, settings, executor, name="bulk")
+            await asyncio.gather(
+                batcher.submit(np.zeros((3, 1), np.float32), bulk=True),
+                batcher.submit(np.zeros((3, 1), np.float32), bulk=True),
+            )
+            await asyncio.gather(*(batcher.submit(np.zeros((1, 1), np.float32)) for _ in range(3)))
+            await batcher.close()
+
+    asyncio.run(scenario())
+    assert sizes[:2] == [3, 3] and sum(sizes[2:]) == 3 and len(sizes) <= 4
