@@ -35,6 +35,10 @@ from cnnserve.serving.runtime import CUDA, ModelRuntime, SessionOptions, top_k
 
 LOG = logging.getLogger(__name__)
 
+# On a CPU a worker task (decode + classify) is cut to about this long (see LocalEngine.__enter__).
+TASK_SECONDS = 0.1
+WARM_UP_IMAGES = 8  # the CPU warm-up batch, which also measures the time per image
+
 
 @dataclass(frozen=True)
 class DecodedBatch:
@@ -160,6 +164,8 @@ class LocalEngine:
         self.runtime = ModelRuntime(model, options, with_activations=False)
         self.inference_threads = default_workers() if self.on_cpu else 2
         self.window = 2 * (self.workers + self.inference_threads)
+        # Images per worker task; on a CPU set from the warm-up so that one task takes about TASK_SECONDS.
+        self.task_size = 0
         self._pool: ProcessPoolExecutor | None = None
         self._inference: ThreadPoolExecutor | None = None
         self._started: Future[None] | None = None
@@ -200,12 +206,20 @@ class LocalEngine:
         # fifth of classifying 10,000 digits): they start in the background while ONNX Runtime warms up
         # here and, until they are up, this process decodes the first batches itself (see `classify`).
         self._started = self._inference.submit(self._start_workers)
-        self.runtime.warm_up()
+        if self.on_cpu:
+            # A big model's batch of max_batch_size images is seconds of work for one core: the last tasks
+            # of a job would leave the other cores idle that long. Small models keep whole batches.
+            probe = min(WARM_UP_IMAGES, self.runtime.max_batch_size)
+            per_image = self.runtime.warm_up(probe) / probe
+            self.task_size = max(1, int(TASK_SECONDS / max(per_image, 1e-9)))
+        else:
+            self.runtime.warm_up()
         LOG.info(
-            "local engine: %d worker processes (%s) %s, on %s",
+            "local engine: %d worker processes (%s) %s, at most %s images per task, on %s",
             self.workers,
             method,
             "decoding and classifying" if self.on_cpu else "decoding, classifying here",
+            self.task_size or "a batch of",
             ", ".join(self.providers),
         )
         return self
@@ -239,10 +253,18 @@ class LocalEngine:
         decoding = self._pool.submit(decode_batch, self.root, paths, self.spec, self.max_pixels)
         return self._inference.submit(self._classify_decoded, decoding)
 
+    def _tasks(self, batches: Iterator[list[str]]) -> Iterator[list[str]]:
+        for paths in batches:
+            size = self.task_size or len(paths)
+            for start in range(0, len(paths), size):
+                yield paths[start : start + size]
+
     def classify(self, batches: Iterator[list[str]]) -> Iterator[list[ResultRow]]:
-        """Rows for each batch of relative paths, in order; decoding runs ahead of inference."""
+        """Rows for each batch of relative paths (cut into tasks of `task_size` on a CPU), in order;
+        decoding runs ahead of inference."""
         if self._pool is None:
             raise RuntimeError("LocalEngine must be used as a context manager")
+        batches = self._tasks(batches)
         pending: deque[Future[ClassifiedBatch]] = deque()
         exhausted = False
         while True:

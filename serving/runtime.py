@@ -162,10 +162,11 @@ class ModelRuntime:
     def max_batch_size(self) -> int:
         return self.model.config.max_batch_size or 64
 
-    def warm_up(self) -> float:
-        """Run one full-size batch so the first real request does not pay for allocation; returns seconds."""
+    def warm_up(self, batch_size: int = 0) -> float:
+        """Run one batch (default: full-size) so the first real request does not pay for allocation;
+        returns seconds."""
         start = time.perf_counter()
-        batch = np.zeros((self.max_batch_size, *self.input_dims), dtype=np.float32)
+        batch = np.zeros((batch_size or self.max_batch_size, *self.input_dims), dtype=np.float32)
         self.classify(batch)
         if self._activation_session is not None and self._activation_session is not self.session:
             self.activations(batch[:1], list(self.activation_outputs))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import random
@@ -155,6 +156,31 @@ def test_mixed_folder_one_row_per_file_with_errors(
     assert (summary.skipped_hidden, summary.skipped_non_image) == (2, 2)
     assert summary.report is None  # sub-folders are not labels: no metrics, no pictures
     assert not (tmp_path / "confusion_matrix.png").exists()
+
+
+def test_tasks_cut_smaller_than_a_batch_give_the_same_rows_in_order(
+    model_repository: Path, mixed_folder: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch
+) -> None:
+    """A slow model's batches are cut into shorter worker tasks (here one image each): same rows, same
+    order as whole batches."""
+    from cnnserve.serving import batch_local
+
+    folder, _ = mixed_folder
+    common = {"folder": folder, "model": MODEL, "repo": model_repository, "max_pixels": MAX_PIXELS}
+    common |= {"batch_size": 8, "workers": 2, "progress": "none", "device": "cpu"}
+    run_job(JobConfig(output=tmp_path / "whole.jsonl", **common))
+    monkeypatch.setattr(batch_local, "TASK_SECONDS", 1e-9)
+    run_job(JobConfig(output=tmp_path / "cut.jsonl", **common))
+    whole = (tmp_path / "whole.jsonl").read_text().splitlines()
+    cut = (tmp_path / "cut.jsonl").read_text().splitlines()
+    assert len(cut) == len(whole) > 8
+    assert [json.loads(line)["path"] for line in cut] == [json.loads(line)["path"] for line in whole]
+    cut_predictions = _predictions(_rows(tmp_path / "cut.jsonl"))
+    whole_predictions = _predictions(_rows(tmp_path / "whole.jsonl"))
+    assert cut_predictions.keys() == whole_predictions.keys()
+    for path, (index, score) in whole_predictions.items():
+        assert cut_predictions[path][0] == index
+        assert cut_predictions[path][1] == pytest.approx(score, abs=1e-5)
 
 
 def test_labelled_folder_accuracy_and_pictures(model_repository: Path, tmp_path: Path) -> None:
