@@ -12,11 +12,12 @@ Grad-CAM session (a small LRU).
 
 `explain` decodes the image exactly as Classify does (`inference.prepare_batch`: undecodable image →
 `InvalidRequestError`) and sends the occluded copies through `loaded.batcher.submit` -- the Classify
-path -- one chunk at a time, awaiting each before sending the next, so Classify requests queued
-meanwhile run between the chunks instead of behind the whole explanation. A chunk is `max_batch_size`
-copies for a small model, fewer for a big one: sized from the measured round trip to take about
-`DEFAULT_CHUNK_SECONDS`, which bounds what a Classify call can wait behind. Grad-CAM's
-session call and the numpy work run in the core's executor.
+path -- as `bulk` chunks, two in flight (the batcher's concurrent batches) and cut to even sizes, so a
+worker's one-thread sessions compute them side by side while Classify requests queued meanwhile ride
+along or run between them instead of behind the whole explanation. A chunk is `max_batch_size` copies
+for a small model, fewer for a big one: sized from each chunk's measured round trip to take about
+`DEFAULT_CHUNK_SECONDS`, which bounds what a Classify call can wait behind. Grad-CAM's session call and
+the numpy work run in the core's executor.
 
 Exceptions (from `cnnserve.serving.insight`) and their status codes, also as `STATUS_BY_ERROR` (names):
     UnknownLayerError → NOT_FOUND (lists the layers with weights); LayerHasNoWeightsError →
