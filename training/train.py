@@ -67,6 +67,35 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
+@contextlib.contextmanager
+def _ctrl_c_stops(stopper: Any) -> Iterator[None]:
+    """During fit, the first Ctrl-C asks the stopper to end training after the current batch.
+
+    A KeyboardInterrupt raised wherever the signal lands can be swallowed (Python only prints an exception
+    raised in a `__del__` or a weakref callback, and TensorFlow runs many), leaving training running; a
+    flag checked after every batch cannot be lost. A second Ctrl-C interrupts at once. Outside the main
+    thread (where signals cannot be handled) Python's default behaviour stays.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if stopper.requested:
+            raise KeyboardInterrupt
+        stopper.requested = True
+        logging.getLogger(__name__).warning("Ctrl-C: stopping after this batch (press again to abort now)")
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def default_run_dir(model_name: str, root: Path = Path("runs")) -> Path:
     """`runs/<model>-<UTC timestamp>`, with a numeric suffix if that already exists."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
@@ -304,9 +333,20 @@ def train_model(
             for key, value in (logs or {}).items():
                 history.setdefault(key, []).append(float(value))
 
+    class _StopOnCtrlC(keras.callbacks.Callback):
+        """Ends fit after the current batch once Ctrl-C was pressed (see `_ctrl_c_stops`)."""
+
+        requested = False
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+            if self.requested:
+                self.model.stop_training = True
+
+    stopper = _StopOnCtrlC()
     callbacks = [
         keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss", save_best_only=True, verbose=0),
         _Record(),
+        stopper,
     ]
 
     def run_info(status: str, test_loss: float | None, test_accuracy: float | None) -> RunInfo:
@@ -348,7 +388,7 @@ def train_model(
         )
 
     try:
-        with _quiet_unknown_length():
+        with _quiet_unknown_length(), _ctrl_c_stops(stopper):
             model.fit(
                 train_ds,
                 validation_data=val_ds,
@@ -357,6 +397,8 @@ def train_model(
                 verbose=verbose,
                 shuffle=False,
             )
+        if stopper.requested:
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         saved = checkpoint if checkpoint.is_file() else None
         write_run(run_dir, run_info("interrupted", None, None))
