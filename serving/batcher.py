@@ -212,38 +212,46 @@ class DynamicBatcher:
         self._notify(force=True)
 
     def _take(self, now: float) -> list[_Waiting]:
-        """Pop waiting requests up to max_batch_size images, dropping cancelled and expired ones."""
+        """Take waiting requests for one batch of at most max_batch_size images, dropping cancelled and
+        expired ones.
+
+        The oldest request always goes first. Requests behind it join while they fit, in order, except
+        that a ready-made (`bulk`) batch never joins another one: it waits to start a batch of its own (and
+        may run beside this one), and the small requests queued behind it still ride in this batch -- so
+        a Classify call waits behind at most the batches already computing, never behind a queue of
+        explanation chunks.
+        """
         taken: list[_Waiting] = []
+        skipped: list[_Waiting] = []
         images = 0
         dropped = 0
-        while self._waiting:
-            head = self._waiting[0]
+        limit = self.settings.max_batch_size
+        while self._waiting and images < limit:
+            head = self._waiting.popleft()
             count = len(head.batch)
             if head.future.done():  # the caller cancelled or timed out
-                self._pop(count)
+                self._waiting_images -= count
                 dropped += 1
                 continue
             if head.deadline is not None and head.deadline <= now:
-                self._pop(count)
+                self._waiting_images -= count
                 head.future.set_exception(
                     DeadlineExpiredError(f"deadline passed after {now - head.enqueued:.3f} s in the queue")
                 )
                 dropped += 1
                 continue
-            if images + count > self.settings.max_batch_size:
-                break
-            if taken and head.bulk:
-                break  # a ready-made batch is not merged into another: it may run beside it instead
-            self._pop(count)
+            if images + count > limit or (taken and head.bulk):
+                skipped.append(head)
+                if not head.bulk:
+                    break  # an ordinary request that does not fit ends the batch: nothing overtakes it
+                continue
+            self._waiting_images -= count
             taken.append(head)
             images += count
+        self._waiting.extendleft(reversed(skipped))
         if dropped and self.observer is not None:
             self.observer.observe_dropped(dropped)
         return taken
-
-    def _pop(self, count: int) -> None:
-        self._waiting.popleft()
-        self._waiting_images -= count
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, taken: list[_Waiting]) -> None:
         batch = taken[0].batch if len(taken) == 1 else np.concatenate([w.batch for w in taken])

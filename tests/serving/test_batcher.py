@@ -231,3 +231,61 @@ def test_bulk_requests_waiting_together_are_not_merged_into_one_batch() -> None:
 
     asyncio.run(scenario())
     assert sizes[:2] == [3, 3] and sum(sizes[2:]) == 3 and len(sizes) <= 4
+
+
+def test_small_requests_ride_past_queued_bulk_chunks_but_never_past_an_ordinary_request() -> None:
+    """Queue: bulk A (computing), bulk B, bulk C, classify x, classify y. The next batch is B + x + y:
+    Classify calls do not wait behind C. An ordinary request that does not fit is never overtaken."""
+    sizes: list[list[float]] = []
+    lock = threading.Lock()
+    gate = threading.Event()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with lock:
+            sizes.append(sorted(float(v) for v in batch[:, 0]))
+        gate.wait(5)
+        return batch
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(4) as executor:
+            settings = BatchSettings(
+                max_batch_size=8, max_queue_delay_s=0.0, max_queue_images=64, max_concurrent_batches=1
+            )
+            batcher = DynamicBatcher(run, settings, executor, name="fair")
+            a = asyncio.ensure_future(batcher.submit(np.full((4, 1), 1, np.float32), bulk=True))
+            await asyncio.sleep(0.05)  # A computes; everything below queues
+            rest = [
+                batcher.submit(np.full((4, 1), 2, np.float32), bulk=True),
+                batcher.submit(np.full((4, 1), 3, np.float32), bulk=True),
+                batcher.submit(np.full((1, 1), 10, np.float32)),
+                batcher.submit(np.full((1, 1), 11, np.float32)),
+            ]
+            tasks = [asyncio.ensure_future(r) for r in rest]
+            await asyncio.sleep(0.05)
+            gate.set()
+            await asyncio.gather(a, *tasks)
+            await batcher.close()
+
+    asyncio.run(scenario())
+    assert sizes == [[1.0] * 4, [2.0] * 4 + [10.0, 11.0], [3.0] * 4]
+
+
+def test_take_keeps_order_for_ordinary_requests() -> None:
+    """[6, 4, 1] with room for 8: the 6 goes, the 4 does not fit and the 1 behind it waits its turn."""
+    sizes: list[int] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        sizes.append(len(batch))
+        return batch
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            settings = BatchSettings(
+                max_batch_size=8, max_queue_delay_s=0.05, max_queue_images=64, adaptive=False
+            )
+            batcher = DynamicBatcher(run, settings, executor, name="order")
+            await asyncio.gather(*(batcher.submit(np.zeros((n, 1), np.float32)) for n in (6, 4, 1)))
+            await batcher.close()
+
+    asyncio.run(scenario())
+    assert sizes == [6, 5]
