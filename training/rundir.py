@@ -1,6 +1,6 @@
 """The run directory: what a training job leaves on disk and what the export stage reads back.
 
-A run directory holds `model.keras` (the best checkpoint by validation loss), `run.json` (everything
+A run directory holds `model.keras` (the best checkpoint by validation accuracy), `run.json` (everything
 needed to reproduce and describe the run: model, dataset and provenance, splits, seed, history, test
 metrics, preprocessing, labels, library versions) and three figures. `RunInfo` mirrors `run.json`
 field by field so readers never parse the JSON themselves.

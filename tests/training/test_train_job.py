@@ -70,7 +70,7 @@ def test_best_checkpoint_reproduces_the_recorded_test_accuracy(trained_run: Path
     assert x.shape == (1000, 28, 28, 1) and x.dtype == np.float32
     accuracy = float(np.mean(model.predict(x, verbose=0).argmax(axis=1) == y))
     assert accuracy == pytest.approx(run.test_accuracy, abs=1e-6)
-    best = int(np.argmin(run.history["val_loss"])) + 1
+    best = int(np.argmax(run.history["val_accuracy"])) + 1
     assert run.best_epoch == best
 
 
