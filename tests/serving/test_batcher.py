@@ -41,6 +41,36 @@ def _batcher(recorder: Recorder, executor, **settings) -> DynamicBatcher:
     return DynamicBatcher(recorder.run, BatchSettings(**values), executor, observer=recorder, name="test")
 
 
+class SlowModel:
+    """A 'model' that takes time (a sleep, or until `gate` opens): records each batch's values and the most
+    batches computing at once; it adds 1 to its input."""
+
+    def __init__(self, seconds: float = 0.05, gate: threading.Event | None = None) -> None:
+        self.seconds = seconds
+        self.gate = gate
+        self.batches: list[list[float]] = []
+        self.most = 0
+        self._now = 0
+        self._lock = threading.Lock()
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(batch) for batch in self.batches]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._now += 1
+            self.most = max(self.most, self._now)
+            self.batches.append(sorted(float(v) for v in batch[:, 0]))
+        if self.gate is not None:
+            self.gate.wait(5)
+        else:
+            time.sleep(self.seconds)
+        with self._lock:
+            self._now -= 1
+        return batch + 1.0
+
+
 def test_concurrent_requests_merge_in_order_and_split_back() -> None:
     recorder = Recorder()
 
@@ -140,24 +170,12 @@ def test_server_merges_concurrent_clients_and_never_mixes_answers(
 
 
 def test_a_full_batch_runs_alongside_the_one_computing_but_never_more() -> None:
-    lock = threading.Lock()
-    running = [0, 0]  # now, most at once
-    sizes: list[int] = []
-
-    def slow(batch: np.ndarray) -> np.ndarray:
-        with lock:
-            running[0] += 1
-            running[1] = max(running[1], running[0])
-            sizes.append(len(batch))
-        time.sleep(0.05)
-        with lock:
-            running[0] -= 1
-        return batch + 1.0
+    model = SlowModel()
 
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
             settings = BatchSettings(max_batch_size=4, max_queue_delay_s=0.0, max_queue_images=64)
-            batcher = DynamicBatcher(slow, settings, executor, name="slow")
+            batcher = DynamicBatcher(model.run, settings, executor, name="slow")
             full = [batcher.submit(np.full((4, 1), i, np.float32)) for i in range(4)]
             small = [batcher.submit(np.full((1, 1), 10 + i, np.float32)) for i in range(3)]
             results = await asyncio.gather(*full, *small)
@@ -165,31 +183,18 @@ def test_a_full_batch_runs_alongside_the_one_computing_but_never_more() -> None:
             await batcher.close()
 
     asyncio.run(scenario())
-    assert running[1] == 2
-    assert sorted(sizes) == [3, 4, 4, 4, 4]  # the three small requests merged into one batch
+    assert model.most == 2
+    assert sorted(model.sizes) == [3, 4, 4, 4, 4]  # the three small requests merged into one batch
 
 
 def test_a_bulk_request_runs_alongside_without_being_full_and_small_ones_merge_into_it() -> None:
     """An explanation's chunk (bulk) starts beside a running batch although it is not full; Classify
     requests queued behind it ride in the same batch."""
-    lock = threading.Lock()
-    running = [0, 0]  # now, most at once
-    sizes: list[int] = []
 
-    def slow(batch: np.ndarray) -> np.ndarray:
-        with lock:
-            running[0] += 1
-            running[1] = max(running[1], running[0])
-            sizes.append(len(batch))
-        time.sleep(0.05)
-        with lock:
-            running[0] -= 1
-        return batch + 1.0
-
-    async def scenario(bulk: bool) -> None:
+    async def scenario(model: SlowModel, bulk: bool) -> None:
         with ThreadPoolExecutor(4) as executor:
             settings = BatchSettings(max_batch_size=8, max_queue_delay_s=0.0, max_queue_images=64)
-            batcher = DynamicBatcher(slow, settings, executor, name="slow")
+            batcher = DynamicBatcher(model.run, settings, executor, name="slow")
             first = asyncio.ensure_future(batcher.submit(np.zeros((3, 1), np.float32), bulk=bulk))
             await asyncio.sleep(0.01)  # the first batch computes
             second = batcher.submit(np.ones((3, 1), np.float32), bulk=bulk)
@@ -198,30 +203,23 @@ def test_a_bulk_request_runs_alongside_without_being_full_and_small_ones_merge_i
             assert [r[:, 0].tolist() for r in results] == [[1, 1, 1], [2, 2, 2], [6]]
             await batcher.close()
 
-    asyncio.run(scenario(bulk=True))
-    assert running[1] == 2 and sizes == [3, 4]
-    running[1] = 0
-    sizes.clear()
-    asyncio.run(scenario(bulk=False))  # not full, not bulk: waits for the first batch, then merges
-    assert running[1] == 1 and sizes == [3, 4]
+    bulk = SlowModel()
+    asyncio.run(scenario(bulk, bulk=True))
+    assert bulk.most == 2 and bulk.sizes == [3, 4]
+    ordinary = SlowModel()
+    asyncio.run(scenario(ordinary, bulk=False))  # not full, not bulk: waits for the first batch, then merges
+    assert ordinary.most == 1 and ordinary.sizes == [3, 4]
 
 
 def test_bulk_requests_waiting_together_are_not_merged_into_one_batch() -> None:
     """Two explanation chunks queued at once stay two batches (computed side by side), or an explanation
     would fall back to one lane: small requests still merge."""
-    sizes: list[int] = []
-    lock = threading.Lock()
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        with lock:
-            sizes.append(len(batch))
-        time.sleep(0.01)
-        return batch
+    model = SlowModel(seconds=0.01)
 
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
             settings = BatchSettings(max_batch_size=16, max_queue_delay_s=0.0, max_queue_images=64)
-            batcher = DynamicBatcher(run, settings, executor, name="bulk")
+            batcher = DynamicBatcher(model.run, settings, executor, name="bulk")
             await asyncio.gather(
                 batcher.submit(np.zeros((3, 1), np.float32), bulk=True),
                 batcher.submit(np.zeros((3, 1), np.float32), bulk=True),
@@ -230,28 +228,22 @@ def test_bulk_requests_waiting_together_are_not_merged_into_one_batch() -> None:
             await batcher.close()
 
     asyncio.run(scenario())
-    assert sizes[:2] == [3, 3] and sum(sizes[2:]) == 3 and len(sizes) <= 4
+    sizes = model.sizes
+    assert sizes[:2] == [3, 3] and model.most == 2 and sum(sizes[2:]) == 3 and len(sizes) <= 4
 
 
-def test_small_requests_ride_past_queued_bulk_chunks_but_never_past_an_ordinary_request() -> None:
+def test_small_requests_ride_past_queued_bulk_chunks() -> None:
     """Queue: bulk A (computing), bulk B, bulk C, classify x, classify y. The next batch is B + x + y:
-    Classify calls do not wait behind C. An ordinary request that does not fit is never overtaken."""
-    sizes: list[list[float]] = []
-    lock = threading.Lock()
+    Classify calls do not wait behind C."""
     gate = threading.Event()
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        with lock:
-            sizes.append(sorted(float(v) for v in batch[:, 0]))
-        gate.wait(5)
-        return batch
+    model = SlowModel(gate=gate)
 
     async def scenario() -> None:
         with ThreadPoolExecutor(4) as executor:
             settings = BatchSettings(
                 max_batch_size=8, max_queue_delay_s=0.0, max_queue_images=64, max_concurrent_batches=1
             )
-            batcher = DynamicBatcher(run, settings, executor, name="fair")
+            batcher = DynamicBatcher(model.run, settings, executor, name="fair")
             a = asyncio.ensure_future(batcher.submit(np.full((4, 1), 1, np.float32), bulk=True))
             await asyncio.sleep(0.05)  # A computes; everything below queues
             rest = [
@@ -267,25 +259,18 @@ def test_small_requests_ride_past_queued_bulk_chunks_but_never_past_an_ordinary_
             await batcher.close()
 
     asyncio.run(scenario())
-    assert sizes == [[1.0] * 4, [2.0] * 4 + [10.0, 11.0], [3.0] * 4]
+    assert model.batches == [[1.0] * 4, [2.0] * 4 + [10.0, 11.0], [3.0] * 4]
 
 
 def test_take_keeps_order_for_ordinary_requests() -> None:
     """[6, 4, 1] with room for 8: the 6 goes, the 4 does not fit and the 1 behind it waits its turn."""
-    sizes: list[int] = []
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        sizes.append(len(batch))
-        return batch
+    recorder = Recorder()
 
     async def scenario() -> None:
         with ThreadPoolExecutor(2) as executor:
-            settings = BatchSettings(
-                max_batch_size=8, max_queue_delay_s=0.05, max_queue_images=64, adaptive=False
-            )
-            batcher = DynamicBatcher(run, settings, executor, name="order")
+            batcher = _batcher(recorder, executor, max_batch_size=8)
             await asyncio.gather(*(batcher.submit(np.zeros((n, 1), np.float32)) for n in (6, 4, 1)))
             await batcher.close()
 
     asyncio.run(scenario())
-    assert sizes == [6, 5]
+    assert recorder.sizes == [6, 5]
