@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import shutil
 import statistics
 import subprocess
@@ -159,20 +160,19 @@ def job_rate_fresh(folder: Path, output: Path, **kwargs) -> tuple[float, float, 
     worker processes (fork server and all) instead of reusing ones this benchmark already started.
     The wall time is `run_job` alone, imports excluded."""
     code = f"""
-import json, sys
+import json, pickle, sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-from pathlib import Path
 from bench_batch import job_rate
-rate, wall, rows = job_rate(Path({str(folder)!r}), Path({str(output)!r}), **{kwargs!r})
-print(json.dumps([rate, wall, rows]))
+arguments = pickle.loads(sys.stdin.buffer.read())
+print(json.dumps(job_rate(*arguments["args"], **arguments["kwargs"])))
 """
-    code = code.replace("PosixPath(", "Path(")
+    arguments = pickle.dumps({"args": (folder, output), "kwargs": kwargs})
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=os.getcwd()
+        [sys.executable, "-c", code], input=arguments, capture_output=True, check=False, cwd=os.getcwd()
     )
     if result.returncode != 0:
-        raise RuntimeError(f"the job failed:\n{result.stderr[-4000:]}")
-    rate, wall, rows = json.loads(result.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"the job failed:\n{result.stderr.decode(errors='replace')[-4000:]}")
+    rate, wall, rows = json.loads(result.stdout.decode().strip().splitlines()[-1])
     return rate, wall, rows
 
 
