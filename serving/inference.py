@@ -6,7 +6,7 @@ InvalidRequestError naming the image index. A tiny request is decoded inline, wh
 cost more than the decode. A big one is decoded either in the executor, where Pillow's decoders run in
 parallel with the GIL released (a worker process with several cores to itself), or on the event loop a
 slice at a time, yielding between slices so other calls go on (a worker per core: a second thread adds
-no core, only GIL hand-offs with the event loop -- measured 23% more images/s at 8 clients x 64 images).
+no core, only GIL hand-offs with the event loop -- +5-12% images/s at 8 clients x 64 images, paired runs).
 """
 
 from __future__ import annotations

@@ -181,6 +181,15 @@ def test_tasks_cut_smaller_than_a_batch_give_the_same_rows_in_order(
     for path, (index, score) in whole_predictions.items():
         assert cut_predictions[path][0] == index
         assert cut_predictions[path][1] == pytest.approx(score, abs=1e-5)
+    # The cut really happened: the engine answers a batch of 8 as 8 tasks of one image.
+    from cnnserve.serving.batch_discovery import iter_images
+    from cnnserve.serving.repository import open_model_version
+
+    paths = list(iter_images(folder))[:8]
+    model = open_model_version(model_repository, MODEL)
+    with batch_local.LocalEngine(folder, model, workers=2, device="cpu", max_pixels=MAX_PIXELS) as engine:
+        assert engine.task_size == 1
+        assert [len(rows) for rows in engine.classify(iter([paths]))] == [1] * 8
 
 
 def test_labelled_folder_accuracy_and_pictures(model_repository: Path, tmp_path: Path) -> None:
