@@ -122,12 +122,13 @@ def handle_classify_folder(args: argparse.Namespace) -> int:
     from cnnserve.serving.batch_ray import RayUnavailableError
 
     errors = (*errors, RayUnavailableError)
-    try:
-        from cnnserve.serving.batch_remote import RemoteError
+    if args.server is not None:  # gRPC only for a remote job: a local one forks its workers without it
+        try:
+            from cnnserve.serving.batch_remote import RemoteError
 
-        errors = (*errors, RemoteError)
-    except ImportError:  # grpc missing from this install: --server reports it below
-        pass
+            errors = (*errors, RemoteError)
+        except ImportError:  # grpc missing from this install: --server reports it below
+            pass
     config = batch_job.JobConfig(
         folder=args.folder,
         output=args.output,

@@ -1,16 +1,22 @@
 """The batch job's local engine: processes that decode image files and classify them with ONNX Runtime.
 
-Decoding (Pillow, Python) needs many cores, so the work runs in a pool of worker processes (forkserver
-or spawn, never fork: the parent holds ONNX Runtime's threads) using the server's own preprocessing and
-`ModelRuntime`. On a CPU each worker decodes a batch and then classifies it with its own one-thread
-session, so only file paths go in and a few probabilities per image come back: the cores are always busy
-with one or the other, and the parent only walks the folder and writes rows. (Measured against decoding
-in the workers and classifying in the parent, which ships every float32 tensor back through a pipe and
-makes the parent's thread hand-offs compete with the decoders for the same cores: bench/bench_batch.py.)
-On a GPU the workers only decode and this process runs the one GPU session, two batches in flight.
-A bounded window of batches in flight keeps the memory flat; results come back in submission order, so
-the output is in discovery order. While the worker processes start (a fresh interpreter's imports and a
-session), this process decodes and classifies the first batches itself with the same functions.
+Decoding (Pillow, Python) needs many cores, so the work runs in a pool of worker processes using the
+server's own preprocessing and `ModelRuntime`. On a CPU each worker decodes a batch and then classifies it
+with its own one-thread session, so only file paths go in and a few probabilities per image come back: the
+cores are always busy with one or the other, and the parent only walks the folder and writes rows.
+(Measured against decoding in the workers and classifying in the parent, which ships every float32 tensor
+back through a pipe and makes the parent's thread hand-offs compete with the decoders for the same cores:
+bench/bench_batch.py.) On a GPU the workers only decode and this process runs the one GPU session, two
+batches in flight. A bounded window of batches in flight keeps the memory flat; results come back in
+submission order, so the output is in discovery order.
+
+How the workers start (`worker_start_method`): forked from this process when it is in the state a fork
+server forks from (libraries imported, no session, no other Python thread, nothing known to break across
+a fork) — then they are up in milliseconds; otherwise from a fork server, a fresh interpreter whose imports
+cost ~0.25 s of CPU (a tenth of classifying 10,000 digits on two cores), while this process decodes and
+classifies the first batches itself. The engine starts them in its constructor, before the job opens its
+output, so a forked worker inherits no file the job writes. A worker exits when this process dies, even
+by SIGKILL, instead of waiting for tasks forever.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -31,7 +39,7 @@ import numpy as np
 from cnnserve.serving import preprocessing
 from cnnserve.serving.batch_output import Prediction, ResultRow
 from cnnserve.serving.repository import ModelVersion
-from cnnserve.serving.runtime import CUDA, ModelRuntime, SessionOptions, top_k
+from cnnserve.serving.runtime import CUDA, ModelRuntime, SessionOptions, sessions_created, top_k
 
 LOG = logging.getLogger(__name__)
 
@@ -88,11 +96,47 @@ _WORKER_RUNTIME: ModelRuntime | None = None
 
 
 def _start_worker(model: ModelVersion | None, options: SessionOptions) -> None:
-    """Pool initializer: ignore Ctrl-C (the parent stops the pool after writing what is done), load."""
+    """Pool initializer: ignore Ctrl-C (the parent stops the pool after writing what is done), exit with
+    the parent, load the model."""
     global _WORKER_RUNTIME
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        # A worker blocks on the task queue, whose write end it holds itself: without this it would wait
+        # forever after a SIGKILLed job, and keep the fork server and resource tracker alive with it.
+        threading.Thread(target=_exit_when_gone, args=(parent,), name="exit-with-parent", daemon=True).start()
     if model is not None:
         _WORKER_RUNTIME = ModelRuntime(model, options, with_activations=False)
+
+
+def _exit_when_gone(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()  # returns when the parent's end of the sentinel pipe closes, i.e. the parent is gone
+    os._exit(1)
+
+
+# Modules that run threads a forked child would inherit in an unknown state (held locks, missing pools).
+FORK_UNSAFE_MODULES = ("tensorflow", "torch", "jax", "grpc")
+
+
+def worker_start_method() -> str:
+    """`fork` when this process is in the state a fork server would fork from, else `forkserver` (`spawn`
+    where there is none).
+
+    That state: Linux; this is the only Python thread; no ONNX Runtime session exists (their thread pools do
+    not survive a fork); none of FORK_UNSAFE_MODULES is imported. The native threads left are those of
+    libraries that are idle after import — OpenBLAS's pool, which stops itself around a fork, and the one
+    ONNX Runtime starts at import — and the fork server, which preloads numpy and onnxruntime, has them too.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    if (
+        sys.platform == "linux"
+        and "fork" in methods
+        and threading.active_count() == 1
+        and sessions_created() == 0
+        and not any(name in sys.modules for name in FORK_UNSAFE_MODULES)
+    ):
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
 
 
 def classify_batch(runtime: ModelRuntime, batch: DecodedBatch) -> ClassifiedBatch:
@@ -159,14 +203,26 @@ class LocalEngine:
             device=device, intra_op_threads=1 if self.on_cpu else 0, allow_spinning=False
         )
         self.worker_options = options
-        self._context = self._start_fork_server()
-        # This process's session classifies the first batches on a CPU, and everything on a GPU.
-        self.runtime = ModelRuntime(model, options, with_activations=False)
+        self.start_method = worker_start_method()
+        # The workers start now: before this process creates its session and threads (a forked worker must
+        # not inherit them) and before the job opens its output (nor that).
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=self._worker_context(self.start_method),
+            initializer=_start_worker,
+            initargs=(model if self.on_cpu else None, options),
+        )
+        self._workers_up = [self._pool.submit(os.getpid) for _ in range(self.workers)]
+        try:
+            # This process's session classifies the first batches on a CPU, and everything on a GPU.
+            self.runtime = ModelRuntime(model, options, with_activations=False)
+        except BaseException:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            raise
         self.inference_threads = default_workers() if self.on_cpu else 2
         self.window = 2 * (self.workers + self.inference_threads)
         # Images per worker task; on a CPU set from the warm-up so that one task takes about TASK_SECONDS.
         self.task_size = 0
-        self._pool: ProcessPoolExecutor | None = None
         self._inference: ThreadPoolExecutor | None = None
         self._started: Future[None] | None = None
 
@@ -180,32 +236,24 @@ class LocalEngine:
     def providers(self) -> list[str]:
         return self.runtime.providers
 
-    def _start_fork_server(self) -> multiprocessing.context.BaseContext:
-        """The worker processes' start method; a fork server starts now, its imports overlapping ours."""
-        if "forkserver" not in multiprocessing.get_all_start_methods():
-            return multiprocessing.get_context("spawn")
-        context = multiprocessing.get_context("forkserver")
-        # Imported once in the fork server, not once per worker.
-        context.set_forkserver_preload(
-            ["cnnserve.serving.batch_local"] + (["onnxruntime"] if self.on_cpu else [])
-        )
-        forkserver.ensure_running()
+    def _worker_context(self, method: str) -> multiprocessing.context.BaseContext:
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            # Imported once in the fork server, not once per worker; it starts now, its imports overlapping
+            # this process's session and warm-up.
+            context.set_forkserver_preload(
+                ["cnnserve.serving.batch_local"] + (["onnxruntime"] if self.on_cpu else [])
+            )
+            forkserver.ensure_running()
         return context
 
     def __enter__(self) -> LocalEngine:
-        context = self._context
-        method = context.get_start_method()
-        self._pool = ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=context,
-            initializer=_start_worker,
-            initargs=(self.model if self.on_cpu else None, self.worker_options),
-        )
+        if self._pool is None:
+            raise RuntimeError("this LocalEngine was closed; create a new one")
         self._inference = ThreadPoolExecutor(self.inference_threads, thread_name_prefix="classify-folder")
-        # A worker process is ready only after a fresh interpreter's imports and its session (~0.2 s, a
-        # fifth of classifying 10,000 digits): they start in the background while ONNX Runtime warms up
-        # here and, until they are up, this process decodes the first batches itself (see `classify`).
-        self._started = self._inference.submit(self._start_workers)
+        # Until every worker is up (milliseconds forked, ~0.2 s from the fork server: a fresh interpreter's
+        # imports, then its session), this process decodes the first batches itself (see `_submit`).
+        self._started = self._inference.submit(self._wait_for_workers)
         if self.on_cpu:
             # A big model's batch of max_batch_size images is seconds of work for one core: the last tasks
             # of a job would leave the other cores idle that long. Small models keep whole batches.
@@ -217,7 +265,7 @@ class LocalEngine:
         LOG.info(
             "local engine: %d worker processes (%s) %s, at most %s images per task, on %s",
             self.workers,
-            method,
+            self.start_method,
             "decoding and classifying" if self.on_cpu else "decoding, classifying here",
             self.task_size or "a batch of",
             ", ".join(self.providers),
@@ -232,9 +280,8 @@ class LocalEngine:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _start_workers(self) -> None:
-        assert self._pool is not None
-        for future in [self._pool.submit(os.getpid) for _ in range(self.workers)]:
+    def _wait_for_workers(self) -> None:
+        for future in self._workers_up:
             future.result()
 
     def _here(self, paths: list[str]) -> ClassifiedBatch:

@@ -74,7 +74,16 @@ class SessionOptions:
     allow_spinning: bool = True
 
 
+# Sessions this process has created: a session's thread pools do not survive a fork (see batch_local).
+_sessions_created = 0
+
+
+def sessions_created() -> int:
+    return _sessions_created
+
+
 def create_session(path: Path, providers: Sequence[str], options: SessionOptions):
+    global _sessions_created
     ort = import_onnxruntime()
     session_options = ort.SessionOptions()
     if options.intra_op_threads > 0:
@@ -85,6 +94,7 @@ def create_session(path: Path, providers: Sequence[str], options: SessionOptions
         session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    _sessions_created += 1
     try:
         return ort.InferenceSession(str(path), sess_options=session_options, providers=list(providers))
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -123,3 +125,17 @@ def test_folder_links_are_not_followed(tree: Path) -> None:
         "z/y.png",
         "z/a/x.jpg",
     ]
+
+
+def test_image_extensions_load_every_plugin_only_for_an_uncommon_extension() -> None:
+    code = (
+        "from PIL import Image\n"
+        "from cnnserve.serving.batch_discovery import ImageExtensions\n"
+        "known = ImageExtensions()\n"
+        "common = ['.png' in known, '.jpg' in known, '.bmp' in known]\n"
+        "before = Image._initialized\n"
+        "rare = ['.tif' in known, '.webp' in known, '.txt' in known, '.npy' in known]\n"
+        "print(common, before, rare, Image._initialized)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[True, True, True] 1 [True, True, False, False] 2"

@@ -324,6 +324,98 @@ def test_resume_after_sigkill_gives_every_file_exactly_once(model_repository: Pa
         assert sum(1 for _ in csv.reader(handle)) == 2501
 
 
+def _descendants(pid: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.parametrize("start", ["fork", "forkserver"])
+@pytest.mark.timeout(120)
+def test_worker_processes_exit_when_the_job_is_killed(
+    model_repository: Path, tmp_path: Path, start: str
+) -> None:
+    """SIGKILL to the job alone (as the OOM killer sends it): its workers, the fork server and the
+    resource tracker go too, instead of waiting for tasks forever. A job with another thread running
+    starts its workers from the fork server; a plain one forks them."""
+    folder = make_digit_folder(tmp_path / "digits", 1500, labelled=False)
+    output = tmp_path / "out.csv"
+    args = ["classify-folder", str(folder), "--model", MODEL, "--repo", str(model_repository)]
+    args += ["--output", str(output), "--batch-size", "8", "--workers", "2", "--progress", "log"]
+    code = "import sys, threading\nfrom cnnserve import cli\n"
+    if start == "forkserver":
+        code += "threading.Thread(target=threading.Event().wait, daemon=True).start()\n"
+    code += f"sys.exit(cli.main({args!r}))\n"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        _wait_for_rows(output, 50, process)
+        helpers = _descendants(process.pid)
+        assert len(helpers) >= 2
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in helpers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in helpers if _alive(pid)]
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    stderr = process.stderr.read().decode()
+    assert f"worker processes ({start})" in stderr, stderr
+
+
+def test_workers_fork_only_from_a_process_in_fork_server_state(model_repository: Path) -> None:
+    """Fork with numpy and onnxruntime imported; not with another thread, grpc or a session."""
+    code = f"""
+from pathlib import Path
+REPO = Path({str(model_repository)!r})
+import threading
+import numpy, onnxruntime
+from cnnserve.serving.batch_local import worker_start_method
+print(worker_start_method())
+stop = threading.Event()
+thread = threading.Thread(target=stop.wait)
+thread.start()
+print(worker_start_method())
+stop.set()
+thread.join()
+print(worker_start_method())
+import grpc
+print(worker_start_method())
+del __import__("sys").modules["grpc"]
+from cnnserve.serving.runtime import SessionOptions, create_session
+from cnnserve.serving.repository import open_model_version
+create_session(open_model_version(REPO, "mnist_cnn").model_file, ["CPUExecutionProvider"], SessionOptions())
+print(worker_start_method())
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["fork", "forkserver", "fork", "forkserver", "forkserver"]
+
+
 @pytest.fixture(scope="module")
 def server_address(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `cnnserve serve` on an ephemeral loopback port."""
