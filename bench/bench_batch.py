@@ -35,6 +35,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from quiet import settle
 
 
 def make_digits(folder: Path, count: int) -> None:
@@ -123,6 +124,7 @@ def ort_rate(model_version, tensors: np.ndarray, batch_sizes: list[int], cores: 
         batches = [tensors[i : i + size] for i in range(0, len(tensors) - size + 1, size)] or [tensors[:size]]
         for name, (runtime, parallel) in setups.items():
             runtime.classify(batches[0])
+            settle()  # after a spinning session, its threads would take a core for ~50 ms
 
             def loop(offset: int, runtime=runtime, parallel=parallel, batches=batches) -> int:
                 count = 0

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from quiet import settle
 
 MODELS = ("mnist_cnn", "cats_dogs_cnn")
 
@@ -183,17 +184,6 @@ def _stub(address: str):
     return channel, inference_pb2_grpc.InferenceServiceStub(channel)
 
 
-def _settle(limit_s: float = 1.0) -> None:
-    """Wait until this process's threads are idle: a spinning ONNX Runtime session keeps a core busy
-    for ~50 ms after its last call (measured), which would slow whatever is measured next."""
-    deadline = time.perf_counter() + limit_s
-    while time.perf_counter() < deadline:
-        before = time.process_time()
-        time.sleep(0.01)
-        if time.process_time() - before < 0.001:
-            return
-
-
 def explain_side_by_side(
     repo: Path, address: str, name: str, image: bytes, repeats: int, threads: int, block: int
 ) -> dict[str, float]:
@@ -201,7 +191,7 @@ def explain_side_by_side(
     so load drift hits every figure alike. A block's first call finds the threads of its side asleep
     (on a VM, waking a sleeping thread on an idle vCPU is slow); its other calls find them awake, as
     under steady traffic. Both are reported: `<key>` is the steady median, `<key>_first` the first calls.
-    Each block starts once this process is idle (`_settle`), so no side pays for the previous one.
+    Each block starts once this process is idle (`quiet.settle`), so no side pays for the previous one.
     """
     from cnnserve.protos import inference_pb2
 
@@ -221,7 +211,7 @@ def explain_side_by_side(
     steady: dict[str, list[float]] = {key: [] for key in sides}
     for _ in range(repeats):
         for key, measure in sides.items():
-            _settle()
+            settle()
             times = [measure() for _ in range(max(1, block))]
             first[key].append(times[0])
             steady[key].extend(times[1:] or times)
