@@ -1,12 +1,17 @@
 """Dynamic batching: concurrent requests for one model version merged into one ONNX Runtime call.
 
-A batch waits at most `max_queue_delay` after its oldest request arrived, and only while requests are
-known to be on their way (adaptive; `fixed` always waits), or until `max_batch_size` images wait. Batches
-run in threads of the executor, so the event loop keeps accepting (and queueing) while ONNX Runtime
-computes: under load the next batch fills up during the current one, which is what makes batching
-adaptive; a second batch runs alongside only when a full one (or a ready-made `bulk` one) waits.
-The queue is bounded in images (overflow → QueueFullError); a request whose deadline has passed, or
-whose caller went away, is dropped before it is computed.
+A batch waits at most `max_queue_delay` after its oldest request arrived, or until `max_batch_size`
+images wait. `fixed` (Triton's way) always waits that long; `adaptive` (the default) waits only while
+more requests are to be expected: some are on their way (being decoded), or requests have lately been
+arriving while others were queued or computing (concurrent traffic) -- and stops as soon as every client
+seen lately, bar those whose requests are computing, has one waiting, since closed-loop clients send
+nothing more until answered. So a lone client's request runs at once, and under concurrent load batches
+grow, which makes every image cheaper on a CPU (mnist_cnn on two cores, servers side by side in
+interleaved rounds, against never waiting: 64 clients x 1 image +15% calls/s and a lower p99, 8 x 1
++10%, 1 x 1 unchanged). Batches run in threads of the executor, so the event loop keeps accepting (and
+queueing) while ONNX Runtime computes; a second batch runs alongside only when a full one (or a
+ready-made `bulk` one) waits. The queue is bounded in images (overflow → QueueFullError); a request whose
+deadline has passed, or whose caller went away, is dropped before it is computed.
 """
 
 from __future__ import annotations
@@ -36,18 +41,46 @@ class BatchObserver(Protocol):
     def observe_dropped(self, count: int) -> None: ...
 
 
+# After the last sign of concurrent traffic, batches keep waiting to fill for this many max_queue_delays.
+CONCURRENCY_WINDOW_DELAYS = 10
+
+
 @dataclass(frozen=True)
 class BatchSettings:
     max_batch_size: int
     max_queue_delay_s: float
     max_queue_images: int
     enabled: bool = True  # False: every request runs alone (no merging), as soon as it arrives
-    # True: wait for more only while requests are known to be on their way (see `expecting`);
+    # True: wait for more only while more are to be expected (see the module doc and `expecting`);
     # False: a batch always waits max_queue_delay to fill, as Triton does.
     adaptive: bool = True
     # Batches computing at once. A second one starts only when a full batch waits, so big requests keep
     # every core busy (ORT runs one thread per worker) while small ones still merge behind the first.
     max_concurrent_batches: int = 2
+
+
+class _WindowedPeak:
+    """The most of a count observed over the current and the previous window (fixed windows of a
+    length given at each call), so a peak is forgotten one to two windows after it ended."""
+
+    def __init__(self) -> None:
+        self._start = -1e18
+        self._current = 0
+        self._previous = 0
+
+    def _roll(self, now: float, window: float) -> None:
+        if now - self._start > window:
+            self._previous = self._current if now - self._start <= 2 * window else 0
+            self._current = 0
+            self._start = now
+
+    def observe(self, now: float, window: float, count: int) -> None:
+        self._roll(now, window)
+        self._current = max(self._current, count)
+
+    def value(self, now: float, window: float) -> int:
+        self._roll(now, window)
+        return max(self._current, self._previous)
 
 
 @dataclass(eq=False)
@@ -83,6 +116,11 @@ class DynamicBatcher:
         self._wake: asyncio.Future[None] | None = None  # resolved to wake the batch loop
         self._filling = False  # the loop waits for a batch to fill (only a full batch wakes it early)
         self._arriving = 0  # requests being decoded that will be submitted next (see `expecting`)
+        self._concurrent_at = -1e18  # loop time of the last request that found others queued or computing
+        self._running_requests = 0  # requests in the batches computing now
+        # Requests seen in the batcher at once (queued + computing), the most over the current and the
+        # previous concurrency window: closed-loop clients cannot send more than that.
+        self._peak = _WindowedPeak()
         self._running = 0  # batches computing now
         self._batches: set[asyncio.Task[None]] = set()  # their tasks (kept referenced)
         self._task: asyncio.Task[None] | None = None
@@ -114,7 +152,11 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         if not self.settings.enabled:
             return await self._run_alone(loop, batch)
-        waiting = _Waiting(batch, loop.create_future(), deadline, loop.time(), bulk)
+        now = loop.time()
+        if not bulk and (self._running_requests or self._waiting):
+            self._concurrent_at = now
+        self._peak.observe(now, self._window(), len(self._waiting) + self._running_requests + 1)
+        waiting = _Waiting(batch, loop.create_future(), deadline, now, bulk)
         self._waiting.append(waiting)
         self._waiting_images += count
         if self._task is None:
@@ -161,14 +203,30 @@ class DynamicBatcher:
         if wake is None or wake.done():
             return
         if not force and not self._closed and self._waiting_images < self.settings.max_batch_size:
-            if self._filling and self._expects_more():
+            if self._filling and self._expects_more() and not self._everyone_in():
                 return  # more requests are on their way; the fill timer or the last arrival wakes it
             if self._running:
                 return  # a batch computes; its end (or a full batch) wakes the loop
         wake.set_result(None)
 
     def _expects_more(self) -> bool:
-        return self._arriving > 0 or not self.settings.adaptive
+        """Whether a batch that is not full should wait (up to max_queue_delay) for more requests."""
+        if self._arriving > 0 or not self.settings.adaptive:
+            return True
+        # Concurrent traffic lately: more requests will come within the delay. A lone client, whose next
+        # request only comes after this answer, never waits.
+        return asyncio.get_running_loop().time() - self._concurrent_at <= self._window()
+
+    def _window(self) -> float:
+        return CONCURRENCY_WINDOW_DELAYS * self.settings.max_queue_delay_s
+
+    def _everyone_in(self) -> bool:
+        """Adaptive: every client seen lately, bar those whose requests compute now, has a request
+        waiting -- closed-loop clients send nothing more until they are answered, so stop waiting."""
+        if not self.settings.adaptive:
+            return False
+        now = asyncio.get_running_loop().time()
+        return len(self._waiting) >= self._peak.value(now, self._window()) - self._running_requests
 
     async def _sleep(self, loop: asyncio.AbstractEventLoop, until: float | None) -> None:
         wake: asyncio.Future[None] = loop.create_future()
@@ -195,13 +253,20 @@ class DynamicBatcher:
                 await self._sleep(loop, None)
                 continue
             fill_until = self._waiting[0].enqueued + self.settings.max_queue_delay_s
-            if not full and self._expects_more() and not self._closed and loop.time() < fill_until:
+            if (
+                not full
+                and self._expects_more()
+                and not self._everyone_in()
+                and not self._closed
+                and loop.time() < fill_until
+            ):
                 self._filling = True
                 await self._sleep(loop, fill_until)
                 self._filling = False
             taken = self._take(loop.time())
             if taken:
                 self._running += 1
+                self._running_requests += len(taken)
                 task = loop.create_task(self._run_batch(loop, taken))
                 self._batches.add(task)
                 task.add_done_callback(self._batch_done)
@@ -269,6 +334,7 @@ class DynamicBatcher:
             return
         finally:
             self._inflight_images -= len(batch)
+            self._running_requests -= len(taken)
         offset = 0
         for waiting in taken:
             count = len(waiting.batch)

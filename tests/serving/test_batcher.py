@@ -132,6 +132,69 @@ def test_batching_off_runs_each_request_alone() -> None:
     assert recorder.sizes == [2, 2, 2, 2]
 
 
+def test_adaptive_lone_client_never_waits_for_the_queue_delay() -> None:
+    recorder = Recorder()
+    queued: list[float] = []
+    recorder.observe_batch = lambda size, queue_seconds, compute_seconds: queued.extend(queue_seconds)
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(1) as executor:
+            batcher = _batcher(recorder, executor, max_queue_delay_s=1.0, adaptive=True)
+            for _ in range(5):
+                await batcher.submit(np.ones((1, 1), np.float32))
+            await batcher.close()
+
+    asyncio.run(scenario())
+    assert recorder.sizes == [1] * 5
+    assert max(queued) < 0.5  # none waited the 1 s delay
+
+
+def test_adaptive_closed_loop_clients_run_as_soon_as_all_are_in() -> None:
+    """Four clients that each send again once answered: every batch holds all four and starts when the
+    fourth arrives -- nobody else can come, so waiting out the (long) delay would only add latency."""
+    model = SlowModel(0.01)
+
+    async def client(batcher: DynamicBatcher, index: int) -> None:
+        for _ in range(5):
+            result = await batcher.submit(np.full((1, 1), float(index), np.float32))
+            assert result[0, 0] == index + 1.0
+
+    async def scenario() -> float:
+        with ThreadPoolExecutor(2) as executor:
+            settings = BatchSettings(max_batch_size=64, max_queue_delay_s=1.0, max_queue_images=64)
+            batcher = DynamicBatcher(model.run, settings, executor, name="test")
+            start = time.perf_counter()
+            await asyncio.gather(*(client(batcher, i) for i in range(4)))
+            elapsed = time.perf_counter() - start
+            await batcher.close()
+            return elapsed
+
+    elapsed = asyncio.run(scenario())
+    assert model.sizes == [4] * 5
+    assert elapsed < 2.0  # waiting out the delay once would take 1 s, every round 5 s
+
+
+def test_adaptive_batches_wait_to_fill_under_concurrent_traffic() -> None:
+    """After concurrent traffic, requests arriving a few ms apart wait for each other (up to the delay)
+    instead of each running alone."""
+    model = SlowModel(0.001)
+
+    async def late(batcher: DynamicBatcher, index: int) -> None:
+        await asyncio.sleep(0.005 * index)
+        await batcher.submit(np.full((1, 1), 100.0 + index, np.float32))
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            settings = BatchSettings(max_batch_size=64, max_queue_delay_s=0.2, max_queue_images=64)
+            batcher = DynamicBatcher(model.run, settings, executor, name="test")
+            await asyncio.gather(*(batcher.submit(np.full((1, 1), float(i), np.float32)) for i in range(6)))
+            await asyncio.gather(*(late(batcher, i) for i in range(6)))
+            await batcher.close()
+
+    asyncio.run(scenario())
+    assert model.batches == [[float(i) for i in range(6)], [100.0 + i for i in range(6)]]
+
+
 def test_server_merges_concurrent_clients_and_never_mixes_answers(
     start_server, model_repository, digits
 ) -> None:
