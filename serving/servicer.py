@@ -176,9 +176,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         result = await inference.classify(
             loaded, images, request.top_k, core.limits, core.decode_executor, self._deadline(context)
         )
-        response = inference_pb2.ClassifyResponse(
-            model=loaded.name, version=loaded.version, results=wire.classifications(result, loaded.labels)
-        )
+        response = inference_pb2.ClassifyResponse(model=loaded.name, version=loaded.version)
+        wire.fill_classifications(response, result, loaded.labels)
         return response, len(images)
 
     async def GetActivations(
