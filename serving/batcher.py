@@ -222,8 +222,9 @@ class DynamicBatcher:
 
     def _everyone_in(self) -> bool:
         """Adaptive: every client seen lately, bar those whose requests compute now, has a request
-        waiting -- closed-loop clients send nothing more until they are answered, so stop waiting."""
-        if not self.settings.adaptive:
+        waiting -- closed-loop clients send nothing more until they are answered, so stop waiting.
+        Never while requests are known to be on their way (being decoded)."""
+        if not self.settings.adaptive or self._arriving > 0:
             return False
         now = asyncio.get_running_loop().time()
         return len(self._waiting) >= self._peak.value(now, self._window()) - self._running_requests

@@ -195,6 +195,29 @@ def test_adaptive_batches_wait_to_fill_under_concurrent_traffic() -> None:
     assert model.batches == [[float(i) for i in range(6)], [100.0 + i for i in range(6)]]
 
 
+def test_adaptive_batch_waits_for_a_request_still_being_decoded() -> None:
+    """A request on its way (`expecting`) is waited for, up to the delay, even by a lone client's batch."""
+    model = SlowModel(0.001)
+
+    async def decoding_then_submit(batcher: DynamicBatcher) -> None:
+        with batcher.expecting():
+            await asyncio.sleep(0.05)  # decoding a big request, in slices
+            submitted = batcher.submit(np.full((1, 1), 2.0, np.float32))
+        await submitted
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            settings = BatchSettings(max_batch_size=64, max_queue_delay_s=1.0, max_queue_images=64)
+            batcher = DynamicBatcher(model.run, settings, executor, name="test")
+            arriving = asyncio.ensure_future(decoding_then_submit(batcher))
+            await asyncio.sleep(0.01)
+            await asyncio.gather(batcher.submit(np.full((1, 1), 1.0, np.float32)), arriving)
+            await batcher.close()
+
+    asyncio.run(scenario())
+    assert model.batches == [[1.0, 2.0]]
+
+
 def test_server_merges_concurrent_clients_and_never_mixes_answers(
     start_server, model_repository, digits
 ) -> None:
