@@ -202,7 +202,6 @@ class LocalEngine:
         options = SessionOptions(
             device=device, intra_op_threads=1 if self.on_cpu else 0, allow_spinning=False
         )
-        self.worker_options = options
         self.start_method = worker_start_method()
         # The workers start now: before this process creates its session and threads (a forked worker must
         # not inherit them) and before the job opens its output (nor that).
