@@ -10,8 +10,11 @@ grow, which makes every image cheaper on a CPU (mnist_cnn on two cores, servers 
 interleaved rounds, against never waiting: 64 clients x 1 image +15% calls/s and a lower p99, 8 x 1
 +10%, 1 x 1 unchanged). Batches run in threads of the executor, so the event loop keeps accepting (and
 queueing) while ONNX Runtime computes; a second batch runs alongside only when a full one (or a
-ready-made `bulk` one) waits. The queue is bounded in images (overflow → QueueFullError); a request whose
-deadline has passed, or whose caller went away, is dropped before it is computed.
+ready-made `bulk` one) waits. A worker with one core to itself gains nothing from that overlap, only a
+thread hand-off per batch, so there (`inline_compute_s`) a batch expected to take less than a slice of
+the loop's time runs on the event loop itself (64 clients x 1 image, servers side by side: +7-15%
+calls/s, 75-110 us less server CPU per call). The queue is bounded in images (overflow → QueueFullError);
+a request whose deadline has passed, or whose caller went away, is dropped before it is computed.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ class BatchSettings:
     # Batches computing at once. A second one starts only when a full batch waits, so big requests keep
     # every core busy (ORT runs one thread per worker) while small ones still merge behind the first.
     max_concurrent_batches: int = 2
+    # A batch expected (from the time per image measured so far) to compute within this many seconds runs
+    # on the event loop, not in the executor; 0 = always in the executor. For workers with one core each.
+    inline_compute_s: float = 0.0
 
 
 class _WindowedPeak:
@@ -122,6 +128,7 @@ class DynamicBatcher:
         # previous concurrency window: closed-loop clients cannot send more than that.
         self._peak = _WindowedPeak()
         self._running = 0  # batches computing now
+        self._seconds_per_image: float | None = None  # compute time per image, a moving average
         self._batches: set[asyncio.Task[None]] = set()  # their tasks (kept referenced)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -190,7 +197,7 @@ class DynamicBatcher:
         self._inflight_images += len(batch)
         try:
             start = time.perf_counter()
-            result = await loop.run_in_executor(self.executor, self.run, batch)
+            result = await self._compute(loop, batch)
             if self.observer is not None:
                 self.observer.observe_batch(len(batch), (0.0,), time.perf_counter() - start)
             return result
@@ -325,7 +332,7 @@ class DynamicBatcher:
         self._inflight_images += len(batch)
         try:
             start = time.perf_counter()
-            results = await loop.run_in_executor(self.executor, self.run, batch)
+            results = await self._compute(loop, batch)
             compute = time.perf_counter() - start
         except Exception as error:  # the model failed on this batch: every caller in it hears why
             LOG.exception("batch of %d images for %s failed", len(batch), self.name)
@@ -344,6 +351,27 @@ class DynamicBatcher:
             offset += count
         if self.observer is not None:
             self.observer.observe_batch(len(batch), [started - w.enqueued for w in taken], compute)
+
+    async def _compute(self, loop: asyncio.AbstractEventLoop, batch: np.ndarray) -> np.ndarray:
+        """`run(batch)`: on the event loop when it is expected to be quick enough (`inline_compute_s`),
+        else in the executor; either way the time it took feeds the next decision."""
+        per_image = self._seconds_per_image
+        if per_image is not None and per_image * len(batch) <= self.settings.inline_compute_s:
+            # Let callbacks already due run first: requests that arrived meanwhile are parsed and queued
+            # for the next batch instead of waiting behind this one's compute.
+            await asyncio.sleep(0)
+            results, seconds = self._timed_run(batch)
+        else:
+            results, seconds = await loop.run_in_executor(self.executor, self._timed_run, batch)
+        measured = seconds / len(batch)
+        self._seconds_per_image = measured if per_image is None else 0.9 * per_image + 0.1 * measured
+        return results
+
+    def _timed_run(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        """`run(batch)` and how long it took, timed where it runs (a thread hand-off is not compute)."""
+        start = time.perf_counter()
+        results = self.run(batch)
+        return results, time.perf_counter() - start
 
     async def close(self) -> None:
         """Stop taking requests; those already waiting are still computed and answered (drain)."""

@@ -43,6 +43,7 @@ class BatchOverrides:
     max_queue_size: int | None = None
     enabled: bool = True
     adaptive: bool = True
+    inline_compute_s: float = 0.0  # server-wide, not in configs: see BatchSettings.inline_compute_s
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ def batch_settings(model: ModelVersion, overrides: BatchOverrides) -> BatchSetti
         max_queue_images=queue or DEFAULT_QUEUE_BATCHES * max_batch,
         enabled=overrides.enabled,
         adaptive=overrides.adaptive,
+        inline_compute_s=overrides.inline_compute_s,
     )
 
 

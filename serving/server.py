@@ -38,6 +38,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 LIVENESS_SERVICE = "liveness"
 # After the calls in flight finished: how long streams such as health Watch may linger before cancelling.
 STOP_GRACE_SECONDS = 0.5
+# On a worker with one core, a batch expected to compute within this long runs on the event loop.
+INLINE_COMPUTE_S = 0.001
 
 
 def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -59,6 +61,9 @@ class InferenceServer:
         self.settings = settings
         self.metrics = ServingMetrics()
         threads = settings.intra_op_threads(cpu_count)
+        # A worker with at most one core to itself decodes big requests on its event loop (see inference)
+        # and runs quick batches there too (see batcher): a thread would add hand-offs, not a core.
+        one_core = (cpu_count or available_cpus()) / max(1, settings.workers) <= 1.0
         # ONNX Runtime runs one batch per model at a time; the other threads decode big requests.
         self.executor = ThreadPoolExecutor(max_workers=threads + 2, thread_name_prefix="cnnserve")
         self.registry = ModelRegistry(
@@ -71,16 +76,15 @@ class InferenceServer:
                 max_queue_size=settings.max_queue_size,
                 enabled=settings.batching,
                 adaptive=settings.batch_wait == "adaptive",
+                inline_compute_s=INLINE_COMPUTE_S if one_core else 0.0,
             ),
             observer_for=self.metrics.for_model,
         )
-        # A worker with at most one core to itself decodes big requests on its event loop (see inference).
-        cores_per_worker = (cpu_count or available_cpus()) / max(1, settings.workers)
         self.core = ServingCore(
             self.registry,
             self.executor,
             RequestLimits(settings.max_images, settings.max_pixels),
-            decode_on_loop=cores_per_worker <= 1.0,
+            decode_on_loop=one_core,
         )
         self.servicer: InferenceServicer | EchoServicer = (
             EchoServicer() if settings.echo else InferenceServicer(self.core, self.metrics)

@@ -360,3 +360,67 @@ def test_take_keeps_order_for_ordinary_requests() -> None:
 
     asyncio.run(scenario())
     assert recorder.sizes == [6, 5]
+
+
+class ThreadRecorder:
+    """A 'model' that takes `seconds_per_image` per image and records which thread ran each batch."""
+
+    def __init__(self, seconds_per_image: float) -> None:
+        self.seconds_per_image = seconds_per_image
+        self.threads: list[tuple[int, int]] = []  # (batch size, thread id)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.threads.append((len(batch), threading.get_ident()))
+        time.sleep(self.seconds_per_image * len(batch))
+        return batch + 1.0
+
+
+@pytest.mark.parametrize(
+    ("inline_s", "seconds_per_image", "on_loop"), [(0.05, 0.001, True), (0.05, 0.02, False)]
+)
+def test_quick_batches_run_on_the_event_loop_slow_ones_in_the_executor(
+    inline_s: float, seconds_per_image: float, on_loop: bool
+) -> None:
+    model = ThreadRecorder(seconds_per_image)
+
+    async def scenario() -> int:
+        with ThreadPoolExecutor(2) as executor:
+            settings = BatchSettings(
+                max_batch_size=8, max_queue_delay_s=0.0, max_queue_images=64, inline_compute_s=inline_s
+            )
+            batcher = DynamicBatcher(model.run, settings, executor, name="test")
+            for value in range(4):  # one at a time: the first is measured in the executor, then it knows
+                result = await batcher.submit(np.full((4, 2), float(value), np.float32))
+                assert np.array_equal(result, np.full((4, 2), value + 1.0))
+            await batcher.close()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(scenario())
+    assert model.threads[0][1] != loop_thread  # nothing measured yet: the executor
+    assert all((thread == loop_thread) is on_loop for _, thread in model.threads[1:])
+
+
+def test_inline_compute_off_always_uses_the_executor_and_a_failure_still_reaches_the_caller() -> None:
+    calls: list[int] = []
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        calls.append(threading.get_ident())
+        if batch[0, 0] < 0:
+            raise RuntimeError("the model failed")
+        return batch
+
+    async def scenario() -> int:
+        with ThreadPoolExecutor(1) as executor:
+            for inline_s in (0.0, 10.0):
+                settings = BatchSettings(
+                    max_batch_size=8, max_queue_delay_s=0.0, max_queue_images=64, inline_compute_s=inline_s
+                )
+                batcher = DynamicBatcher(run, settings, executor, name="test")
+                await batcher.submit(np.ones((1, 2), np.float32))
+                with pytest.raises(RuntimeError, match="the model failed"):
+                    await batcher.submit(np.full((1, 2), -1.0, np.float32))
+                await batcher.close()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(scenario())
+    assert [thread == loop_thread for thread in calls] == [False, False, False, True]

@@ -74,10 +74,11 @@ def test_a_bad_image_in_a_big_request_names_its_index(digits, spec: PreprocessSp
 
 
 @pytest.mark.parametrize(("workers", "cpus", "on_loop"), [(2, 2, True), (4, 2, True), (1, 2, False)])
-def test_a_worker_with_one_core_decodes_on_its_loop(
+def test_a_worker_with_one_core_decodes_and_runs_quick_batches_on_its_loop(
     model_repository: Path, workers: int, cpus: int, on_loop: bool
 ) -> None:
     server = InferenceServer(ServerSettings(repo=model_repository, workers=workers), cpu_count=cpus)
     assert server.core.decode_on_loop is on_loop
     assert (server.core.decode_executor is None) is on_loop
+    assert (server.registry.overrides.inline_compute_s > 0) is on_loop  # quick batches on the loop too
     server.executor.shutdown()
