@@ -89,9 +89,13 @@ class _WindowedPeak:
         return max(self._current, self._previous)
 
 
+Prepare = Callable[[], np.ndarray]  # makes a request's batch when its batch starts (see `submit_deferred`)
+
+
 @dataclass(eq=False)
 class _Waiting:
-    batch: np.ndarray
+    batch: np.ndarray | Prepare  # the request's images, or how to make them when its batch starts
+    count: int  # its images
     future: asyncio.Future[np.ndarray]
     deadline: float | None  # event-loop time
     enqueued: float  # event-loop time
@@ -155,15 +159,35 @@ class DynamicBatcher:
             self._check_room(count)
             results = await asyncio.gather(*(self.submit(part, deadline, bulk) for part in parts))
             return np.concatenate(results)
+        return await self._enqueue(batch, count, deadline, bulk)
+
+    async def submit_deferred(
+        self, prepare: Prepare, count: int, deadline: float | None = None
+    ) -> np.ndarray:
+        """Results for the `count` images `prepare()` makes, called on the event loop when the request's
+        batch starts: a small request's images are then decoded one after another with the rest of the
+        batch's, while the decoder's code and tables are still in the CPU's caches, instead of between
+        other calls' gRPC work (a 28x28 PNG: ~30 us back to back, 55-60 us with other work between). What
+        `prepare` raises goes to this caller alone; the rest of the batch goes on."""
+        if self._closed:
+            raise ShuttingDownError(f"model {self.name} is being unloaded")
+        if count > self.settings.max_batch_size or not self.settings.enabled:
+            return await self.submit(prepare(), deadline)
+        return await self._enqueue(prepare, count, deadline, bulk=False)
+
+    async def _enqueue(
+        self, batch: np.ndarray | Prepare, count: int, deadline: float | None, bulk: bool
+    ) -> np.ndarray:
         self._check_room(count)
         loop = asyncio.get_running_loop()
         if not self.settings.enabled:
+            assert isinstance(batch, np.ndarray)
             return await self._run_alone(loop, batch)
         now = loop.time()
         if not bulk and (self._running_requests or self._waiting):
             self._concurrent_at = now
         self._peak.observe(now, self._window(), len(self._waiting) + self._running_requests + 1)
-        waiting = _Waiting(batch, loop.create_future(), deadline, now, bulk)
+        waiting = _Waiting(batch, count, loop.create_future(), deadline, now, bulk)
         self._waiting.append(waiting)
         self._waiting_images += count
         if self._task is None:
@@ -301,7 +325,7 @@ class DynamicBatcher:
         limit = self.settings.max_batch_size
         while self._waiting and images < limit:
             head = self._waiting.popleft()
-            count = len(head.batch)
+            count = head.count
             if head.future.done():  # the caller cancelled or timed out
                 self._waiting_images -= count
                 dropped += 1
@@ -327,8 +351,13 @@ class DynamicBatcher:
         return taken
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, taken: list[_Waiting]) -> None:
-        batch = taken[0].batch if len(taken) == 1 else np.concatenate([w.batch for w in taken])
         started = loop.time()
+        ready = self._prepared(taken)
+        self._running_requests -= len(taken) - len(ready)  # those answered with their own error already
+        if not ready:
+            return
+        batch = ready[0].batch if len(ready) == 1 else np.concatenate([w.batch for w in ready])
+        assert isinstance(batch, np.ndarray)
         self._inflight_images += len(batch)
         try:
             start = time.perf_counter()
@@ -336,21 +365,38 @@ class DynamicBatcher:
             compute = time.perf_counter() - start
         except Exception as error:  # the model failed on this batch: every caller in it hears why
             LOG.exception("batch of %d images for %s failed", len(batch), self.name)
-            for waiting in taken:
+            for waiting in ready:
                 if not waiting.future.done():
                     waiting.future.set_exception(error)
             return
         finally:
             self._inflight_images -= len(batch)
-            self._running_requests -= len(taken)
+            self._running_requests -= len(ready)
         offset = 0
-        for waiting in taken:
-            count = len(waiting.batch)
+        for waiting in ready:
             if not waiting.future.done():
-                waiting.future.set_result(results[offset : offset + count])
-            offset += count
+                waiting.future.set_result(results[offset : offset + waiting.count])
+            offset += waiting.count
         if self.observer is not None:
-            self.observer.observe_batch(len(batch), [started - w.enqueued for w in taken], compute)
+            self.observer.observe_batch(len(batch), [started - w.enqueued for w in ready], compute)
+
+    @staticmethod
+    def _prepared(taken: list[_Waiting]) -> list[_Waiting]:
+        """The requests of a batch with their images made (`submit_deferred`); a request whose `prepare`
+        failed is answered with its error and left out."""
+        ready: list[_Waiting] = []
+        for waiting in taken:
+            if callable(waiting.batch):
+                try:
+                    waiting.batch = waiting.batch()
+                    if len(waiting.batch) != waiting.count:
+                        raise ValueError(f"prepare made {len(waiting.batch)} images, not {waiting.count}")
+                except Exception as error:  # e.g. an undecodable image: that caller's error alone
+                    if not waiting.future.done():
+                        waiting.future.set_exception(error)
+                    continue
+            ready.append(waiting)
+        return ready
 
     async def _compute(self, loop: asyncio.AbstractEventLoop, batch: np.ndarray) -> np.ndarray:
         """`run(batch)`: on the event loop when it is expected to be quick enough (`inline_compute_s`),

@@ -424,3 +424,58 @@ def test_inline_compute_off_always_uses_the_executor_and_a_failure_still_reaches
 
     loop_thread = asyncio.run(scenario())
     assert [thread == loop_thread for thread in calls] == [False, False, False, True]
+
+
+def test_deferred_requests_are_made_when_their_batch_starts_and_a_failure_stays_with_its_caller() -> None:
+    model = SlowModel(seconds=0.05)
+    made: list[float] = []
+
+    def prepare(value: float):
+        def make() -> np.ndarray:
+            made.append(value)
+            if value == 3.0:
+                raise ValueError("image 0: cannot decode image")
+            return np.full((1, 2), value, np.float32)
+
+        return make
+
+    async def scenario() -> list[object]:
+        with ThreadPoolExecutor(2) as executor:
+            settings = BatchSettings(max_batch_size=8, max_queue_delay_s=0.0, max_queue_images=64)
+            batcher = DynamicBatcher(model.run, settings, executor, name="test")
+            first = asyncio.ensure_future(batcher.submit(np.zeros((1, 2), np.float32)))
+            await asyncio.sleep(0.01)  # the first batch computes; the rest queue behind it
+            assert batcher._running == 1
+            rest = [
+                asyncio.ensure_future(batcher.submit_deferred(prepare(v), 1)) for v in (1.0, 2.0, 3.0, 4.0)
+            ]
+            cancelled = asyncio.ensure_future(batcher.submit_deferred(prepare(5.0), 1))
+            await asyncio.sleep(0)
+            assert made == []  # nothing is decoded while it only waits
+            cancelled.cancel()
+            answers = await asyncio.gather(first, *rest, return_exceptions=True)
+            await batcher.close()
+            return answers
+
+    answers = asyncio.run(scenario())
+    assert made == [1.0, 2.0, 3.0, 4.0]  # in order, when their batch started; the cancelled one never
+    assert model.batches == [[0.0], [1.0, 2.0, 4.0]]  # the failed one left out, the others in one batch
+    assert [float(np.asarray(a)[0, 0]) for i, a in enumerate(answers) if i != 3] == [1.0, 2.0, 3.0, 5.0]
+    assert isinstance(answers[3], ValueError) and "image 0" in str(answers[3])
+
+
+def test_deferred_request_bigger_than_a_batch_or_with_batching_off_is_made_at_once() -> None:
+    recorder = Recorder()
+
+    async def scenario() -> list[np.ndarray]:
+        with ThreadPoolExecutor(1) as executor:
+            big = _batcher(recorder, executor, max_batch_size=2)
+            off = _batcher(recorder, executor, enabled=False)
+            return [
+                await big.submit_deferred(lambda: np.ones((5, 1), np.float32), 5),
+                await off.submit_deferred(lambda: np.ones((3, 1), np.float32), 3),
+            ]
+
+    results = asyncio.run(scenario())
+    assert [len(r) for r in results] == [5, 3] and all(np.all(r == 2.0) for r in results)
+    assert recorder.sizes == [2, 2, 1, 3]
