@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from cnnserve.export.config import DEFAULT_MAX_QUEUE_DELAY_US
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
@@ -51,9 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--max-queue-delay-us",
         type=int,
-        default=1000,
+        default=DEFAULT_MAX_QUEUE_DELAY_US,
         metavar="US",
-        help="dynamic batching: longest wait for a batch to fill (default 1000 µs)",
+        help=f"dynamic batching: longest wait for a batch to fill (default {DEFAULT_MAX_QUEUE_DELAY_US} µs)",
     )
     export.add_argument("--no-gradcam", action="store_true", help="do not export the Grad-CAM gradient graph")
     export.add_argument("--json", action="store_true", help="print the parity record as JSON")

@@ -58,11 +58,18 @@ def preprocessing_proto(preprocessing: Mapping[str, object]) -> model_config_pb2
     )
 
 
+# The longest a batch may wait to fill. cnnserve's adaptive batcher waits only under concurrent traffic,
+# only until every recent client has a request in, and only as much as its worker is busy: so the delay
+# is used where batching saves CPU the worker lacks (mnist_cnn on two cores, 5 ms against 1 ms, servers
+# side by side: 64 clients x 1 image +14% calls/s and p99 47 vs 60 ms, 8 x 1 +14%), and an open-loop
+# 1,000 calls/s stream or a lone client waits no longer than with 1 ms.
+DEFAULT_MAX_QUEUE_DELAY_US = 5000
+
+
 @dataclass(frozen=True)
 class BatchingSettings:
     max_batch_size: int = 64
-    # Long enough to merge concurrent single-image requests, short against a ~1 ms CPU batch of mnist_cnn.
-    max_queue_delay_microseconds: int = 1000
+    max_queue_delay_microseconds: int = DEFAULT_MAX_QUEUE_DELAY_US
     max_queue_size: int = 0  # 0: 16 full batches
 
     def queue_size(self) -> int:

@@ -53,7 +53,7 @@ class ExportOptions:
     samples: int = 256  # real held-out samples for the parity check
     image_samples: int = 8  # dataset images written as PNG and as JPEG for the end-to-end check
     max_batch_size: int = 64
-    max_queue_delay_microseconds: int = 1000
+    max_queue_delay_microseconds: int = config_mod.DEFAULT_MAX_QUEUE_DELAY_US
     max_queue_size: int = 0  # 0: 16 full batches
     fp16: bool = False
     int8: bool = False

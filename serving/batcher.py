@@ -46,6 +46,9 @@ class BatchObserver(Protocol):
 
 # After the last sign of concurrent traffic, batches keep waiting to fill for this many max_queue_delays.
 CONCURRENCY_WINDOW_DELAYS = 10
+# Adaptive: under concurrent traffic a batch waits max_queue_delay x (busy - this) / (1 - this), where busy
+# is the share of time the worker's event loop was busy lately: no wait at all at half busy or less.
+IDLE_BUSY_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class DynamicBatcher:
         executor: Executor,
         observer: BatchObserver | None = None,
         name: str = "",
+        load: Callable[[], float] | None = None,
     ) -> None:
         if settings.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, not {settings.max_batch_size}")
@@ -120,6 +124,8 @@ class DynamicBatcher:
         self.executor = executor
         self.observer = observer
         self.name = name
+        # The worker's event loop's busy share lately (0..1, see loop_load); None: unknown, taken as busy.
+        self.load = load
         self._waiting: deque[_Waiting] = deque()
         self._waiting_images = 0
         self._inflight_images = 0  # images of unmerged (batching off) calls being computed
@@ -248,6 +254,15 @@ class DynamicBatcher:
         # request only comes after this answer, never waits.
         return asyncio.get_running_loop().time() - self._concurrent_at <= self._window()
 
+    def _fill_delay(self) -> float:
+        """How long the oldest request may wait for company: max_queue_delay, scaled down for concurrent
+        traffic on a worker whose loop is not busy (a bigger batch saves CPU the worker does not need,
+        and the wait would only add latency); in full while requests are known to be on their way."""
+        delay = self.settings.max_queue_delay_s
+        if self._arriving > 0 or not self.settings.adaptive or self.load is None:
+            return delay
+        return delay * min(1.0, max(0.0, (self.load() - IDLE_BUSY_SHARE) / (1.0 - IDLE_BUSY_SHARE)))
+
     def _window(self) -> float:
         return CONCURRENCY_WINDOW_DELAYS * self.settings.max_queue_delay_s
 
@@ -284,7 +299,7 @@ class DynamicBatcher:
                 # While a batch computes, the next one fills; only a full one may run alongside it.
                 await self._sleep(loop, None)
                 continue
-            fill_until = self._waiting[0].enqueued + self.settings.max_queue_delay_s
+            fill_until = self._waiting[0].enqueued + self._fill_delay()
             if (
                 not full
                 and self._expects_more()

@@ -126,6 +126,8 @@ class ModelRegistry:
         self.overrides = overrides or BatchOverrides()
         self.observer_for = observer_for
         self.on_change = on_change
+        # The serving loop's busy share (see loop_load), handed to each batcher; set by the server.
+        self.load: Callable[[], float] | None = None
         self._models: dict[str, _ModelState] = {}
         self._repo_error = ""
         self._lock = asyncio.Lock()
@@ -334,6 +336,7 @@ class ModelRegistry:
             self.executor,
             observer=observer,
             name=f"{name}:{version}",
+            load=self.load,
         )
         return LoadedModel(model, runtime, batcher, spec, fingerprint)
 

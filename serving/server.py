@@ -21,6 +21,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from cnnserve.protos import inference_pb2, inference_pb2_grpc
+from cnnserve.serving import loop_load
 from cnnserve.serving.inference import RequestLimits, ServingCore
 from cnnserve.serving.metrics import ServingMetrics, multiprocess_dir
 from cnnserve.serving.registry import AVAILABLE, BatchOverrides, ModelRegistry
@@ -99,6 +100,8 @@ class InferenceServer:
 
     async def start(self) -> int:
         """Bind, load the repository, then answer (health NOT_SERVING until a model loads); the port."""
+        load = loop_load.for_loop(asyncio.get_running_loop())
+        self.registry.load = None if load is None else load.busy
         server = grpc.aio.server(options=grpc_options(self.settings))
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -233,4 +236,5 @@ def write_port_file(path: Path, port: int) -> None:
 
 
 def run_server(settings: ServerSettings, ready: Callable[[int], None] | None = None) -> int:
-    return asyncio.run(serve(settings, ready))
+    with asyncio.Runner(loop_factory=loop_load.new_event_loop) as runner:  # a loop that meters its load
+        return runner.run(serve(settings, ready))

@@ -195,6 +195,33 @@ def test_adaptive_batches_wait_to_fill_under_concurrent_traffic() -> None:
     assert model.batches == [[float(i) for i in range(6)], [100.0 + i for i in range(6)]]
 
 
+@pytest.mark.parametrize(("busy", "batches"), [(1.0, 2), (0.5, 12)])
+def test_adaptive_wait_under_concurrent_traffic_scales_with_how_busy_the_worker_is(
+    busy: float, batches: int
+) -> None:
+    """The same staggered traffic: a busy worker's batches wait and merge, an idle worker's run at once."""
+    model = SlowModel(0.001)
+
+    async def late(batcher: DynamicBatcher, index: int) -> None:
+        await asyncio.sleep(0.005 * index)
+        await batcher.submit(np.full((1, 1), 100.0 + index, np.float32))
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(2) as executor:
+            settings = BatchSettings(max_batch_size=64, max_queue_delay_s=0.2, max_queue_images=64)
+            batcher = DynamicBatcher(model.run, settings, executor, name="test", load=lambda: busy)
+            for _ in range(2):  # each round: six at once, then six staggered
+                await asyncio.gather(
+                    *(batcher.submit(np.full((1, 1), float(i), np.float32)) for i in range(6))
+                )
+                await asyncio.gather(*(late(batcher, i) for i in range(6)))
+            await batcher.close()
+
+    asyncio.run(scenario())
+    staggered = [b for b in model.batches if b[0] >= 100.0]
+    assert len(staggered) == batches  # busy: one batch per round; half busy: each request alone
+
+
 def test_adaptive_batch_waits_for_a_request_still_being_decoded() -> None:
     """A request on its way (`expecting`) is waited for, up to the delay, even by a lone client's batch."""
     model = SlowModel(0.001)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnserve.serving import inference
+from cnnserve.serving import inference, loop_load
 from cnnserve.serving.errors import InvalidRequestError
 from cnnserve.serving.inference import RequestLimits, build_batch, prepare_batch
 from cnnserve.serving.preprocessing import PreprocessSpec
@@ -82,3 +82,18 @@ def test_a_worker_with_one_core_decodes_and_runs_quick_batches_on_its_loop(
     assert (server.core.decode_executor is None) is on_loop
     assert (server.registry.overrides.inline_compute_s > 0) is on_loop  # quick batches on the loop too
     server.executor.shutdown()
+
+
+def test_a_server_on_a_metered_loop_hands_its_batchers_the_loop_load(model_repository: Path) -> None:
+    async def scenario():
+        settings = ServerSettings(repo=model_repository, host="127.0.0.1", port=0, workers=1)
+        server = InferenceServer(settings, cpu_count=1)
+        await server.start()
+        try:
+            return server.registry.get(MODEL).batcher.load
+        finally:
+            await server.stop(0)
+
+    with asyncio.Runner(loop_factory=loop_load.new_event_loop) as runner:  # as run_server makes it
+        load = runner.run(scenario())
+    assert load is not None and 0.0 <= load() <= 1.0
