@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from cnnserve.export.config import DEFAULT_MAX_QUEUE_DELAY_US
+from cnnserve.export.batching import DEFAULT_MAX_QUEUE_DELAY_US
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from cnnserve.export.batching import DEFAULT_MAX_QUEUE_DELAY_US
 from cnnserve.export.convert import INPUT_NAME, OUTPUT_NAME, LayerOutput
 from cnnserve.export.weights import LayerWeightsInfo
 from cnnserve.protos import model_config_pb2
@@ -56,14 +57,6 @@ def preprocessing_proto(preprocessing: Mapping[str, object]) -> model_config_pb2
         scale=float(preprocessing.get("scale", 1.0 / 255.0)),  # type: ignore[arg-type]
         offset=float(preprocessing.get("offset", 0.0)),  # type: ignore[arg-type]
     )
-
-
-# The longest a batch may wait to fill. cnnserve's adaptive batcher waits only under concurrent traffic,
-# only until every recent client has a request in, and only as much as its worker is busy: so the delay
-# is used where batching saves CPU the worker lacks (mnist_cnn on two cores, 5 ms against 1 ms, servers
-# side by side: 64 clients x 1 image +14% calls/s and p99 47 vs 60 ms, 8 x 1 +14%), and an open-loop
-# 1,000 calls/s stream or a lone client waits no longer than with 1 ms.
-DEFAULT_MAX_QUEUE_DELAY_US = 5000
 
 
 @dataclass(frozen=True)
