@@ -12,8 +12,8 @@ interleaved rounds, against never waiting: 64 clients x 1 image +15% calls/s and
 queueing) while ONNX Runtime computes; a second batch runs alongside only when a full one (or a
 ready-made `bulk` one) waits. A worker with one core to itself gains nothing from that overlap, only a
 thread hand-off per batch, so there (`inline_compute_s`) a batch expected to take less than a slice of
-the loop's time runs on the event loop itself (64 clients x 1 image, servers side by side: +7-15%
-calls/s, 75-110 us less server CPU per call). The queue is bounded in images (overflow → QueueFullError);
+the loop's time runs on the event loop itself (64 clients x 1 image, servers side by side: +5-10%
+calls/s in two sets of interleaved rounds). The queue is bounded in images (overflow → QueueFullError);
 a request whose deadline has passed, or whose caller went away, is dropped before it is computed.
 """
 
@@ -63,8 +63,9 @@ class BatchSettings:
     # Batches computing at once. A second one starts only when a full batch waits, so big requests keep
     # every core busy (ORT runs one thread per worker) while small ones still merge behind the first.
     max_concurrent_batches: int = 2
-    # A batch expected (from the time per image measured so far) to compute within this many seconds runs
-    # on the event loop, not in the executor; 0 = always in the executor. For workers with one core each.
+    # A batch expected (from the CPU time per image measured so far) to compute within this many seconds
+    # runs on the event loop, not in the executor; 0 = always in the executor. For workers with one core
+    # each and CPU sessions.
     inline_compute_s: float = 0.0
 
 
@@ -415,7 +416,7 @@ class DynamicBatcher:
 
     async def _compute(self, loop: asyncio.AbstractEventLoop, batch: np.ndarray) -> np.ndarray:
         """`run(batch)`: on the event loop when it is expected to be quick enough (`inline_compute_s`),
-        else in the executor; either way the time it took feeds the next decision."""
+        else in the executor; either way the CPU time it took feeds the next decision."""
         per_image = self._seconds_per_image
         if per_image is not None and per_image * len(batch) <= self.settings.inline_compute_s:
             # Let callbacks already due run first: requests that arrived meanwhile are parsed and queued
@@ -429,10 +430,12 @@ class DynamicBatcher:
         return results
 
     def _timed_run(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
-        """`run(batch)` and how long it took, timed where it runs (a thread hand-off is not compute)."""
-        start = time.perf_counter()
+        """`run(batch)` and the CPU time it took in the thread that ran it: with one intra-op thread (the
+        one-core workers that run batches inline) that is the compute, while the wall time would also count
+        waiting for a core or for the GIL, which a busy event loop holds."""
+        start = time.thread_time()
         results = self.run(batch)
-        return results, time.perf_counter() - start
+        return results, time.thread_time() - start
 
     async def close(self) -> None:
         """Stop taking requests; those already waiting are still computed and answered (drain)."""

@@ -10,6 +10,7 @@ Loading runs in a worker thread so the event loop keeps answering meanwhile.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
@@ -21,7 +22,7 @@ from cnnserve.serving.batcher import BatchObserver, BatchSettings, DynamicBatche
 from cnnserve.serving.errors import ModelUnavailableError
 from cnnserve.serving.preprocessing import PreprocessSpec
 from cnnserve.serving.repository import ModelNotFoundError, ModelVersion, RepositoryError
-from cnnserve.serving.runtime import DeviceUnavailableError, ModelLoadError, ModelRuntime, SessionOptions
+from cnnserve.serving.runtime import CPU, DeviceUnavailableError, ModelLoadError, ModelRuntime, SessionOptions
 
 LOG = logging.getLogger(__name__)
 
@@ -330,9 +331,14 @@ class ModelRegistry:
         seconds = runtime.warm_up()
         LOG.debug("warmed up %s version %d in %.3f s", name, version, seconds)
         observer = self.observer_for(name) if self.observer_for is not None else None
+        settings = batch_settings(model, self.overrides)
+        if (
+            runtime.providers[0] != CPU
+        ):  # a GPU's time does not show in the CPU time inline runs are judged by
+            settings = dataclasses.replace(settings, inline_compute_s=0.0)
         batcher = DynamicBatcher(
             runtime.classify,
-            batch_settings(model, self.overrides),
+            settings,
             self.executor,
             observer=observer,
             name=f"{name}:{version}",

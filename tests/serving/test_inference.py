@@ -90,10 +90,11 @@ def test_a_server_on_a_metered_loop_hands_its_batchers_the_loop_load(model_repos
         server = InferenceServer(settings, cpu_count=1)
         await server.start()
         try:
-            return server.registry.get(MODEL).batcher.load
+            return server.registry.get(MODEL).batcher
         finally:
             await server.stop(0)
 
     with asyncio.Runner(loop_factory=loop_load.new_event_loop) as runner:  # as run_server makes it
-        load = runner.run(scenario())
-    assert load is not None and 0.0 <= load() <= 1.0
+        batcher = runner.run(scenario())
+    assert batcher.load is not None and 0.0 <= batcher.load() <= 1.0
+    assert batcher.settings.inline_compute_s > 0  # one core, a CPU session: quick batches on the loop
