@@ -174,9 +174,8 @@ def test_adaptive_closed_loop_clients_run_as_soon_as_all_are_in() -> None:
     assert elapsed < 2.0  # waiting out the delay once would take 1 s, every round 5 s
 
 
-def test_adaptive_batches_wait_to_fill_under_concurrent_traffic() -> None:
-    """After concurrent traffic, requests arriving a few ms apart wait for each other (up to the delay)
-    instead of each running alone."""
+def _staggered_after_concurrent(load) -> list[list[float]]:
+    """Six requests at once, then six arriving 5 ms apart; the batches the model saw."""
     model = SlowModel(0.001)
 
     async def late(batcher: DynamicBatcher, index: int) -> None:
@@ -186,40 +185,26 @@ def test_adaptive_batches_wait_to_fill_under_concurrent_traffic() -> None:
     async def scenario() -> None:
         with ThreadPoolExecutor(2) as executor:
             settings = BatchSettings(max_batch_size=64, max_queue_delay_s=0.2, max_queue_images=64)
-            batcher = DynamicBatcher(model.run, settings, executor, name="test")
+            batcher = DynamicBatcher(model.run, settings, executor, name="test", load=load)
             await asyncio.gather(*(batcher.submit(np.full((1, 1), float(i), np.float32)) for i in range(6)))
             await asyncio.gather(*(late(batcher, i) for i in range(6)))
             await batcher.close()
 
     asyncio.run(scenario())
-    assert model.batches == [[float(i) for i in range(6)], [100.0 + i for i in range(6)]]
+    return model.batches
 
 
-@pytest.mark.parametrize(("busy", "batches"), [(1.0, 2), (0.5, 12)])
-def test_adaptive_wait_under_concurrent_traffic_scales_with_how_busy_the_worker_is(
-    busy: float, batches: int
-) -> None:
-    """The same staggered traffic: a busy worker's batches wait and merge, an idle worker's run at once."""
-    model = SlowModel(0.001)
+@pytest.mark.parametrize("load", [None, lambda: 1.0], ids=["load unknown", "busy worker"])
+def test_adaptive_batches_wait_to_fill_under_concurrent_traffic(load) -> None:
+    """After concurrent traffic, requests arriving a few ms apart wait for each other (up to the delay)
+    instead of each running alone -- when the worker's load is unknown or its event loop is busy."""
+    assert _staggered_after_concurrent(load) == [[float(i) for i in range(6)], [100.0 + i for i in range(6)]]
 
-    async def late(batcher: DynamicBatcher, index: int) -> None:
-        await asyncio.sleep(0.005 * index)
-        await batcher.submit(np.full((1, 1), 100.0 + index, np.float32))
 
-    async def scenario() -> None:
-        with ThreadPoolExecutor(2) as executor:
-            settings = BatchSettings(max_batch_size=64, max_queue_delay_s=0.2, max_queue_images=64)
-            batcher = DynamicBatcher(model.run, settings, executor, name="test", load=lambda: busy)
-            for _ in range(2):  # each round: six at once, then six staggered
-                await asyncio.gather(
-                    *(batcher.submit(np.full((1, 1), float(i), np.float32)) for i in range(6))
-                )
-                await asyncio.gather(*(late(batcher, i) for i in range(6)))
-            await batcher.close()
-
-    asyncio.run(scenario())
-    staggered = [b for b in model.batches if b[0] >= 100.0]
-    assert len(staggered) == batches  # busy: one batch per round; half busy: each request alone
+def test_adaptive_wait_is_scaled_away_on_a_worker_that_is_half_idle() -> None:
+    """The same staggered traffic on a worker whose event loop idled half the time: no waiting for company."""
+    batches = _staggered_after_concurrent(lambda: 0.5)
+    assert [b for b in batches if b[0] >= 100.0] == [[100.0 + i] for i in range(6)]
 
 
 def test_adaptive_batch_waits_for_a_request_still_being_decoded() -> None:
