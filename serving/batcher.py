@@ -8,7 +8,9 @@ seen lately, bar those whose requests are computing, has one waiting, since clos
 nothing more until answered. So a lone client's request runs at once, and under concurrent load batches
 grow, which makes every image cheaper on a CPU (mnist_cnn on two cores, servers side by side in
 interleaved rounds, against never waiting: 64 clients x 1 image +15% calls/s and a lower p99, 8 x 1
-+10%, 1 x 1 unchanged). Batches run in threads of the executor, so the event loop keeps accepting (and
++10%, 1 x 1 unchanged). For concurrent traffic the wait is scaled by how busy the worker's event loop
+has been (`load`, see loop_load): a busy worker gains CPU from bigger batches, an idle one only latency
+(`_fill_delay`). Batches run in threads of the executor, so the event loop keeps accepting (and
 queueing) while ONNX Runtime computes; a second batch runs alongside only when a full one (or a
 ready-made `bulk` one) waits. A worker with one core to itself gains nothing from that overlap, only a
 thread hand-off per batch, so there (`inline_compute_s`) a batch expected to take less than a slice of

@@ -57,8 +57,9 @@ def _register_serve(subparsers: Any) -> None:
     add(
         "--batch-wait",
         help="adaptive: a batch waits, at most max_queue_delay, only while more requests are to be expected "
-        "(some are being decoded, or traffic is concurrent and not every recent client has one waiting) "
-        "(default); fixed: always waits max_queue_delay to fill [CNNSERVE_BATCH_WAIT]",
+        "(some are being decoded, or traffic is concurrent and not every recent client has one waiting), "
+        "and under concurrent traffic only as much of the delay as the worker is busy (default); "
+        "fixed: always waits max_queue_delay to fill [CNNSERVE_BATCH_WAIT]",
     )
     add("--max-message-bytes", help="largest request accepted (default 64 MiB) [CNNSERVE_MAX_MESSAGE_BYTES]")
     add("--max-images", help="images per request (default 256) [CNNSERVE_MAX_IMAGES]")

@@ -159,6 +159,13 @@ async def prepare_batch(
     check_count(images, limits)
     if _encoded_bytes(images) <= INLINE_DECODE_BYTES:
         return build_batch(images, spec, limits)
+    return await _build_big_batch(images, spec, limits, executor)
+
+
+async def _build_big_batch(
+    images: Sequence[ImageInput], spec: PreprocessSpec, limits: RequestLimits, executor: Executor | None
+) -> np.ndarray:
+    """build_batch for a request past INLINE_DECODE_BYTES: in `executor`, or on the loop in slices (None)."""
     if executor is None:
         return await _build_batch_in_slices(images, spec, limits)
     return await asyncio.get_running_loop().run_in_executor(executor, build_batch, images, spec, limits)
@@ -228,7 +235,7 @@ async def classify(
         probs = await model.batcher.submit_deferred(prepare, len(images), deadline)
     else:
         with model.batcher.expecting():
-            batch = await prepare_batch(images, model.spec, limits, decode_executor)
+            batch = await _build_big_batch(images, model.spec, limits, decode_executor)
         probs = await model.batcher.submit(batch, deadline)
     indices, scores = best_k(probs, k)
     return TopK(indices, scores)

@@ -332,9 +332,7 @@ class ModelRegistry:
         LOG.debug("warmed up %s version %d in %.3f s", name, version, seconds)
         observer = self.observer_for(name) if self.observer_for is not None else None
         settings = batch_settings(model, self.overrides)
-        if (
-            runtime.providers[0] != CPU
-        ):  # a GPU's time does not show in the CPU time inline runs are judged by
+        if runtime.providers[0] != CPU:  # GPU time does not show in the CPU time inline runs are judged by
             settings = dataclasses.replace(settings, inline_compute_s=0.0)
         batcher = DynamicBatcher(
             runtime.classify,
