@@ -72,7 +72,7 @@ def make_jpegs(folder: Path, count: int, size: int = 150) -> None:
 
 
 def list_files(folder: Path) -> list[str]:
-    from cnnserve.serving.batch_discovery import iter_images
+    from cnnserve.serving.jobs.discovery import iter_images
 
     return list(iter_images(folder))
 
@@ -81,7 +81,7 @@ def decode_rate(folder: Path, paths: list[str], spec, workers: int, batch_size: 
     """Images/s of the local engine's decoder processes alone (same function, same pool kind)."""
     import multiprocessing
 
-    from cnnserve.serving.batch_local import decode_batch
+    from cnnserve.serving.jobs.engines.local import decode_batch
 
     batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     context = multiprocessing.get_context("forkserver")
@@ -104,7 +104,7 @@ def ort_rate(model_version, tensors: np.ndarray, batch_sizes: list[int], cores: 
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from cnnserve.serving.runtime import ModelRuntime, SessionOptions
+    from cnnserve.serving.model.runtime import ModelRuntime, SessionOptions
 
     setups = {
         "1 run x all cores, spinning": (ModelRuntime(model_version, SessionOptions(device="cpu")), 1),
@@ -148,7 +148,7 @@ def ort_rate(model_version, tensors: np.ndarray, batch_sizes: list[int], cores: 
 
 def job_rate(folder: Path, output: Path, **kwargs) -> tuple[float, float, int]:
     """(images/s over the wall time, wall s, rows) of one fresh run of the batch job, in this process."""
-    from cnnserve.serving.batch_job import JobConfig, run_job
+    from cnnserve.serving.jobs.job import JobConfig, run_job
 
     config = JobConfig(folder=folder, output=output, resume=False, progress="none", report=False, **kwargs)
     start = time.perf_counter()
@@ -261,9 +261,9 @@ def run(scratch: Path) -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from cnnserve.serving.batch_local import decode_batch, default_workers
-    from cnnserve.serving.preprocessing import PreprocessSpec
-    from cnnserve.serving.repository import open_model_version
+    from cnnserve.serving.jobs.engines.local import decode_batch, default_workers
+    from cnnserve.serving.model.preprocessing import PreprocessSpec
+    from cnnserve.serving.model.repository import open_model_version
 
     workers = args.workers or default_workers()
     model_version = open_model_version(args.repo, args.model)

@@ -142,8 +142,11 @@ class InProcess:
     """The same occluded batch through ONNX Runtime in this process (no RPC), ready to time."""
 
     def __init__(self, repo: Path, name: str, image: bytes, threads: int, allow_spinning: bool) -> None:
-        from cnnserve.serving import insight_service, preprocessing, repository, runtime
-        from cnnserve.serving.insight import OcclusionPlan
+        from cnnserve.serving.insight.filters import explainer as insight_service
+        from cnnserve.serving.model import preprocessing
+        from cnnserve.serving.model import repository
+        from cnnserve.serving.model import runtime
+        from cnnserve.serving.insight.filters import OcclusionPlan
 
         self.model = repository.open_model_version(repo, name)
         options = runtime.SessionOptions(

@@ -75,8 +75,8 @@ def make_images(config, count: int = 256) -> list[bytes]:
 
 def _decode_worker(args: tuple[str, str, float]) -> float:
     repo, model, seconds = args
-    from cnnserve.serving.preprocessing import PreprocessSpec, preprocess_encoded
-    from cnnserve.serving.repository import open_model_version
+    from cnnserve.serving.model.preprocessing import PreprocessSpec, preprocess_encoded
+    from cnnserve.serving.model.repository import open_model_version
 
     version = open_model_version(Path(repo), model)
     spec = PreprocessSpec.from_model_config(version.config)
@@ -116,8 +116,8 @@ def ort_rates(
     repo: Path, model: str, seconds: float, cores: int, sizes: tuple[int, ...] | None = None
 ) -> dict[int, float]:
     """Images/s by batch size (`sizes`, default 1 to 256), `seconds` in all."""
-    from cnnserve.serving.repository import open_model_version
-    from cnnserve.serving.runtime import ModelRuntime, SessionOptions
+    from cnnserve.serving.model.repository import open_model_version
+    from cnnserve.serving.model.runtime import ModelRuntime, SessionOptions
 
     version = open_model_version(repo, model)
     runtime = ModelRuntime(version, SessionOptions(device="cpu", intra_op_threads=cores))
@@ -269,8 +269,8 @@ import time, sys, numpy as np, os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 from pathlib import Path
-from cnnserve.serving.preprocessing import PreprocessSpec, preprocess_encoded
-from cnnserve.serving.repository import open_model_version
+from cnnserve.serving.model.preprocessing import PreprocessSpec, preprocess_encoded
+from cnnserve.serving.model.repository import open_model_version
 version = open_model_version(Path({str(repo)!r}), {model!r})
 spec = PreprocessSpec.from_model_config(version.config)
 path = {str(keras_model) if keras_model else ""!r}
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from cnnserve.protos import inference_pb2
-    from cnnserve.serving.repository import open_model_version
+    from cnnserve.serving.model.repository import open_model_version
 
     cores = os.cpu_count() or 1
     version = open_model_version(args.repo, args.model)

@@ -20,9 +20,9 @@ from cnnserve import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "cnnserve.training.cli",
     "cnnserve.export.cli",
-    "cnnserve.serving.cli",
-    "cnnserve.serving.batch_cli",
-    "cnnserve.serving.insight_cli",
+    "cnnserve.serving.cli.serve",
+    "cnnserve.serving.cli.jobs",
+    "cnnserve.serving.cli.insight",
 )
 
 

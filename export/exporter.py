@@ -227,7 +227,7 @@ def export_run(run_dir: Path, repo: Path, options: ExportOptions | None = None) 
             forward, class_session, activation_session, layers, kind_enum, cases, max_batch, thresholds
         )
 
-        from cnnserve.serving.preprocessing import PreprocessSpec, preprocess_encoded
+        from cnnserve.serving.model.preprocessing import PreprocessSpec, preprocess_encoded
 
         spec = PreprocessSpec.from_config(pre_proto, dims)
         raw_images, _ = datasets.load_raw_samples(

@@ -1,6 +1,6 @@
 """What is in a model repository: models, versions, tensors, activation layers, parity figures, sizes.
 
-Reads the repository the way serving does (`cnnserve.serving.repository`), so `cnnserve inspect` shows
+Reads the repository the way serving does (`cnnserve.serving.model.repository`), so `cnnserve inspect` shows
 exactly what a server would load.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnserve.protos import model_config_pb2
-from cnnserve.serving import repository
+from cnnserve.serving.model import repository
 
 
 class InspectError(Exception):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnserve.serving.runtime import probabilities as serving_probabilities
+from cnnserve.serving.model.runtime import probabilities as serving_probabilities
 
 
 def probabilities(raw: np.ndarray, kind: int) -> np.ndarray:

@@ -34,11 +34,11 @@ stop_server() {
 }
 trap stop_server EXIT
 for _ in $(seq 1 120); do
-    python -m cnnserve.serving.healthcheck --address "127.0.0.1:$PORT" >/dev/null 2>&1 && break
+    python -m cnnserve.serving.grpc.healthcheck --address "127.0.0.1:$PORT" >/dev/null 2>&1 && break
     kill -0 "$SERVER_PID" 2>/dev/null || { cat "$OUT/server.log"; exit 1; }
     sleep 0.5
 done
-python -m cnnserve.serving.healthcheck --address "127.0.0.1:$PORT"
+python -m cnnserve.serving.grpc.healthcheck --address "127.0.0.1:$PORT"
 
 step "classify the sample digits through the server"
 cnnserve classify --server "127.0.0.1:$PORT" --model mnist_cnn --top-k 2 "$OUT"/digits/*/*.png

@@ -102,7 +102,7 @@ def test_environment_values_are_valid_server_settings(dockerfile: Dockerfile) ->
 
 def test_healthcheck_uses_our_grpc_probe(dockerfile: Dockerfile) -> None:
     options, command = dockerfile.final.healthcheck()
-    assert command[:3] == ["python", "-m", "cnnserve.serving.healthcheck"]
+    assert command[:3] == ["python", "-m", "cnnserve.serving.grpc.healthcheck"]
     for option in ("interval", "timeout", "start-period", "retries"):
         assert option in options, f"HEALTHCHECK --{option} is not set"
     assert (REPO_ROOT / "serving" / "healthcheck.py").is_file()

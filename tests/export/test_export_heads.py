@@ -10,8 +10,8 @@ from export_runs import fast_options, make_run
 
 from cnnserve.export.exporter import export_run
 from cnnserve.protos import model_config_pb2
-from cnnserve.serving.repository import open_model_version
-from cnnserve.serving.runtime import ModelRuntime
+from cnnserve.serving.model.repository import open_model_version
+from cnnserve.serving.model.runtime import ModelRuntime
 
 
 def _small_model(input_shape: tuple[int, ...], units: int, activation: str | None):  # -> keras.Model

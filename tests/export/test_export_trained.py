@@ -76,8 +76,8 @@ def test_image_files_through_serving_preprocessing_match_keras(
     """Real PNG and JPEG files, smaller and larger than 28×28: ONNX via serving == Keras via training."""
     import keras
 
-    from cnnserve.serving.preprocessing import PreprocessSpec, preprocess_encoded
-    from cnnserve.serving.repository import read_model_config
+    from cnnserve.serving.model.preprocessing import PreprocessSpec, preprocess_encoded
+    from cnnserve.serving.model.repository import read_model_config
     from cnnserve.training.datasets import load_image_for_training, load_raw_samples
     from cnnserve.training.rundir import load_run
 

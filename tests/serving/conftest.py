@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnserve.serving.server import InferenceServer
+from cnnserve.serving.grpc.server import InferenceServer
 from cnnserve.serving.settings import ServerSettings
 
 MODEL = "mnist_cnn"

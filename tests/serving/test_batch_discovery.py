@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cnnserve.serving.batch_discovery import DiscoveryStats, FolderNotFoundError, count_images, iter_images
+from cnnserve.serving.jobs.discovery import DiscoveryStats, FolderNotFoundError, count_images, iter_images
 
 
 def _png(path: Path) -> None:
@@ -77,7 +77,7 @@ def _walk_as(root: Path, user: int | None) -> dict:
             messages: list[str] = []
             handler = logging.Handler()
             handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
-            logging.getLogger("cnnserve.serving.batch_discovery").addHandler(handler)
+            logging.getLogger("cnnserve.serving.jobs.discovery").addHandler(handler)
             stats = DiscoveryStats()
             found = list(iter_images(root, stats=stats))
             payload = {"found": found, "denied": stats.denied_folders, "warnings": messages}
@@ -130,7 +130,7 @@ def test_folder_links_are_not_followed(tree: Path) -> None:
 def test_image_extensions_load_every_plugin_only_for_an_uncommon_extension() -> None:
     code = (
         "from PIL import Image\n"
-        "from cnnserve.serving.batch_discovery import ImageExtensions\n"
+        "from cnnserve.serving.jobs.discovery import ImageExtensions\n"
         "known = ImageExtensions()\n"
         "common = ['.png' in known, '.jpg' in known, '.bmp' in known]\n"
         "before = Image._initialized\n"

@@ -24,9 +24,9 @@ import pytest
 from PIL import Image
 
 from cnnserve import cli
-from cnnserve.serving.batch_job import JobConfig, run_job
-from cnnserve.serving.batch_output import read_table
-from cnnserve.serving.batch_remote import RemoteEngine, RemoteError
+from cnnserve.serving.jobs.job import JobConfig, run_job
+from cnnserve.serving.jobs.sinks.base import read_table
+from cnnserve.serving.jobs.engines.remote import RemoteEngine, RemoteError
 
 MODEL = "mnist_cnn"
 MAX_PIXELS = 100_000  # small enough that a 400x400 image is "over the pixel limit"
@@ -163,7 +163,7 @@ def test_tasks_cut_smaller_than_a_batch_give_the_same_rows_in_order(
 ) -> None:
     """A slow model's batches are cut into shorter worker tasks (here one image each): same rows, same
     order as whole batches."""
-    from cnnserve.serving import batch_local
+    from cnnserve.serving.jobs.engines import local as batch_local
 
     folder, _ = mixed_folder
     common = {"folder": folder, "model": MODEL, "repo": model_repository, "max_pixels": MAX_PIXELS}
@@ -182,8 +182,8 @@ def test_tasks_cut_smaller_than_a_batch_give_the_same_rows_in_order(
         assert cut_predictions[path][0] == index
         assert cut_predictions[path][1] == pytest.approx(score, abs=1e-5)
     # The cut really happened: the engine answers a batch of 8 as 8 tasks of one image.
-    from cnnserve.serving.batch_discovery import iter_images
-    from cnnserve.serving.repository import open_model_version
+    from cnnserve.serving.jobs.discovery import iter_images
+    from cnnserve.serving.model.repository import open_model_version
 
     paths = list(iter_images(folder))[:8]
     model = open_model_version(model_repository, MODEL)
@@ -395,7 +395,7 @@ from pathlib import Path
 REPO = Path({str(model_repository)!r})
 import threading
 import numpy, onnxruntime
-from cnnserve.serving.batch_local import worker_start_method
+from cnnserve.serving.jobs.engines.local import worker_start_method
 print(worker_start_method())
 stop = threading.Event()
 thread = threading.Thread(target=stop.wait)
@@ -407,8 +407,8 @@ print(worker_start_method())
 import grpc
 print(worker_start_method())
 del __import__("sys").modules["grpc"]
-from cnnserve.serving.runtime import SessionOptions, create_session
-from cnnserve.serving.repository import open_model_version
+from cnnserve.serving.model.runtime import SessionOptions, create_session
+from cnnserve.serving.model.repository import open_model_version
 create_session(open_model_version(REPO, "mnist_cnn").model_file, ["CPUExecutionProvider"], SessionOptions())
 print(worker_start_method())
 """
@@ -573,9 +573,9 @@ def test_server_going_away_keeps_rows_and_resumes(model_repository: Path, tmp_pa
 
 
 def test_progress_logs_rate_and_eta_when_not_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
-    from cnnserve.serving.batch_job import Progress
+    from cnnserve.serving.jobs.job import Progress
 
-    caplog.set_level(logging.INFO, logger="cnnserve.serving.batch_job")
+    caplog.set_level(logging.INFO, logger="cnnserve.serving.jobs.job")
     progress = Progress(total=10, mode="auto", interval_s=0.0)  # pytest's stderr is not a terminal
     assert progress.mode == "log"
     time.sleep(0.01)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cnnserve.serving.batch_output import (
+from cnnserve.serving.jobs.sinks.base import (
     OutputError,
     Prediction,
     ResultRow,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnserve.serving import batch_output
+from cnnserve.serving.jobs.sinks import base as batch_output
 
 
 def test_parquet_without_pyarrow_is_refused_up_front(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnserve.serving.batch_job import JobConfig, run_job
-from cnnserve.serving.batch_output import read_table
+from cnnserve.serving.jobs.job import JobConfig, run_job
+from cnnserve.serving.jobs.sinks.base import read_table
 
 ray = pytest.importorskip("ray", reason="the `ray` extra is not installed")
 

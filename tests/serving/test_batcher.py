@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from cnnserve.serving.batcher import BatchSettings, DynamicBatcher
-from cnnserve.serving.client import CnnserveClient
+from cnnserve.serving.batching.batcher import BatchSettings, DynamicBatcher
+from cnnserve.serving.grpc.client import CnnserveClient
 from cnnserve.serving.errors import DeadlineExpiredError, QueueFullError
 
 pytestmark = pytest.mark.timeout(120)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnserve.serving.client import CnnserveClient
-from cnnserve.serving.preprocessing import PreprocessSpec, preprocess_batch
-from cnnserve.serving.repository import open_model_version
-from cnnserve.serving.runtime import ModelRuntime, SessionOptions, top_k
+from cnnserve.serving.grpc.client import CnnserveClient
+from cnnserve.serving.model.preprocessing import PreprocessSpec, preprocess_batch
+from cnnserve.serving.model.repository import open_model_version
+from cnnserve.serving.model.runtime import ModelRuntime, SessionOptions, top_k
 
 MODEL = "mnist_cnn"
 pytestmark = pytest.mark.timeout(180)

@@ -121,7 +121,7 @@ def test_settings_from_environment_flag_wins() -> None:
 
 
 def test_healthcheck_probe(served) -> None:
-    probe = [sys.executable, "-m", "cnnserve.serving.healthcheck", "--address", served.address]
+    probe = [sys.executable, "-m", "cnnserve.serving.grpc.healthcheck", "--address", served.address]
     assert subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
     assert subprocess.run([*probe, "--service", MODEL], capture_output=True, timeout=30).returncode == 0
     unknown = subprocess.run([*probe, "--service", "nope"], capture_output=True, text=True, timeout=30)
@@ -129,7 +129,7 @@ def test_healthcheck_probe(served) -> None:
     dead = [
         sys.executable,
         "-m",
-        "cnnserve.serving.healthcheck",
+        "cnnserve.serving.grpc.healthcheck",
         "--address",
         "127.0.0.1:1",
         "--timeout",

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnserve.serving import inference, loop_load
+from cnnserve.serving.core import inputs as inference
+
+from cnnserve.serving.batching import loop_load
 from cnnserve.serving.errors import InvalidRequestError
-from cnnserve.serving.inference import RequestLimits, build_batch, prepare_batch
-from cnnserve.serving.preprocessing import PreprocessSpec
-from cnnserve.serving.repository import open_model_version
-from cnnserve.serving.server import InferenceServer
+from cnnserve.serving.core.inputs import RequestLimits, build_batch, prepare_batch
+from cnnserve.serving.model.preprocessing import PreprocessSpec
+from cnnserve.serving.model.repository import open_model_version
+from cnnserve.serving.grpc.server import InferenceServer
 from cnnserve.serving.settings import ServerSettings
 
 MODEL = "mnist_cnn"

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from cnnserve.protos import model_config_pb2
-from cnnserve.serving import insight
-from cnnserve.serving.insight_service import ExplainOptions, Insight
-from cnnserve.serving.repository import ModelVersion
-from cnnserve.serving.runtime import SessionOptions
+from cnnserve.serving.insight.filters import filters as insight
+from cnnserve.serving.insight.explainer import ExplainOptions, Insight
+from cnnserve.serving.model.repository import ModelVersion
+from cnnserve.serving.model.runtime import SessionOptions
 
 H = W = 28
 REGION = (slice(10, 15), slice(6, 11))  # the only pixels the toy model looks at

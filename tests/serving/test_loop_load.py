@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from cnnserve.serving import loop_load
+from cnnserve.serving.batching import loop_load
 
 
 def _measure(work: bool) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cnnserve.serving.client import CnnserveClient, ServerError
+from cnnserve.serving.grpc.client import CnnserveClient, ServerError
 
 MODEL = "mnist_cnn"
 pytestmark = pytest.mark.timeout(180)

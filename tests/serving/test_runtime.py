@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnserve.serving.repository import open_model_version
-from cnnserve.serving.runtime import ModelRuntime, SessionOptions
+from cnnserve.serving.model.repository import open_model_version
+from cnnserve.serving.model.runtime import ModelRuntime, SessionOptions
 
 MODEL = "mnist_cnn"
 

@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cnnserve.protos import inference_pb2, inference_pb2_grpc
-from cnnserve.serving.client import CnnserveClient
+from cnnserve.serving.grpc.client import CnnserveClient
 
 MODEL = "mnist_cnn"
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cnnserve.protos import inference_pb2, inference_pb2_grpc, model_config_pb2
-from cnnserve.serving.client import CnnserveClient, ServerError
+from cnnserve.serving.grpc.client import CnnserveClient, ServerError
 
 MODEL = "mnist_cnn"
 pytestmark = pytest.mark.timeout(180)

@@ -17,12 +17,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnnserve.serving import repository
-from cnnserve.serving.batcher import BatchObserver, BatchSettings, DynamicBatcher
+from cnnserve.serving.model import repository
+from cnnserve.serving.batching.batcher import BatchObserver, BatchSettings, DynamicBatcher
 from cnnserve.serving.errors import ModelUnavailableError
-from cnnserve.serving.preprocessing import PreprocessSpec
-from cnnserve.serving.repository import ModelNotFoundError, ModelVersion, RepositoryError
-from cnnserve.serving.runtime import CPU, DeviceUnavailableError, ModelLoadError, ModelRuntime, SessionOptions
+from cnnserve.serving.model.preprocessing import PreprocessSpec
+from cnnserve.serving.model.repository import ModelNotFoundError, ModelVersion, RepositoryError
+from cnnserve.serving.model.runtime import CPU, DeviceUnavailableError, ModelLoadError, ModelRuntime, SessionOptions
 
 LOG = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cnnserve.protos import inference_pb2, inference_pb2_grpc
-from cnnserve.serving import wire
+from cnnserve.serving.grpc import converters as wire
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""A health probe for containers: `python -m cnnserve.serving.healthcheck [--address H:P] [--service S]`.
+"""A health probe for containers: `python -m cnnserve.serving.grpc.healthcheck [--address H:P] [--service S]`.
 
 Exits 0 only when the server (or the named model) answers SERVING; 1 otherwise, with the reason on stderr.
 The address defaults to localhost and CNNSERVE_PORT (8500), so a Docker HEALTHCHECK needs no arguments.

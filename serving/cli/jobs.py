@@ -107,9 +107,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle_classify_folder(args: argparse.Namespace) -> int:
-    from cnnserve.serving import batch_discovery, batch_job, batch_output, preprocessing
-    from cnnserve.serving.repository import RepositoryError
-    from cnnserve.serving.runtime import DeviceUnavailableError, ModelLoadError
+    from cnnserve.serving.jobs import discovery as batch_discovery
+    from cnnserve.serving.jobs import job as batch_job
+    from cnnserve.serving.jobs.sinks import base as batch_output
+    from cnnserve.serving.model import preprocessing
+    from cnnserve.serving.model.repository import RepositoryError
+    from cnnserve.serving.model.runtime import DeviceUnavailableError, ModelLoadError
 
     errors: tuple[type[BaseException], ...] = (
         batch_job.JobError,
@@ -119,12 +122,12 @@ def handle_classify_folder(args: argparse.Namespace) -> int:
         DeviceUnavailableError,
         ModelLoadError,
     )
-    from cnnserve.serving.batch_ray import RayUnavailableError
+    from cnnserve.serving.jobs.engines.ray import RayUnavailableError
 
     errors = (*errors, RayUnavailableError)
     if args.server is not None:  # gRPC only for a remote job: a local one forks its workers without it
         try:
-            from cnnserve.serving.batch_remote import RemoteError
+            from cnnserve.serving.jobs.engines.remote import RemoteError
 
             errors = (*errors, RemoteError)
         except ImportError:  # grpc missing from this install: --server reports it below

@@ -1,7 +1,7 @@
 """The gRPC face of the serving core: translate protos, call the core, map errors to status codes.
 
 `status_for` is the one place that decides which status code an error gets. `GetFilters` and `Explain`
-delegate to `cnnserve.serving.insight_service` (`get_filters(core, request)` / `explain(core, request)`,
+delegate to `cnnserve.serving.insight.explainer` (`get_filters(core, request)` / `explain(core, request)`,
 coroutines returning the response message) when that module exists; until then they answer UNIMPLEMENTED.
 """
 
@@ -18,7 +18,8 @@ from typing import Any
 import grpc
 
 from cnnserve.protos import inference_pb2, inference_pb2_grpc
-from cnnserve.serving import inference, wire
+from cnnserve.serving.core import inputs as inference
+from cnnserve.serving.grpc import converters as wire
 from cnnserve.serving.errors import (
     DeadlineExpiredError,
     InvalidRequestError,
@@ -27,14 +28,14 @@ from cnnserve.serving.errors import (
     QueueFullError,
     ShuttingDownError,
 )
-from cnnserve.serving.inference import ServingCore
-from cnnserve.serving.metrics import ServingMetrics
-from cnnserve.serving.mosaic import activation_mosaic_png
-from cnnserve.serving.repository import ModelNotFoundError
+from cnnserve.serving.core.inputs import ServingCore
+from cnnserve.serving.observability.metrics import ServingMetrics
+from cnnserve.serving.insight.rendering import activation_mosaic_png
+from cnnserve.serving.model.repository import ModelNotFoundError
 
 LOG = logging.getLogger(__name__)
 
-INSIGHT_SERVICE = "cnnserve.serving.insight_service"
+INSIGHT_SERVICE = "cnnserve.serving.insight.explainer"
 OTHER_MODEL = "_other"  # metrics label for names that are not in the repository (bounded cardinality)
 
 _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
@@ -52,7 +53,7 @@ _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 def _insight_status() -> tuple[tuple[type[BaseException], grpc.StatusCode], ...]:
     """The insight module's error types, mapped the way its docstrings promise."""
     try:
-        from cnnserve.serving import insight
+        from cnnserve.serving.insight.filters import filters as insight
     except ImportError:
         return ()
     table = (

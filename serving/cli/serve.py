@@ -83,7 +83,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from cnnserve.serving.runtime import DeviceUnavailableError, choose_providers
+    from cnnserve.serving.model.runtime import DeviceUnavailableError, choose_providers
 
     try:
         providers = choose_providers(settings.device)
@@ -98,10 +98,10 @@ def run_serve(args: argparse.Namespace) -> int:
         ", ".join(providers),
     )
     if settings.workers > 1:
-        from cnnserve.serving.supervisor import run_supervisor
+        from cnnserve.serving.grpc.supervisor import run_supervisor
 
         return run_supervisor(settings)
-    from cnnserve.serving.server import run_server
+    from cnnserve.serving.grpc.server import run_server
 
     try:
         return run_server(settings)
@@ -160,7 +160,7 @@ def run_classify(args: argparse.Namespace) -> int:
     images = _read_images(args.images)
     if images is None:
         return 2
-    from cnnserve.serving.client import CnnserveClient, ServerError
+    from cnnserve.serving.grpc.client import CnnserveClient, ServerError
 
     try:
         with CnnserveClient(args.server, timeout=args.timeout) as client:
@@ -193,7 +193,7 @@ def run_activations(args: argparse.Namespace) -> int:
     images = _read_images([args.image])
     if images is None:
         return 2
-    from cnnserve.serving.client import CnnserveClient, ServerError
+    from cnnserve.serving.grpc.client import CnnserveClient, ServerError
 
     try:
         with CnnserveClient(args.server, timeout=args.timeout) as client:

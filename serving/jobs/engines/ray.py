@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from cnnserve.serving import preprocessing
-from cnnserve.serving.batch_local import decode_batch, default_workers
-from cnnserve.serving.batch_output import Prediction, ResultRow
-from cnnserve.serving.repository import ModelVersion
+from cnnserve.serving.model import preprocessing
+from cnnserve.serving.jobs.engines.local import decode_batch, default_workers
+from cnnserve.serving.jobs.sinks.base import Prediction, ResultRow
+from cnnserve.serving.model.repository import ModelVersion
 
 LOG = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ class RayClassifier:
         decode: bool,
         intra_op_threads: int,
     ) -> None:
-        from cnnserve.serving.repository import open_model_version
-        from cnnserve.serving.runtime import ModelRuntime, SessionOptions
+        from cnnserve.serving.model.repository import open_model_version
+        from cnnserve.serving.model.runtime import ModelRuntime, SessionOptions
 
         model_version = open_model_version(Path(repo), model, version)
         self.spec = preprocessing.PreprocessSpec.from_model_config(model_version.config)
@@ -92,7 +92,7 @@ class RayClassifier:
         self.root, self.top_k, self.max_pixels, self.decode = root, top_k, max_pixels, decode
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from cnnserve.serving.runtime import top_k
+        from cnnserve.serving.model.runtime import top_k
 
         if self.decode:
             batch = _decode_columns(self.root, [str(p) for p in batch["path"]], self.spec, self.max_pixels)
@@ -156,7 +156,7 @@ class RayEngine:
         gpus = int(resources.get("GPU", 0))
         self.use_gpu = self.device == "cuda" or (self.device == "auto" and gpus > 0)
         if self.device == "cuda" and gpus == 0:
-            from cnnserve.serving.runtime import DeviceUnavailableError
+            from cnnserve.serving.model.runtime import DeviceUnavailableError
 
             raise DeviceUnavailableError("--device cuda with --engine ray, but the Ray cluster has no GPU")
         if self.use_gpu:

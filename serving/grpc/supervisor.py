@@ -44,7 +44,7 @@ def _worker_main(settings: ServerSettings, index: int, ready: Any, log_level: in
         format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from cnnserve.serving.server import run_server
+    from cnnserve.serving.grpc.server import run_server
 
     try:
         code = run_server(settings, ready=lambda port: ready.put((index, port)))
@@ -100,7 +100,7 @@ def run_supervisor(settings: ServerSettings) -> int:
         if settings.metrics_port is not None:
             from prometheus_client import start_http_server
 
-            from cnnserve.serving.metrics import multiprocess_registry
+            from cnnserve.serving.observability.metrics import multiprocess_registry
 
             http, _ = start_http_server(
                 settings.metrics_port, addr=settings.host, registry=multiprocess_registry(metrics_dir)
@@ -122,7 +122,7 @@ def run_supervisor(settings: ServerSettings) -> int:
                 if len(started) == len(workers):
                     LOG.info("all %d workers serving on %s:%d", len(workers), settings.host, port)
                     if settings.port_file is not None:
-                        from cnnserve.serving.server import write_port_file
+                        from cnnserve.serving.grpc.server import write_port_file
 
                         write_port_file(settings.port_file, port)
             for worker in [w for w in alive if not w.is_alive()]:

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnserve.serving import preprocessing
-from cnnserve.serving.batch_output import Prediction, ResultRow
-from cnnserve.serving.repository import ModelVersion
-from cnnserve.serving.runtime import CUDA, ModelRuntime, SessionOptions, sessions_created, top_k
+from cnnserve.serving.model import preprocessing
+from cnnserve.serving.jobs.sinks.base import Prediction, ResultRow
+from cnnserve.serving.model.repository import ModelVersion
+from cnnserve.serving.model.runtime import CUDA, ModelRuntime, SessionOptions, sessions_created, top_k
 
 LOG = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class LocalEngine:
 
     @staticmethod
     def _available_providers() -> list[str]:
-        from cnnserve.serving.runtime import import_onnxruntime
+        from cnnserve.serving.model.runtime import import_onnxruntime
 
         return list(import_onnxruntime().get_available_providers())
 
@@ -241,7 +241,7 @@ class LocalEngine:
             # Imported once in the fork server, not once per worker; it starts now, its imports overlapping
             # this process's session and warm-up.
             context.set_forkserver_preload(
-                ["cnnserve.serving.batch_local"] + (["onnxruntime"] if self.on_cpu else [])
+                ["cnnserve.serving.jobs.engines.local"] + (["onnxruntime"] if self.on_cpu else [])
             )
             forkserver.ensure_running()
         return context

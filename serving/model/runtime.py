@@ -17,7 +17,7 @@ import numpy as np
 
 from cnnserve.protos import model_config_pb2
 from cnnserve.serving.errors import LayerNotFoundError
-from cnnserve.serving.repository import ModelVersion
+from cnnserve.serving.model.repository import ModelVersion
 
 LOG = logging.getLogger(__name__)
 

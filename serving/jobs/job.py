@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cnnserve.serving import batch_discovery, preprocessing
-from cnnserve.serving.batch_output import ResultRow, ResultTable, output_format
+from cnnserve.serving.jobs import discovery as batch_discovery
+
+from cnnserve.serving.model import preprocessing
+from cnnserve.serving.jobs.sinks.base import ResultRow, ResultTable, output_format
 
 LOG = logging.getLogger(__name__)
 
@@ -197,7 +199,7 @@ def _validate(config: JobConfig) -> None:
 def _open_engine(config: JobConfig) -> tuple[Engine, ModelInfo]:
     """Load the model (or reach the server) and build the engine: every failure here precedes any work."""
     if config.server is not None:
-        from cnnserve.serving.batch_remote import RemoteEngine
+        from cnnserve.serving.jobs.engines.remote import RemoteEngine
 
         remote = RemoteEngine(
             config.folder,
@@ -212,7 +214,7 @@ def _open_engine(config: JobConfig) -> tuple[Engine, ModelInfo]:
         info = ModelInfo(remote.model_name, remote.model_version, remote.labels, remote.max_batch_size)
         return remote, info
 
-    from cnnserve.serving.repository import open_model_version
+    from cnnserve.serving.model.repository import open_model_version
 
     assert config.repo is not None
     model = open_model_version(config.repo, config.model, config.version or None)
@@ -220,7 +222,7 @@ def _open_engine(config: JobConfig) -> tuple[Engine, ModelInfo]:
         model.name, model.version, model.labels, model.config.max_batch_size or DEFAULT_BATCH_SIZE
     )
     if config.engine == "ray":
-        from cnnserve.serving.batch_ray import RayEngine
+        from cnnserve.serving.jobs.engines.ray import RayEngine
 
         return (
             RayEngine(
@@ -235,7 +237,7 @@ def _open_engine(config: JobConfig) -> tuple[Engine, ModelInfo]:
             ),
             info,
         )
-    from cnnserve.serving.batch_local import LocalEngine
+    from cnnserve.serving.jobs.engines.local import LocalEngine
 
     local = LocalEngine(
         config.folder,
@@ -307,7 +309,7 @@ def run_job(config: JobConfig) -> JobSummary:
                 config.output,
             )
     if config.report:
-        from cnnserve.serving import batch_report
+        from cnnserve.serving.jobs import report as batch_report
 
         result = batch_report.evaluate_output(config.folder, config.output, info.labels, config.top_k)
         if result is not None:

@@ -13,8 +13,8 @@ import numpy as np
 
 from cnnserve.protos import inference_pb2, model_config_pb2
 from cnnserve.serving.errors import InvalidRequestError
-from cnnserve.serving.inference import ImageInput, RawTensor, TopK
-from cnnserve.serving.registry import LoadedModel, VersionStatus
+from cnnserve.serving.core.inputs import ImageInput, RawTensor, TopK
+from cnnserve.serving.core.registry import LoadedModel, VersionStatus
 
 
 def image_input(image: inference_pb2.Image, index: int = 0) -> ImageInput:
@@ -42,7 +42,7 @@ def tensor_proto(array: np.ndarray) -> inference_pb2.Tensor:
 
 def tensor_array(tensor: inference_pb2.Tensor) -> np.ndarray:
     """A Tensor message as a numpy array (a read-only view of its bytes)."""
-    from cnnserve.serving.inference import NUMPY_DTYPES
+    from cnnserve.serving.core.inputs import NUMPY_DTYPES
 
     dtype = NUMPY_DTYPES[tensor.data_type]
     return np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnserve.serving.batch_output import read_table
+from cnnserve.serving.jobs.sinks.base import read_table
 
 LOG = logging.getLogger(__name__)
 

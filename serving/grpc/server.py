@@ -21,12 +21,12 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from cnnserve.protos import inference_pb2, inference_pb2_grpc
-from cnnserve.serving import loop_load
-from cnnserve.serving.inference import RequestLimits, ServingCore
-from cnnserve.serving.metrics import ServingMetrics, multiprocess_dir
-from cnnserve.serving.registry import AVAILABLE, BatchOverrides, ModelRegistry
-from cnnserve.serving.runtime import SessionOptions
-from cnnserve.serving.servicer import EchoServicer, InferenceServicer
+from cnnserve.serving.batching import loop_load
+from cnnserve.serving.core.inputs import RequestLimits, ServingCore
+from cnnserve.serving.observability.metrics import ServingMetrics, multiprocess_dir
+from cnnserve.serving.core.registry import AVAILABLE, BatchOverrides, ModelRegistry
+from cnnserve.serving.model.runtime import SessionOptions
+from cnnserve.serving.grpc.servicer import EchoServicer, InferenceServicer
 from cnnserve.serving.settings import ServerSettings, available_cpus
 
 LOG = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from cnnserve.protos import model_config_pb2
-from cnnserve.serving.repository import DEFAULT_MODEL_FILENAME, ModelVersion
+from cnnserve.serving.model.repository import DEFAULT_MODEL_FILENAME, ModelVersion
 
 # Filter mosaics: each tile is drawn at least this many pixels high/wide (nearest-neighbour upscaling).
 MIN_TILE_PIXELS = 32

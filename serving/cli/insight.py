@@ -137,7 +137,9 @@ def run_filters(args: argparse.Namespace) -> int:
 
 
 def _filters_from_repo(args: argparse.Namespace):
-    from cnnserve.serving import insight, insight_service, repository
+    from cnnserve.serving.insight.filters import filters as insight
+    from cnnserve.serving.insight.filters import explainer as insight_service
+    from cnnserve.serving.model import repository
 
     try:
         model = repository.open_model_version(args.repo, args.model, args.version or None)
@@ -160,7 +162,7 @@ def _filters_from_server(args: argparse.Namespace):
     import grpc
 
     from cnnserve.protos import inference_pb2
-    from cnnserve.serving.wire import tensor_array
+    from cnnserve.serving.grpc.converters import tensor_array
 
     request = inference_pb2.FiltersRequest(
         model=args.model,
@@ -264,7 +266,10 @@ class _RepoExplainer:
     """Explanations in this process: the repository's model on ONNX Runtime, no server."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from cnnserve.serving import insight_service, preprocessing, repository, runtime
+        from cnnserve.serving.insight.filters import explainer as insight_service
+        from cnnserve.serving.model import preprocessing
+        from cnnserve.serving.model import repository
+        from cnnserve.serving.model import runtime
 
         self.args = args
         try:
@@ -285,7 +290,8 @@ class _RepoExplainer:
         )
 
     def explain(self, path: Path, data: bytes) -> dict[str, Any]:
-        from cnnserve.serving import insight, preprocessing
+        from cnnserve.serving.insight.filters import filters as insight
+        from cnnserve.serving.model import preprocessing
 
         try:
             image = preprocessing.preprocess_encoded(data, self.spec)
@@ -322,7 +328,7 @@ class _ServerExplainer:
         import grpc
 
         from cnnserve.protos import inference_pb2
-        from cnnserve.serving.wire import tensor_array
+        from cnnserve.serving.grpc.converters import tensor_array
 
         args = self.args
         request = inference_pb2.ExplainRequest(

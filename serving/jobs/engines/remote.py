@@ -20,8 +20,8 @@ from pathlib import Path
 
 import grpc
 
-from cnnserve.serving.batch_output import Prediction, ResultRow
-from cnnserve.serving.client import ClassifyResult, CnnserveClient, ServerError
+from cnnserve.serving.jobs.sinks.base import Prediction, ResultRow
+from cnnserve.serving.grpc.client import ClassifyResult, CnnserveClient, ServerError
 
 LOG = logging.getLogger(__name__)
 

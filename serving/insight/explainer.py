@@ -19,7 +19,7 @@ for a small model, fewer for a big one: sized from each chunk's measured round t
 `DEFAULT_CHUNK_SECONDS`, which bounds what a Classify call can wait behind. Grad-CAM's session call and
 the numpy work run in the core's executor.
 
-Exceptions (from `cnnserve.serving.insight`) and their status codes, also as `STATUS_BY_ERROR` (names):
+Exceptions (from `cnnserve.serving.insight.filters`) and their status codes, also as `STATUS_BY_ERROR` (names):
     UnknownLayerError → NOT_FOUND (lists the layers with weights); LayerHasNoWeightsError →
     INVALID_ARGUMENT; InvalidInsightRequest (InvalidExplainRequest, InvalidFiltersRequest) →
     INVALID_ARGUMENT; GradCamUnavailableError → FAILED_PRECONDITION (says why); WeightsReadError → INTERNAL.
@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 
 from cnnserve.protos import inference_pb2, model_config_pb2
-from cnnserve.serving import wire
-from cnnserve.serving.insight import (
+from cnnserve.serving.grpc import converters as wire
+from cnnserve.serving.insight.filters import (
     GradCamUnavailableError,
     InvalidExplainRequest,
     InvalidInsightRequest,
@@ -59,9 +59,9 @@ from cnnserve.serving.insight import (
     gradcam_heatmap,
     overlay_png,
 )
-from cnnserve.serving.repository import ModelVersion
-from cnnserve.serving.runtime import ModelLoadError, SessionOptions, choose_providers, create_session, top_k
-from cnnserve.serving.wire import tensor_proto
+from cnnserve.serving.model.repository import ModelVersion
+from cnnserve.serving.model.runtime import ModelLoadError, SessionOptions, choose_providers, create_session, top_k
+from cnnserve.serving.grpc.converters import tensor_proto
 
 # Occluded copies are sent in chunks that each take about this long (at most max_batch_size images);
 # 0 = always full batches.
@@ -603,7 +603,7 @@ async def explain_rpc(
     """`Explain` for a `registry.LoadedModel`: the image decoded as for Classify, the occluded copies
     through its dynamic batcher chunk by chunk; `limits` is an `inference.RequestLimits`, `deadline` is
     event-loop time (each chunk carries it, so an expired explanation stops being computed)."""
-    from cnnserve.serving.inference import prepare_batch
+    from cnnserve.serving.core.inputs import prepare_batch
 
     options = explain_options_from_request(request)
     batch = await prepare_batch([wire.image_input(request.image)], loaded.spec, limits, decode_executor)

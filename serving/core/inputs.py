@@ -25,14 +25,14 @@ import numpy as np
 
 from cnnserve.protos import model_config_pb2
 from cnnserve.serving.errors import InvalidRequestError, LayerNotFoundError
-from cnnserve.serving.preprocessing import (
+from cnnserve.serving.model.preprocessing import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     PreprocessSpec,
     preprocess_encoded,
 )
-from cnnserve.serving.registry import LoadedModel, ModelRegistry
-from cnnserve.serving.runtime import top_k as best_k
+from cnnserve.serving.core.registry import LoadedModel, ModelRegistry
+from cnnserve.serving.model.runtime import top_k as best_k
 
 DEFAULT_MAX_IMAGES = 256
 # A request whose encoded images total fewer bytes than this is decoded on the event loop in one go.
