@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= cpu,test,ray
 
-.PHONY: install demo test lint protos bench clean
+.PHONY: install demo test lint typecheck protos bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# mypy through the `cnnserve.*` names (scripts/typecheck.py lays the package-dir mapping out for it).
+typecheck: install
+	$(BIN)/python scripts/typecheck.py
 
 protos: install
 	$(BIN)/python protos/generate.py

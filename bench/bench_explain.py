@@ -142,11 +142,9 @@ class InProcess:
     """The same occluded batch through ONNX Runtime in this process (no RPC), ready to time."""
 
     def __init__(self, repo: Path, name: str, image: bytes, threads: int, allow_spinning: bool) -> None:
-        from cnnserve.serving.insight.filters import explainer as insight_service
-        from cnnserve.serving.model import preprocessing
-        from cnnserve.serving.model import repository
-        from cnnserve.serving.model import runtime
-        from cnnserve.serving.insight.filters import OcclusionPlan
+        from cnnserve.serving.insight import explainer as insight_service
+        from cnnserve.serving.insight.occlusion import OcclusionPlan
+        from cnnserve.serving.model import preprocessing, repository, runtime
 
         self.model = repository.open_model_version(repo, name)
         options = runtime.SessionOptions(

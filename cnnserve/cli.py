@@ -20,14 +20,12 @@ from cnnserve import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "cnnserve.training.cli",
     "cnnserve.export.cli",
-    "cnnserve.serving.cli.serve",
-    "cnnserve.serving.cli.jobs",
-    "cnnserve.serving.cli.insight",
+    "cnnserve.serving.cli",
 )
 
 
 def _load_command_modules() -> list[object]:
-    modules = []
+    modules: list[object] = []
     for name in COMMAND_MODULES:
         try:
             modules.append(importlib.import_module(name))

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from cnnserve.export.batching import DEFAULT_MAX_QUEUE_DELAY_US
+from cnnserve.serving.settings import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,7 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-abs-error", type=float, default=1e-4, help="parity bound on probabilities (default 1e-4)"
     )
     export.add_argument(
-        "--max-batch-size", type=int, default=64, metavar="N", help="config max_batch_size (default 64)"
+        "--max-batch-size",
+        type=int,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        metavar="N",
+        help=f"config max_batch_size (default {DEFAULT_MAX_BATCH_SIZE})",
     )
     export.add_argument(
         "--max-queue-delay-us",

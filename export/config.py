@@ -5,14 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from cnnserve.export.batching import DEFAULT_MAX_QUEUE_DELAY_US
 from cnnserve.export.convert import INPUT_NAME, OUTPUT_NAME, LayerOutput
 from cnnserve.export.weights import LayerWeightsInfo
 from cnnserve.protos import model_config_pb2
+from cnnserve.serving.settings import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_DELAY_US,
+    DEFAULT_QUEUE_BATCHES,
+)
 
 PLATFORM = "onnxruntime_onnx"
 MODEL_FILENAME = "model.onnx"
 ACTIVATIONS_FILENAME = "activations.onnx"
+WEIGHTS_FILENAME = "weights.npz"
 GRADCAM_FILENAME = "gradcam.onnx"
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -32,7 +37,7 @@ _FILTERS = {
 }
 
 
-def output_kind_enum(kind: str) -> int:
+def output_kind_enum(kind: str) -> model_config_pb2.OutputKind:
     try:
         return _OUTPUT_KINDS[kind.lower()]
     except KeyError:
@@ -51,8 +56,8 @@ def preprocessing_proto(preprocessing: Mapping[str, object]) -> model_config_pb2
         raise ValueError(f"unknown resize filter {resize!r}")
     return model_config_pb2.Preprocessing(
         color_mode=_COLOR_MODES[color],
-        height=int(preprocessing["height"]),  # type: ignore[arg-type]
-        width=int(preprocessing["width"]),  # type: ignore[arg-type]
+        height=int(preprocessing["height"]),  # type: ignore[call-overload]
+        width=int(preprocessing["width"]),  # type: ignore[call-overload]
         resize_filter=_FILTERS[resize],
         scale=float(preprocessing.get("scale", 1.0 / 255.0)),  # type: ignore[arg-type]
         offset=float(preprocessing.get("offset", 0.0)),  # type: ignore[arg-type]
@@ -61,12 +66,12 @@ def preprocessing_proto(preprocessing: Mapping[str, object]) -> model_config_pb2
 
 @dataclass(frozen=True)
 class BatchingSettings:
-    max_batch_size: int = 64
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_queue_delay_microseconds: int = DEFAULT_MAX_QUEUE_DELAY_US
-    max_queue_size: int = 0  # 0: 16 full batches
+    max_queue_size: int = 0  # 0: DEFAULT_QUEUE_BATCHES full batches
 
     def queue_size(self) -> int:
-        return self.max_queue_size or 16 * self.max_batch_size
+        return self.max_queue_size or DEFAULT_QUEUE_BATCHES * self.max_batch_size
 
 
 def build_config(
@@ -109,6 +114,7 @@ def build_config(
             providers=list(DEFAULT_PROVIDERS), model_filename=MODEL_FILENAME
         ),
         activations_filename=activations_filename,
+        weights_filename=WEIGHTS_FILENAME if weights else "",
     )
     for layer in layers:
         config.activation_layers.add(

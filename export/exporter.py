@@ -204,7 +204,7 @@ def export_run(run_dir: Path, repo: Path, options: ExportOptions | None = None) 
             "writing a separate activations graph" if separate else "keeping them in model.onnx",
         )
 
-        from cnnserve.export.weights import locate_layer_weights
+        from cnnserve.export.weights import locate_layer_weights, write_weights_file
 
         served_model = class_model if separate else full_model
         weights = locate_layer_weights(served_model, model)
@@ -212,6 +212,9 @@ def export_run(run_dir: Path, repo: Path, options: ExportOptions | None = None) 
         onnx.checker.check_model(served_model, full_check=True)
         onnx.save(served_model, str(model_path))
         files: dict[str, Path] = {config_mod.MODEL_FILENAME: model_path}
+        if weights:
+            weights_path = write_weights_file(served_model, weights, work / config_mod.WEIGHTS_FILENAME)
+            files[config_mod.WEIGHTS_FILENAME] = weights_path
         activations_filename = ""
         if separate:
             activations_path = work / config_mod.ACTIVATIONS_FILENAME

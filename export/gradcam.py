@@ -257,11 +257,11 @@ def export_gradcam(
     del run
     try:
         head = find_head(model)
-    except GradCamUnavailable as reason:
-        LOG.warning("no Grad-CAM graph for %s: %s", model.name, reason)
+    except GradCamUnavailable as unavailable:
+        LOG.warning("no Grad-CAM graph for %s: %s", model.name, unavailable)
         return (
-            model_config_pb2.GradCam(unavailable_reason=str(reason)),
-            {"available": False, "reason": str(reason)},
+            model_config_pb2.GradCam(unavailable_reason=str(unavailable)),
+            {"available": False, "reason": str(unavailable)},
             None,
         )
     import onnx
@@ -280,11 +280,11 @@ def export_gradcam(
             raise ConversionError(f"tf2onnx left TensorFlow op(s) {', '.join(unknown)} in the gradient graph")
         onnx.checker.check_model(onnx_model, full_check=True)
     except Exception as error:  # tf2onnx and the checker raise many types
-        reason = f"the gradient graph of layer {head.conv_layer.name!r} cannot be converted: {error}"
-        LOG.warning("no Grad-CAM graph for %s: %s", model.name, reason)
+        failure = f"the gradient graph of layer {head.conv_layer.name!r} cannot be converted: {error}"
+        LOG.warning("no Grad-CAM graph for %s: %s", model.name, failure)
         return (
-            model_config_pb2.GradCam(unavailable_reason=reason),
-            {"available": False, "reason": reason},
+            model_config_pb2.GradCam(unavailable_reason=failure),
+            {"available": False, "reason": failure},
             None,
         )
     onnx_model.graph.name = f"{model.name}_gradcam"

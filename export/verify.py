@@ -95,6 +95,7 @@ def verify_graphs(
             if separate:
                 raw = run_onnx(class_session, "input", [OUTPUT_NAME], batch)[OUTPUT_NAME]
                 acts = run_onnx(activation_session, "input", graph_names, batch)
+                assert stats.activations_graph_output is not None  # made whenever `separate`
                 stats.activations_graph_output.update(reference[OUTPUT_NAME], acts[OUTPUT_NAME], start)
             else:
                 acts = run_onnx(class_session, "input", graph_names, batch)

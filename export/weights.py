@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -155,6 +156,20 @@ def locate_layer_weights(onnx_model: onnx.ModelProto, keras_model) -> list[Layer
             )
         )
     return found
+
+
+def write_weights_file(onnx_model: onnx.ModelProto, found: list[LayerWeightsInfo], path: Path) -> Path:
+    """Every layer's Keras-layout kernel and bias, read from the served graph, as the `.npz` that serving's
+    GetFilters reads (`<layer>/kernel`, `<layer>/bias`; a layer without bias has no bias array)."""
+    arrays: dict[str, np.ndarray] = {}
+    for info in found:
+        kernel, bias = read_kernel(onnx_model, info)
+        arrays[f"{info.layer}/kernel"] = np.ascontiguousarray(kernel, dtype=np.float32)
+        if bias is not None:
+            arrays[f"{info.layer}/bias"] = np.ascontiguousarray(bias.reshape(-1), dtype=np.float32)
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stubs type **kwds as allow_pickle
+    return path
 
 
 def read_kernel(onnx_model: onnx.ModelProto, info: LayerWeightsInfo) -> tuple[np.ndarray, np.ndarray | None]:

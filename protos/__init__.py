@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # static checkers see the modules the lazy attributes below load
+    from cnnserve.protos.cnnserve.v1 import inference_pb2, inference_pb2_grpc, model_config_pb2
 
 __all__ = ["inference_pb2", "inference_pb2_grpc", "model_config_pb2"]
 

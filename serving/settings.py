@@ -1,7 +1,8 @@
-"""The server's settings, from command-line flags with `CNNSERVE_*` environment variables as defaults.
+"""Every serving default, written once, and the server's settings from flags and `CNNSERVE_*` variables.
 
-Standard library only: `cnnserve serve` parses and validates these before importing gRPC or ONNX Runtime,
-so a bad value (a non-numeric CNNSERVE_PORT, workers <= 0) fails at once with a message naming it.
+Standard library only: `cnnserve serve` parses and validates these before importing gRPC or ONNX Runtime
+(and export reads the batching defaults without numpy), so a bad value (a non-numeric CNNSERVE_PORT,
+workers <= 0) fails at once with a message naming it.
 """
 
 from __future__ import annotations
@@ -12,13 +13,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnnserve.serving.errors import SettingsError
+
+# -- the server ----------------------------------------------------------------------------------------
 DEFAULT_PORT = 8500
 DEFAULT_HOST = "0.0.0.0"
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_IMAGES = 256
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # requests and responses, server and client alike
 DEFAULT_POLL_INTERVAL = 5.0
 DEFAULT_GRACE_SECONDS = 30.0
+
+# -- requests ------------------------------------------------------------------------------------------
+DEFAULT_MAX_IMAGES = 256  # images per request
+# Pixel count beyond which an image is refused from its header, before its pixels are decoded.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+# -- dynamic batching (export writes these into each config; the server applies them when a config has none)
+DEFAULT_MAX_BATCH_SIZE = 64
+# The longest a batch may wait to fill. The adaptive batcher waits only under concurrent traffic, only until
+# every recent client has a request in, and only as much as its worker is busy, so the delay is spent where
+# batching saves CPU the worker lacks, while a lone client never waits.
+DEFAULT_MAX_QUEUE_DELAY_US = 5000
+DEFAULT_QUEUE_BATCHES = 16  # the queue bound when a config sets none: this many full batches
+
+# -- clients -------------------------------------------------------------------------------------------
+DEFAULT_CLIENT_TIMEOUT_S = 30.0  # seconds per call
+DEFAULT_INSIGHT_TIMEOUT_S = 120.0  # filters and explanations of big models take longer
 
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -38,10 +57,6 @@ def available_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     except (OSError, ValueError):
         pass
     return max(1, count)
-
-
-class SettingsError(ValueError):
-    """A flag or environment variable has an invalid value; the message names it."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +47,7 @@ def _error(message: str) -> int:
 def zoo_command(args: argparse.Namespace) -> int:
     from cnnserve.training.zoo import ZOO, build_model
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, entry in ZOO.items():
         rows.append(
             {

@@ -312,7 +312,7 @@ def train_model(
     _compile(model, entry)
 
     skip_log = SkipLog()
-    common = {
+    common: dict[str, Any] = {
         "pre": entry.preprocessing,
         "input_shape": entry.input_shape,
         "batch_size": batch_size,

@@ -94,8 +94,8 @@ class Preprocessing:
     def from_dict(cls, data: Mapping[str, object]) -> Preprocessing:
         return cls(
             color_mode=str(data["color_mode"]),  # type: ignore[arg-type]
-            height=int(data["height"]),  # type: ignore[arg-type]
-            width=int(data["width"]),  # type: ignore[arg-type]
+            height=int(data["height"]),  # type: ignore[call-overload]
+            width=int(data["width"]),  # type: ignore[call-overload]
             resize_filter=str(data.get("resize_filter", "bilinear")),
             scale=float(data.get("scale", 1.0 / 255.0)),  # type: ignore[arg-type]
             offset=float(data.get("offset", 0.0)),  # type: ignore[arg-type]

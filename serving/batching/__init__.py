@@ -1,1 +1,3 @@
-"""batching"""
+"""Dynamic batching: the batcher (queue, take, run), its wait policies, and the event-loop load meter
+the adaptive policy scales its waits by. No gRPC.
+"""

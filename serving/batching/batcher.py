@@ -1,22 +1,15 @@
 """Dynamic batching: concurrent requests for one model version merged into one ONNX Runtime call.
 
-A batch waits at most `max_queue_delay` after its oldest request arrived, or until `max_batch_size`
-images wait. `fixed` (Triton's way) always waits that long; `adaptive` (the default) waits only while
-more requests are to be expected: some are on their way (being decoded), or requests have lately been
-arriving while others were queued or computing (concurrent traffic) -- and stops as soon as every client
-seen lately, bar those whose requests are computing, has one waiting, since closed-loop clients send
-nothing more until answered. So a lone client's request runs at once, and under concurrent load batches
-grow, which makes every image cheaper on a CPU (mnist_cnn on two cores, servers side by side in
-interleaved rounds, against never waiting: 64 clients x 1 image +15% calls/s and a lower p99, 8 x 1
-+10%, 1 x 1 unchanged). For concurrent traffic the wait is scaled by how busy the worker's event loop
-has been (`load`, see loop_load): a busy worker gains CPU from bigger batches, an idle one only latency
-(`_fill_delay`). Batches run in threads of the executor, so the event loop keeps accepting (and
-queueing) while ONNX Runtime computes; a second batch runs alongside only when a full one (or a
-ready-made `bulk` one) waits. A worker with one core to itself gains nothing from that overlap, only a
-thread hand-off per batch, so there (`inline_compute_s`) a batch expected to take less than a slice of
-the loop's time runs on the event loop itself (64 clients x 1 image, servers side by side: +5-10%
-calls/s in two sets of interleaved rounds). The queue is bounded in images (overflow → QueueFullError);
-a request whose deadline has passed, or whose caller went away, is dropped before it is computed.
+The batcher queues requests, takes them in order into batches of at most `max_batch_size` images, runs
+each batch once and hands every caller its rows. When a batch that is not full waits, and for how long, is
+its wait policy's decision (`policy.py`: adaptive by default, fixed as Triton does), never longer than
+`max_queue_delay` after the oldest request arrived. Batches run in threads of the executor, so the event
+loop keeps accepting (and queueing) while ONNX Runtime computes; a second batch runs alongside only when
+a full one (or a ready-made `bulk` one) waits. A worker with one core to itself gains nothing from that
+overlap, only a thread hand-off per batch, so there (`inline_compute_s`) a batch expected to take less
+than a slice of the loop's time runs on the event loop itself. The queue is bounded in images (overflow →
+QueueFullError); a request whose deadline has passed, or whose caller went away, is dropped before it is
+computed.
 """
 
 from __future__ import annotations
@@ -33,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
+from cnnserve.serving.batching.policy import AdaptiveWait, FixedWait, WaitPolicy
 from cnnserve.serving.errors import DeadlineExpiredError, QueueFullError, ShuttingDownError
 
 LOG = logging.getLogger(__name__)
@@ -44,13 +38,6 @@ class BatchObserver(Protocol):
     def observe_batch(self, size: int, queue_seconds: Sequence[float], compute_seconds: float) -> None: ...
 
     def observe_dropped(self, count: int) -> None: ...
-
-
-# After the last sign of concurrent traffic, batches keep waiting to fill for this many max_queue_delays.
-CONCURRENCY_WINDOW_DELAYS = 10
-# Adaptive: under concurrent traffic a batch waits max_queue_delay x (busy - this) / (1 - this), where busy
-# is the share of time the worker's event loop was busy lately: no wait at all at half busy or less.
-IDLE_BUSY_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -69,30 +56,6 @@ class BatchSettings:
     # runs on the event loop, not in the executor; 0 = always in the executor. For workers with one core
     # each and CPU sessions.
     inline_compute_s: float = 0.0
-
-
-class _WindowedPeak:
-    """The most of a count observed over the current and the previous window (fixed windows of a
-    length given at each call), so a peak is forgotten one to two windows after it ended."""
-
-    def __init__(self) -> None:
-        self._start = -1e18
-        self._current = 0
-        self._previous = 0
-
-    def _roll(self, now: float, window: float) -> None:
-        if now - self._start > window:
-            self._previous = self._current if now - self._start <= 2 * window else 0
-            self._current = 0
-            self._start = now
-
-    def observe(self, now: float, window: float, count: int) -> None:
-        self._roll(now, window)
-        self._current = max(self._current, count)
-
-    def value(self, now: float, window: float) -> int:
-        self._roll(now, window)
-        return max(self._current, self._previous)
 
 
 Prepare = Callable[[], np.ndarray]  # makes a request's batch when its batch starts (see `submit_deferred`)
@@ -127,19 +90,18 @@ class DynamicBatcher:
         self.executor = executor
         self.observer = observer
         self.name = name
-        # The worker's event loop's busy share lately (0..1, see loop_load); None: unknown, taken as busy.
-        self.load = load
+        # When a batch that is not full waits, and how long (see policy.py).
+        self.policy: WaitPolicy = (
+            AdaptiveWait(settings.max_queue_delay_s, load)
+            if settings.adaptive
+            else FixedWait(settings.max_queue_delay_s)
+        )
         self._waiting: deque[_Waiting] = deque()
         self._waiting_images = 0
         self._inflight_images = 0  # images of unmerged (batching off) calls being computed
         self._wake: asyncio.Future[None] | None = None  # resolved to wake the batch loop
         self._filling = False  # the loop waits for a batch to fill (only a full batch wakes it early)
-        self._arriving = 0  # requests being decoded that will be submitted next (see `expecting`)
-        self._concurrent_at = -1e18  # loop time of the last request that found others queued or computing
         self._running_requests = 0  # requests in the batches computing now
-        # Requests seen in the batcher at once (queued + computing), the most over the current and the
-        # previous concurrency window: closed-loop clients cannot send more than that.
-        self._peak = _WindowedPeak()
         self._running = 0  # batches computing now
         self._seconds_per_image: float | None = None  # compute time per image, a moving average
         self._batches: set[asyncio.Task[None]] = set()  # their tasks (kept referenced)
@@ -176,8 +138,8 @@ class DynamicBatcher:
         """Results for the `count` images `prepare()` makes, called on the event loop when the request's
         batch starts: a small request's images are then decoded one after another with the rest of the
         batch's, while the decoder's code and tables are still in the CPU's caches, instead of between
-        other calls' gRPC work (a 28x28 PNG: ~30 us back to back, 55-60 us with other work between). What
-        `prepare` raises goes to this caller alone; the rest of the batch goes on."""
+        other calls' gRPC work. What `prepare` raises goes to this caller alone; the rest of the batch
+        goes on."""
         if self._closed:
             raise ShuttingDownError(f"model {self.name} is being unloaded")
         if count > self.settings.max_batch_size or not self.settings.enabled:
@@ -193,9 +155,8 @@ class DynamicBatcher:
             assert isinstance(batch, np.ndarray)
             return await self._run_alone(loop, batch)
         now = loop.time()
-        if not bulk and (self._running_requests or self._waiting):
-            self._concurrent_at = now
-        self._peak.observe(now, self._window(), len(self._waiting) + self._running_requests + 1)
+        concurrent = not bulk and bool(self._running_requests or self._waiting)
+        self.policy.arrived(now, concurrent, len(self._waiting) + self._running_requests + 1)
         waiting = _Waiting(batch, count, loop.create_future(), deadline, now, bulk)
         self._waiting.append(waiting)
         self._waiting_images += count
@@ -211,12 +172,12 @@ class DynamicBatcher:
         A batch waits for more requests only while some are known to be coming: a lone request runs at
         once, and under load batches grow by themselves while the previous batch computes.
         """
-        self._arriving += 1
+        self.policy.arriving += 1
         try:
             yield
         finally:
-            self._arriving -= 1
-            if self._arriving == 0:
+            self.policy.arriving -= 1
+            if self.policy.arriving == 0:
                 self._notify()  # the loop resumes after the caller's (synchronous) submit
 
     def _check_room(self, count: int) -> None:
@@ -243,40 +204,17 @@ class DynamicBatcher:
         if wake is None or wake.done():
             return
         if not force and not self._closed and self._waiting_images < self.settings.max_batch_size:
-            if self._filling and self._expects_more() and not self._everyone_in():
+            if self._filling and self._wants_to_fill(asyncio.get_running_loop().time()):
                 return  # more requests are on their way; the fill timer or the last arrival wakes it
             if self._running:
                 return  # a batch computes; its end (or a full batch) wakes the loop
         wake.set_result(None)
 
-    def _expects_more(self) -> bool:
-        """Whether a batch that is not full should wait (up to max_queue_delay) for more requests."""
-        if self._arriving > 0 or not self.settings.adaptive:
-            return True
-        # Concurrent traffic lately: more requests will come within the delay. A lone client, whose next
-        # request only comes after this answer, never waits.
-        return asyncio.get_running_loop().time() - self._concurrent_at <= self._window()
-
-    def _fill_delay(self) -> float:
-        """How long the oldest request may wait for company: max_queue_delay, scaled down for concurrent
-        traffic on a worker whose loop is not busy (a bigger batch saves CPU the worker does not need,
-        and the wait would only add latency); in full while requests are known to be on their way."""
-        delay = self.settings.max_queue_delay_s
-        if self._arriving > 0 or not self.settings.adaptive or self.load is None:
-            return delay
-        return delay * min(1.0, max(0.0, (self.load() - IDLE_BUSY_SHARE) / (1.0 - IDLE_BUSY_SHARE)))
-
-    def _window(self) -> float:
-        return CONCURRENCY_WINDOW_DELAYS * self.settings.max_queue_delay_s
-
-    def _everyone_in(self) -> bool:
-        """Adaptive: every client seen lately, bar those whose requests compute now, has a request
-        waiting -- closed-loop clients send nothing more until they are answered, so stop waiting.
-        Never while requests are known to be on their way (being decoded)."""
-        if not self.settings.adaptive or self._arriving > 0:
-            return False
-        now = asyncio.get_running_loop().time()
-        return len(self._waiting) >= self._peak.value(now, self._window()) - self._running_requests
+    def _wants_to_fill(self, now: float) -> bool:
+        """The policy says more requests are coming and not every recent client is in yet."""
+        return self.policy.expects_more(now) and not self.policy.everyone_in(
+            now, len(self._waiting), self._running_requests
+        )
 
     async def _sleep(self, loop: asyncio.AbstractEventLoop, until: float | None) -> None:
         wake: asyncio.Future[None] = loop.create_future()
@@ -302,14 +240,9 @@ class DynamicBatcher:
                 # While a batch computes, the next one fills; only a full one may run alongside it.
                 await self._sleep(loop, None)
                 continue
-            fill_until = self._waiting[0].enqueued + self._fill_delay()
-            if (
-                not full
-                and self._expects_more()
-                and not self._everyone_in()
-                and not self._closed
-                and loop.time() < fill_until
-            ):
+            fill_until = self._waiting[0].enqueued + self.policy.fill_delay()
+            now = loop.time()
+            if not full and not self._closed and now < fill_until and self._wants_to_fill(now):
                 self._filling = True
                 await self._sleep(loop, fill_until)
                 self._filling = False

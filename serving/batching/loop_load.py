@@ -41,7 +41,7 @@ class LoopLoad:
         return self._busy
 
 
-class _TimedSelector(selectors.DefaultSelector):  # type: ignore[misc, valid-type]
+class _TimedSelector(selectors.DefaultSelector):
     """The platform's default selector, reporting every blocking wait to a LoopLoad."""
 
     def __init__(self, load: LoopLoad) -> None:

@@ -1,8 +1,9 @@
 """`cnnserve filters` and `cnnserve explain`: a layer's filters and heatmaps, from a server or a repository.
 
-`--server ADDR` asks a running server over gRPC; `--repo REPO` computes the same thing in this process with
-ONNX Runtime and no server. Only the standard library is imported here; numpy, gRPC and ONNX Runtime are
-imported inside the handlers so `cnnserve --help` stays fast.
+`--server ADDR` asks a running server through the client; `--repo REPO` computes the same thing in this
+process with ONNX Runtime and no server. Both give the data plane's result values, printed the same way.
+Only the standard library is imported here; numpy, gRPC and ONNX Runtime load inside the handlers, so
+`cnnserve --help` stays fast.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-DEFAULT_TIMEOUT_S = 120.0
-# Kernels of large Dense layers exceed gRPC's default 4 MiB receive limit.
-MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+from cnnserve.serving.settings import DEFAULT_INSIGHT_TIMEOUT_S
+
+if TYPE_CHECKING:
+    from cnnserve.serving.insight.explainer import ExplainOptions, ExplainResult, FiltersResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,7 +82,7 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
         help="with --repo: where ONNX Runtime runs (default: auto, CUDA when available)",
     )
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="with --server: seconds per call"
+        "--timeout", type=float, default=DEFAULT_INSIGHT_TIMEOUT_S, help="with --server: seconds per call"
     )
 
 
@@ -99,24 +101,35 @@ def _rounded(values: Any) -> Any:
     return np.round(np.asarray(values, dtype=np.float64), 7).tolist()
 
 
-# ---------------------------------------------------------------------------------------------------
-# filters
-# ---------------------------------------------------------------------------------------------------
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as error:
+        raise CommandError(f"cannot write {path}: {error}") from error
+
+
+# -- filters ---------------------------------------------------------------------------------------------
 
 
 def run_filters(args: argparse.Namespace) -> int:
+    from cnnserve.serving.errors import ServingError
+
     try:
         result = _filters_from_server(args) if args.server else _filters_from_repo(args)
+    except ServingError as error:
+        return _fail(str(error))
+    kernel, bias = result.filters.kernel, result.filters.bias
+    try:
+        if args.png:
+            _write(args.png, result.mosaic_png)
     except CommandError as error:
         return _fail(str(error))
-    model, version, layer, kernel, bias, png = result
-    if args.png:
-        _write(args.png, png)
     if args.json:
         record = {
-            "model": model,
-            "version": version,
-            "layer": layer,
+            "model": result.model,
+            "version": result.version,
+            "layer": result.filters.layer,
             "kernel_shape": list(kernel.shape),
             "bias_shape": list(bias.shape),
             "kernel": _rounded(kernel),
@@ -127,7 +140,7 @@ def run_filters(args: argparse.Namespace) -> int:
         print(json.dumps(record))
     else:
         print(
-            f"{model} v{version} {layer}: kernel {tuple(kernel.shape)} "
+            f"{result.model} v{result.version} {result.filters.layer}: kernel {tuple(kernel.shape)} "
             f"[{kernel.min():.4g}, {kernel.max():.4g}], bias {tuple(bias.shape)} "
             f"[{bias.min():.4g}, {bias.max():.4g}]"
         )
@@ -136,78 +149,30 @@ def run_filters(args: argparse.Namespace) -> int:
     return 0
 
 
-def _filters_from_repo(args: argparse.Namespace):
-    from cnnserve.serving.insight.filters import filters as insight
-    from cnnserve.serving.insight.filters import explainer as insight_service
-    from cnnserve.serving.model import repository
+def _filters_from_repo(args: argparse.Namespace) -> FiltersResult:
+    from cnnserve.serving.insight.explainer import Insight
+    from cnnserve.serving.model.repository import open_model_version
 
-    try:
-        model = repository.open_model_version(args.repo, args.model, args.version or None)
-        result = insight_service.Insight().get_filters(
-            model, args.layer, mosaic=args.png is not None, input_channel=args.input_channel
+    model = open_model_version(args.repo, args.model, args.version or None)
+    return Insight().get_filters(
+        model, args.layer, mosaic=args.png is not None, input_channel=args.input_channel
+    )
+
+
+def _filters_from_server(args: argparse.Namespace) -> FiltersResult:
+    from cnnserve.serving.grpc.client import CnnserveClient
+
+    with CnnserveClient(args.server, timeout=args.timeout) as client:
+        return client.filters(
+            args.model,
+            args.layer,
+            version=args.version,
+            input_channel=args.input_channel,
+            mosaic=args.png is not None,
         )
-    except (repository.RepositoryError, insight.InsightError) as error:
-        raise CommandError(str(error)) from error
-    return (
-        model.name,
-        model.version,
-        args.layer,
-        result.filters.kernel,
-        result.filters.bias,
-        result.mosaic_png,
-    )
 
 
-def _filters_from_server(args: argparse.Namespace):
-    import grpc
-
-    from cnnserve.protos import inference_pb2
-    from cnnserve.serving.grpc.converters import tensor_array
-
-    request = inference_pb2.FiltersRequest(
-        model=args.model,
-        version=args.version,
-        layer=args.layer,
-        mosaic=args.png is not None,
-        input_channel=args.input_channel,
-    )
-    response = _call(args, "GetFilters", request, grpc)
-    return (
-        response.model,
-        response.version,
-        response.layer,
-        tensor_array(response.kernel),
-        tensor_array(response.bias),
-        response.mosaic_png,
-    )
-
-
-def _call(args: argparse.Namespace, method: str, request: Any, grpc: Any) -> Any:
-    from cnnserve.protos import inference_pb2_grpc
-
-    options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ]
-    with grpc.insecure_channel(args.server, options=options) as channel:
-        stub = inference_pb2_grpc.InferenceServiceStub(channel)
-        try:
-            return getattr(stub, method)(request, timeout=args.timeout)
-        except grpc.RpcError as error:
-            raise CommandError(f"{error.code().name}: {error.details()}") from error
-
-
-def _write(path: Path, data: bytes) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    except OSError as error:
-        raise CommandError(f"cannot write {path}: {error}") from error
-
-
-# ---------------------------------------------------------------------------------------------------
-# explain
-# ---------------------------------------------------------------------------------------------------
+# -- explain ---------------------------------------------------------------------------------------------
 
 
 def _png_path(args: argparse.Namespace, index: int) -> Path | None:
@@ -222,42 +187,67 @@ def _png_path(args: argparse.Namespace, index: int) -> Path | None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
+    from cnnserve.serving.errors import ServingError
+    from cnnserve.serving.insight.explainer import ExplainOptions
+
     for option in ("patch_size", "stride"):
         value = getattr(args, option)
         if value is not None and value <= 0:
             return _fail(f"--{option.replace('_', '-')} must be positive, got {value}")
+    options = ExplainOptions(
+        method=args.method,
+        target_class=args.target_class,
+        patch_size=args.patch_size or 0,
+        stride=args.stride or 0,
+        fill_value=args.fill_value,
+        overlay=args.png is not None,
+    )
     try:
-        explainer = _ServerExplainer(args) if args.server else _RepoExplainer(args)
+        explainer = _ServerExplainer(args, options) if args.server else _RepoExplainer(args, options)
+    except ServingError as error:
+        return _fail(str(error))
+    try:
         for index, path in enumerate(args.images):
             try:
                 data = path.read_bytes()
             except OSError as error:
                 raise CommandError(f"cannot read image {path}: {error}") from error
-            record = explainer.explain(path, data)
+            try:
+                result = explainer.explain(data)
+            except ServingError as error:
+                raise CommandError(f"image {path}: {error}") from error
             out = _png_path(args, index)
             if out is not None:
-                _write(out, record.pop("overlay_png"))
-                record["png"] = str(out)
-            else:
-                record.pop("overlay_png")
-            _print_explanation(args, record)
+                _write(out, result.overlay_png)
+            _print_explanation(args, path, result, out)
     except CommandError as error:
         return _fail(str(error))
+    finally:
+        explainer.close()
     return 0
 
 
-def _print_explanation(args: argparse.Namespace, record: dict[str, Any]) -> None:
-    heatmap = record.pop("heatmap_array")
+def _print_explanation(args: argparse.Namespace, path: Path, result: ExplainResult, png: Path | None) -> None:
+    heatmap = result.heatmap
+    target = {"label": result.target_label, "index": result.target_index, "score": result.target_score}
     if args.json:
+        record: dict[str, Any] = {
+            "path": str(path),
+            "model": result.model,
+            "version": result.version,
+            "method": result.method,
+            "target": target,
+            "heatmap_shape": list(heatmap.shape),
+        }
+        if png is not None:
+            record["png"] = str(png)
         record["heatmap"] = _rounded(heatmap)
         print(json.dumps(record), flush=True)
         return
-    target = record["target"]
     print(
-        f"{record['path']}: {record['method']} explains class {target['label']} (index {target['index']}, "
-        f"score {target['score']:.4f}); heatmap {heatmap.shape[0]}x{heatmap.shape[1]} "
-        f"in [{heatmap.min():.4g}, {heatmap.max():.4g}]"
-        + (f", written to {record['png']}" if "png" in record else ""),
+        f"{path}: {result.method} explains class {result.target_label} (index {result.target_index}, "
+        f"score {result.target_score:.4f}); heatmap {heatmap.shape[0]}x{heatmap.shape[1]} "
+        f"in [{heatmap.min():.4g}, {heatmap.max():.4g}]" + (f", written to {png}" if png is not None else ""),
         flush=True,
     )
 
@@ -265,101 +255,43 @@ def _print_explanation(args: argparse.Namespace, record: dict[str, Any]) -> None
 class _RepoExplainer:
     """Explanations in this process: the repository's model on ONNX Runtime, no server."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        from cnnserve.serving.insight.filters import explainer as insight_service
-        from cnnserve.serving.model import preprocessing
-        from cnnserve.serving.model import repository
-        from cnnserve.serving.model import runtime
+    def __init__(self, args: argparse.Namespace, options: ExplainOptions) -> None:
+        from cnnserve.serving.insight.explainer import Insight
+        from cnnserve.serving.model.preprocessing import PreprocessSpec
+        from cnnserve.serving.model.repository import open_model_version
+        from cnnserve.serving.model.runtime import ModelRuntime, SessionOptions
 
-        self.args = args
-        try:
-            self.model = repository.open_model_version(args.repo, args.model, args.version or None)
-            options = runtime.SessionOptions(device=args.device)
-            self.runtime = runtime.ModelRuntime(self.model, options)
-            self.spec = preprocessing.PreprocessSpec.from_model_config(self.model.config)
-        except (repository.RepositoryError, runtime.ModelLoadError, runtime.DeviceUnavailableError) as error:
-            raise CommandError(str(error)) from error
-        self.insight = insight_service.Insight(options)
-        self.options = insight_service.ExplainOptions(
-            method=args.method,
-            target_class=args.target_class,
-            patch_size=args.patch_size or 0,
-            stride=args.stride or 0,
-            fill_value=args.fill_value,
-            overlay=args.png is not None,
+        self.model = open_model_version(args.repo, args.model, args.version or None)
+        session_options = SessionOptions(device=args.device)
+        self.runtime = ModelRuntime(self.model, session_options)
+        self.spec = PreprocessSpec.from_model_config(self.model.config)
+        self.insight = Insight(session_options)
+        self.options = options
+
+    def explain(self, data: bytes) -> ExplainResult:
+        from cnnserve.serving.model.preprocessing import preprocess_encoded
+
+        image = preprocess_encoded(data, self.spec)
+        return self.insight.explain(
+            self.model, image, self.options, self.runtime.classify, self.runtime.max_batch_size
         )
 
-    def explain(self, path: Path, data: bytes) -> dict[str, Any]:
-        from cnnserve.serving.insight.filters import filters as insight
-        from cnnserve.serving.model import preprocessing
-
-        try:
-            image = preprocessing.preprocess_encoded(data, self.spec)
-            result = self.insight.explain(
-                self.model, image, self.options, self.runtime.classify, self.runtime.max_batch_size
-            )
-        except preprocessing.ImageDecodeError as error:
-            raise CommandError(f"image {path}: {error}") from error
-        except insight.InsightError as error:
-            raise CommandError(str(error)) from error
-        return {
-            "path": str(path),
-            "model": result.model,
-            "version": result.version,
-            "method": result.method,
-            "target": {
-                "label": result.target_label,
-                "index": result.target_index,
-                "score": result.target_score,
-            },
-            "heatmap_shape": list(result.heatmap.shape),
-            "heatmap_array": result.heatmap,
-            "overlay_png": result.overlay_png,
-        }
+    def close(self) -> None:
+        pass
 
 
 class _ServerExplainer:
     """Explanations asked of a running server with the `Explain` RPC."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, options: ExplainOptions) -> None:
+        from cnnserve.serving.grpc.client import CnnserveClient
+
         self.args = args
+        self.options = options
+        self.client = CnnserveClient(args.server, timeout=args.timeout)
 
-    def explain(self, path: Path, data: bytes) -> dict[str, Any]:
-        import grpc
+    def explain(self, data: bytes) -> ExplainResult:
+        return self.client.explain(data, self.args.model, self.options, version=self.args.version)
 
-        from cnnserve.protos import inference_pb2
-        from cnnserve.serving.grpc.converters import tensor_array
-
-        args = self.args
-        request = inference_pb2.ExplainRequest(
-            model=args.model,
-            version=args.version,
-            image=inference_pb2.Image(encoded=data),
-            method=inference_pb2.GRADCAM if args.method == "gradcam" else inference_pb2.OCCLUSION,
-            overlay=args.png is not None,
-            occlusion=inference_pb2.OcclusionOptions(
-                patch_size=args.patch_size or 0, stride=args.stride or 0, fill_value=args.fill_value
-            ),
-        )
-        if args.target_class is not None:
-            request.target_class = args.target_class
-            request.has_target_class = True
-        try:
-            response = _call(args, "Explain", request, grpc)
-        except CommandError as error:
-            raise CommandError(f"image {path}: {error}") from error
-        heatmap = tensor_array(response.heatmap)
-        return {
-            "path": str(path),
-            "model": response.model,
-            "version": response.version,
-            "method": "gradcam" if response.method == inference_pb2.GRADCAM else "occlusion",
-            "target": {
-                "label": response.target.label,
-                "index": response.target.index,
-                "score": response.target.score,
-            },
-            "heatmap_shape": list(heatmap.shape),
-            "heatmap_array": heatmap,
-            "overlay_png": response.overlay_png,
-        }
+    def close(self) -> None:
+        self.client.close()

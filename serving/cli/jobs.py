@@ -107,32 +107,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle_classify_folder(args: argparse.Namespace) -> int:
-    from cnnserve.serving.jobs import discovery as batch_discovery
-    from cnnserve.serving.jobs import job as batch_job
-    from cnnserve.serving.jobs.sinks import base as batch_output
-    from cnnserve.serving.model import preprocessing
-    from cnnserve.serving.model.repository import RepositoryError
-    from cnnserve.serving.model.runtime import DeviceUnavailableError, ModelLoadError
+    from cnnserve.serving.errors import ServingError
+    from cnnserve.serving.jobs.job import JobConfig, run_job
+    from cnnserve.serving.settings import DEFAULT_MAX_PIXELS
 
-    errors: tuple[type[BaseException], ...] = (
-        batch_job.JobError,
-        batch_output.OutputError,
-        batch_discovery.FolderNotFoundError,
-        RepositoryError,
-        DeviceUnavailableError,
-        ModelLoadError,
-    )
-    from cnnserve.serving.jobs.engines.ray import RayUnavailableError
-
-    errors = (*errors, RayUnavailableError)
-    if args.server is not None:  # gRPC only for a remote job: a local one forks its workers without it
-        try:
-            from cnnserve.serving.jobs.engines.remote import RemoteError
-
-            errors = (*errors, RemoteError)
-        except ImportError:  # grpc missing from this install: --server reports it below
-            pass
-    config = batch_job.JobConfig(
+    config = JobConfig(
         folder=args.folder,
         output=args.output,
         model=args.model,
@@ -147,14 +126,14 @@ def handle_classify_folder(args: argparse.Namespace) -> int:
         device=args.device,
         recursive=args.recursive,
         resume=args.resume,
-        max_pixels=args.max_pixels or preprocessing.DEFAULT_MAX_PIXELS,
+        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
         retries=args.retries,
         connect_timeout_s=args.connect_timeout,
         progress=args.progress,
     )
     try:
-        summary = batch_job.run_job(config)
-    except errors as error:
+        summary = run_job(config)
+    except ServingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     for line in summary.lines():

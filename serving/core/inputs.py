@@ -1,21 +1,17 @@
-"""The serving core's operations: request images → input batch → batcher/session → per-image answers.
+"""A request's images as the model's input batch: encoded bytes decoded, raw tensors checked, limits kept.
 
-No gRPC here: the servicer turns protos into these calls (images as encoded bytes, `RawTensor`s or
-arrays) and the batch job or a test can call them directly. Every invalid input raises
-InvalidRequestError naming the image index. A tiny request is decoded inline, where a thread hop would
-cost more than the decode; a tiny Classify request is decoded when its batch starts, back to back with
-the batch's other images, whose decoder code and tables are then still in the CPU's caches (64 clients x
-1 image: ~90 us of CPU per 28x28 PNG that way, ~140 us decoded on arrival between other calls' gRPC
-work, ~30 us in a tight loop). A big one is decoded either in the executor, where Pillow's decoders run in
-parallel with the GIL released (a worker process with several cores to itself), or on the event loop a
-slice at a time, yielding between slices so other calls go on (a worker per core: a second thread adds
-no core, only GIL hand-offs with the event loop -- +5-12% images/s at 8 clients x 64 images, paired runs).
+Every invalid input raises InvalidRequestError naming the image index. A tiny request is decoded inline,
+where a thread hop would cost more than the decode (and a tiny Classify request is decoded when its batch
+starts, back to back with the batch's other images, whose decoder code and tables are then still in the
+CPU's caches: see the data plane). A big one is decoded either in an executor, where Pillow's decoders run
+in parallel with the GIL released (a worker process with several cores to itself), or on the event loop a
+slice at a time, yielding between slices so other calls go on (a worker per core: a second thread adds no
+core, only GIL hand-offs with the event loop).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -24,17 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnnserve.protos import model_config_pb2
-from cnnserve.serving.errors import InvalidRequestError, LayerNotFoundError
-from cnnserve.serving.model.preprocessing import (
-    DEFAULT_MAX_PIXELS,
-    ImageDecodeError,
-    PreprocessSpec,
-    preprocess_encoded,
-)
-from cnnserve.serving.core.registry import LoadedModel, ModelRegistry
-from cnnserve.serving.model.runtime import top_k as best_k
+from cnnserve.serving.errors import ImageDecodeError, InvalidRequestError
+from cnnserve.serving.model.preprocessing import PreprocessSpec, preprocess_encoded
+from cnnserve.serving.settings import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS
 
-DEFAULT_MAX_IMAGES = 256
 # A request whose encoded images total fewer bytes than this is decoded on the event loop in one go.
 INLINE_DECODE_BYTES = 8_192
 # Decoding on the event loop yields to other callbacks after about this long.
@@ -65,22 +54,6 @@ class RawTensor:
 
 
 ImageInput = bytes | RawTensor | np.ndarray
-
-
-@dataclass(frozen=True)
-class ServingCore:
-    """What every RPC handler works with: the live models, the thread pool for blocking work, the limits."""
-
-    registry: ModelRegistry
-    executor: Executor
-    limits: RequestLimits
-    # True: big requests are decoded on the event loop in slices, not in the executor (see module doc).
-    decode_on_loop: bool = False
-
-    @property
-    def decode_executor(self) -> Executor | None:
-        """Where `prepare_batch` decodes a big request: None means on the event loop."""
-        return None if self.decode_on_loop else self.executor
 
 
 def _dtype_name(data_type: int) -> str:
@@ -157,12 +130,12 @@ async def prepare_batch(
 ) -> np.ndarray:
     """build_batch: inline if the request is tiny, else in `executor`, or on the loop in slices (None)."""
     check_count(images, limits)
-    if _encoded_bytes(images) <= INLINE_DECODE_BYTES:
+    if encoded_bytes(images) <= INLINE_DECODE_BYTES:
         return build_batch(images, spec, limits)
-    return await _build_big_batch(images, spec, limits, executor)
+    return await build_big_batch(images, spec, limits, executor)
 
 
-async def _build_big_batch(
+async def build_big_batch(
     images: Sequence[ImageInput], spec: PreprocessSpec, limits: RequestLimits, executor: Executor | None
 ) -> np.ndarray:
     """build_batch for a request past INLINE_DECODE_BYTES: in `executor`, or on the loop in slices (None)."""
@@ -171,7 +144,7 @@ async def _build_big_batch(
     return await asyncio.get_running_loop().run_in_executor(executor, build_batch, images, spec, limits)
 
 
-def _encoded_bytes(images: Sequence[ImageInput]) -> int:
+def encoded_bytes(images: Sequence[ImageInput]) -> int:
     return sum(len(image) for image in images if isinstance(image, bytes))
 
 
@@ -187,86 +160,3 @@ async def _build_batch_in_slices(
             await asyncio.sleep(0)
             slice_end = time.perf_counter() + DECODE_SLICE_S
     return batch
-
-
-def check_top_k(top_k: int, num_classes: int) -> int:
-    """top_k 0 means 1; otherwise it must be between 1 and the number of classes."""
-    if top_k == 0:
-        return 1
-    if not 1 <= top_k <= num_classes:
-        raise InvalidRequestError(
-            f"top_k must be between 1 and {num_classes} (the model's classes), not {top_k}"
-        )
-    return top_k
-
-
-def num_classes(model: LoadedModel) -> int:
-    config = model.model.config
-    if config.num_classes:
-        return config.num_classes
-    if model.labels:
-        return len(model.labels)
-    return 2 if config.output_kind == model_config_pb2.SIGMOID else int(np.prod(config.output.dims))
-
-
-@dataclass(frozen=True)
-class TopK:
-    """Per image, the k best classes: indices and probabilities, best first."""
-
-    indices: np.ndarray  # (N, k) int
-    scores: np.ndarray  # (N, k) float32
-
-
-async def classify(
-    model: LoadedModel,
-    images: Sequence[ImageInput],
-    top_k: int,
-    limits: RequestLimits,
-    decode_executor: Executor | None,
-    deadline: float | None = None,
-) -> TopK:
-    """Classify a request's images through the model's dynamic batcher; `deadline` is loop time.
-    Decoding as `prepare_batch` does with `decode_executor` (None: on the event loop)."""
-    k = check_top_k(top_k, num_classes(model))
-    check_count(images, limits)
-    if _encoded_bytes(images) <= INLINE_DECODE_BYTES:
-        # Small: decoded on the loop when its batch starts, back to back with the batch's other images.
-        prepare = functools.partial(build_batch, images, model.spec, limits)
-        probs = await model.batcher.submit_deferred(prepare, len(images), deadline)
-    else:
-        with model.batcher.expecting():
-            batch = await _build_big_batch(images, model.spec, limits, decode_executor)
-        probs = await model.batcher.submit(batch, deadline)
-    indices, scores = best_k(probs, k)
-    return TopK(indices, scores)
-
-
-def check_layers(model: LoadedModel, layers: Sequence[str]) -> list[str]:
-    """The requested activation layers (empty = all of them), validated."""
-    available = list(model.runtime.activation_outputs)
-    if not layers:
-        return available
-    for layer in layers:
-        if layer not in model.runtime.activation_outputs:
-            raise LayerNotFoundError(
-                f"model {model.name!r} version {model.version} has no activation layer {layer!r}; "
-                f"activation layers: {', '.join(available) or 'none'}"
-            )
-    return list(dict.fromkeys(layers))
-
-
-async def activations(
-    model: LoadedModel,
-    images: Sequence[ImageInput],
-    layers: Sequence[str],
-    limits: RequestLimits,
-    executor: Executor,
-    decode_executor: Executor | None = None,
-) -> dict[str, np.ndarray]:
-    """The named layers' activations (float32, [images, ...]) for a request's images; the session runs
-    in `executor`, decoding as `prepare_batch` does with `decode_executor`."""
-    names = check_layers(model, layers)
-    batch = await prepare_batch(images, model.spec, limits, decode_executor)
-    loop = asyncio.get_running_loop()
-    outputs = await loop.run_in_executor(executor, model.runtime.activations, batch, names)
-    return {name: np.asarray(value, dtype=np.float32) for name, value in outputs.items()}

@@ -17,22 +17,23 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnnserve.serving.model import repository
 from cnnserve.serving.batching.batcher import BatchObserver, BatchSettings, DynamicBatcher
-from cnnserve.serving.errors import ModelUnavailableError
+from cnnserve.serving.errors import ModelNotFoundError, ModelUnavailableError, RepositoryError, ServingError
+from cnnserve.serving.model import repository
 from cnnserve.serving.model.preprocessing import PreprocessSpec
-from cnnserve.serving.model.repository import ModelNotFoundError, ModelVersion, RepositoryError
-from cnnserve.serving.model.runtime import CPU, DeviceUnavailableError, ModelLoadError, ModelRuntime, SessionOptions
+from cnnserve.serving.model.repository import ModelVersion
+from cnnserve.serving.model.runtime import CPU, ModelRuntime, SessionOptions
+from cnnserve.serving.settings import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE_DELAY_US,
+    DEFAULT_QUEUE_BATCHES,
+)
 
 LOG = logging.getLogger(__name__)
 
 AVAILABLE = "AVAILABLE"
 LOADING = "LOADING"
 UNAVAILABLE = "UNAVAILABLE"
-
-DEFAULT_MAX_BATCH_SIZE = 64
-DEFAULT_QUEUE_DELAY_US = 500
-DEFAULT_QUEUE_BATCHES = 16  # queue bound when the config sets none: this many full batches
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def batch_settings(model: ModelVersion, overrides: BatchOverrides) -> BatchSetti
     max_batch = overrides.max_batch_size or config.max_batch_size or DEFAULT_MAX_BATCH_SIZE
     delay_us = overrides.max_queue_delay_us
     if delay_us is None:
-        delay_us = config.dynamic_batching.max_queue_delay_microseconds or DEFAULT_QUEUE_DELAY_US
+        delay_us = config.dynamic_batching.max_queue_delay_microseconds or DEFAULT_MAX_QUEUE_DELAY_US
     queue = overrides.max_queue_size or config.dynamic_batching.max_queue_size
     return BatchSettings(
         max_batch_size=max_batch,
@@ -220,21 +221,6 @@ class ModelRegistry:
             for name in names:
                 await self._poll_model(name)
 
-    async def run_polling(self, interval_s: float, stop: asyncio.Event) -> None:
-        """Poll every `interval_s` seconds until `stop` is set (interval <= 0: never)."""
-        if interval_s <= 0:
-            return
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), interval_s)
-                return
-            except TimeoutError:
-                pass
-            try:
-                await self.poll()
-            except Exception:  # a poll must never take the server down
-                LOG.exception("polling the model repository %s failed", self.repo)
-
     async def _poll_model(self, name: str) -> None:
         state = self._models.setdefault(name, _ModelState())
         model_dir = self.repo / name
@@ -285,9 +271,9 @@ class ModelRegistry:
             retired = [v for v in state.loaded if v not in wanted]
             if retired:
                 LOG.info("model %s: retiring version(s) %s (version policy)", name, retired)
-                old = [state.loaded[v] for v in retired]
+                retiring = [state.loaded[v] for v in retired]
                 state.loaded = {v: m for v, m in state.loaded.items() if v in wanted}
-                await self._unload_all(old)
+                await self._unload_all(retiring)
                 self._changed()
 
     @staticmethod
@@ -308,7 +294,7 @@ class ModelRegistry:
             loaded = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._load_blocking, name, version, fingerprint
             )
-        except (RepositoryError, ModelLoadError, DeviceUnavailableError, ValueError, OSError) as error:
+        except (ServingError, OSError) as error:
             reason = str(error)
             LOG.error("model %s version %d failed to load: %s%s", name, version, reason, self._keeping(state))
             state.failed[version] = (fingerprint, reason)

@@ -1,10 +1,11 @@
-"""A typed Python client of the cnnserve gRPC service.
+"""The Python client of the cnnserve gRPC service: every RPC, typed results.
 
     with CnnserveClient("localhost:8500") as client:
         result = client.classify([png_bytes], model="mnist_cnn", top_k=3)
         result.predictions[0][0].label
 
-Errors come back as `ServerError` carrying the gRPC status code and the server's message.
+Errors come back as `ServerError` carrying the gRPC status code and the server's message. The command-line
+clients, the batch job's remote engine and the benchmarks all use this one client.
 """
 
 from __future__ import annotations
@@ -19,21 +20,22 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cnnserve.protos import inference_pb2, inference_pb2_grpc
-from cnnserve.serving.grpc import converters as wire
-
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+from cnnserve.serving.errors import ServingError, Status
+from cnnserve.serving.grpc import converters
+from cnnserve.serving.insight.explainer import ExplainOptions, ExplainResult, FiltersResult
+from cnnserve.serving.settings import DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_MAX_MESSAGE_BYTES
 
 ImageLike = bytes | np.ndarray | Path
 
 
-class ServerError(Exception):
+class ServerError(ServingError):
     """The server answered with an error status: `code` (grpc.StatusCode) and `message`."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+        self.status = Status[code.name] if code.name in Status.__members__ else Status.UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class ActivationsResult:
 def _image(image: ImageLike) -> inference_pb2.Image:
     if isinstance(image, Path):
         return inference_pb2.Image(encoded=image.read_bytes())
-    return wire.image_proto(image)
+    return converters.image_proto(image)
 
 
 class CnnserveClient:
@@ -76,7 +78,7 @@ class CnnserveClient:
     def __init__(
         self,
         address: str,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float = DEFAULT_CLIENT_TIMEOUT_S,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.address = address
@@ -109,7 +111,7 @@ class CnnserveClient:
         try:
             return method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as error:
-            raise ServerError(error.code(), error.details() or "") from None  # type: ignore[attr-defined]
+            raise ServerError(error.code(), error.details() or "") from None
 
     def classify(
         self,
@@ -158,11 +160,43 @@ class CnnserveClient:
             version=response.version,
             layers={
                 layer.layer: LayerActivations(
-                    layer.layer, wire.tensor_array(layer.activations), layer.mosaic_png
+                    layer.layer, converters.tensor_array(layer.activations), layer.mosaic_png
                 )
                 for layer in response.layers
             },
         )
+
+    def filters(
+        self,
+        model: str,
+        layer: str,
+        version: int = 0,
+        input_channel: int = -1,
+        mosaic: bool = False,
+        timeout: float | None = None,
+    ) -> FiltersResult:
+        """A Conv/Dense layer's kernel (Keras layout) and bias, and with `mosaic` the filter mosaic PNG."""
+        request = inference_pb2.FiltersRequest(
+            model=model, version=version, layer=layer, mosaic=mosaic, input_channel=input_channel
+        )
+        response = self._call(self.stub.GetFilters, request, timeout)
+        assert isinstance(response, inference_pb2.FiltersResponse)
+        return converters.filters_result(response)
+
+    def explain(
+        self,
+        image: ImageLike,
+        model: str,
+        options: ExplainOptions | None = None,
+        version: int = 0,
+        timeout: float | None = None,
+    ) -> ExplainResult:
+        """A heatmap of what made the model answer a class (occlusion by default; see ExplainOptions)."""
+        data = image.read_bytes() if isinstance(image, Path) else image
+        request = converters.explain_request(data, model, version, options or ExplainOptions())
+        response = self._call(self.stub.Explain, request, timeout)
+        assert isinstance(response, inference_pb2.ExplainResponse)
+        return converters.explain_result(response)
 
     def list_models(self, timeout: float | None = None) -> inference_pb2.ListModelsResponse:
         response = self._call(self.stub.ListModels, inference_pb2.ListModelsRequest(), timeout)

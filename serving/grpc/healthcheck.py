@@ -1,7 +1,8 @@
 """A health probe for containers: `python -m cnnserve.serving.grpc.healthcheck [--address H:P] [--service S]`.
 
 Exits 0 only when the server (or the named model) answers SERVING; 1 otherwise, with the reason on stderr.
-The address defaults to localhost and CNNSERVE_PORT (8500), so a Docker HEALTHCHECK needs no arguments.
+The address defaults to localhost and CNNSERVE_PORT (the server's default port otherwise), so a Docker
+HEALTHCHECK needs no arguments. Only gRPC is imported: a probe that runs every few seconds stays cheap.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import argparse
 import os
 import sys
 
+from cnnserve.serving.settings import DEFAULT_PORT
+
 
 def main(argv: list[str] | None = None) -> int:
-    port = os.environ.get("CNNSERVE_PORT") or "8500"
+    port = os.environ.get("CNNSERVE_PORT") or str(DEFAULT_PORT)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--address", default=f"localhost:{port}", help="server address (default: %(default)s)"
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
             )
         except grpc.RpcError as error:
-            print(f"unhealthy: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            print(f"unhealthy: {error.code().name}: {error.details()}", file=sys.stderr)
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     if response.status != health_pb2.HealthCheckResponse.SERVING:

@@ -22,11 +22,14 @@ from grpc_reflection.v1alpha import reflection
 
 from cnnserve.protos import inference_pb2, inference_pb2_grpc
 from cnnserve.serving.batching import loop_load
-from cnnserve.serving.core.inputs import RequestLimits, ServingCore
-from cnnserve.serving.observability.metrics import ServingMetrics, multiprocess_dir
+from cnnserve.serving.core.calls import CallHooks, Drain
+from cnnserve.serving.core.dataplane import DataPlane
+from cnnserve.serving.core.inputs import RequestLimits
 from cnnserve.serving.core.registry import AVAILABLE, BatchOverrides, ModelRegistry
+from cnnserve.serving.grpc.interceptors import CallRunner
+from cnnserve.serving.grpc.servicer import PROTOCOL, EchoServicer, InferenceServicer
 from cnnserve.serving.model.runtime import SessionOptions
-from cnnserve.serving.grpc.servicer import EchoServicer, InferenceServicer
+from cnnserve.serving.observability.metrics import CallMetrics, ServingMetrics, multiprocess_dir
 from cnnserve.serving.settings import ServerSettings, available_cpus
 
 LOG = logging.getLogger(__name__)
@@ -62,7 +65,7 @@ class InferenceServer:
         self.settings = settings
         self.metrics = ServingMetrics()
         threads = settings.intra_op_threads(cpu_count)
-        # A worker with at most one core to itself decodes big requests on its event loop (see inference)
+        # A worker with at most one core to itself decodes big requests on its event loop (see core/inputs)
         # and runs quick batches there too (see batcher): a thread would add hand-offs, not a core.
         one_core = (cpu_count or available_cpus()) / max(1, settings.workers) <= 1.0
         # ONNX Runtime runs one batch per model at a time; the other threads decode big requests.
@@ -81,14 +84,19 @@ class InferenceServer:
             ),
             observer_for=self.metrics.for_model,
         )
-        self.core = ServingCore(
+        self.dataplane = DataPlane(
             self.registry,
             self.executor,
             RequestLimits(settings.max_images, settings.max_pixels),
             decode_on_loop=one_core,
         )
+        # What every call of every protocol goes through (see core/calls.py): metrics, then the drain gate.
+        self.drain = Drain()
+        self.hooks = CallHooks([CallMetrics(self.metrics, self.registry.known.__contains__), self.drain])
         self.servicer: InferenceServicer | EchoServicer = (
-            EchoServicer() if settings.echo else InferenceServicer(self.core, self.metrics)
+            EchoServicer()
+            if settings.echo
+            else InferenceServicer(self.dataplane, CallRunner(self.hooks, PROTOCOL))
         )
         self.health = HealthServicer()
         self.port = 0
@@ -188,7 +196,9 @@ class InferenceServer:
         self._stop_polling.set()
         # The transport stays up while the calls in flight finish, so a new call gets a clean UNAVAILABLE
         # from the servicer rather than a connection torn down under it.
-        await self.servicer.drain(grace)
+        if isinstance(self.servicer, EchoServicer):
+            self.servicer.stopping = True
+        await self.drain.drain(grace)
         if self._polling is not None:
             await self._polling
         if self._server is not None:

@@ -15,19 +15,17 @@ from collections.abc import Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnnserve.serving.errors import FolderNotFoundError
+
 LOG = logging.getLogger(__name__)
-
-
-class FolderNotFoundError(FileNotFoundError):
-    """The folder to classify does not exist or is not a directory."""
 
 
 class ImageExtensions:
     """The file extensions (lower case, with the dot) of every format this Pillow build can open.
 
     The common formats (Pillow's preinit: BMP, GIF, JPEG, PBM/PGM/PPM, PNG) answer at once; the full list
-    needs `Image.init()`, which imports every plugin (~20-70 ms of CPU, a few percent of classifying 10,000
-    digits on two cores), so it is loaded only when an extension outside the common ones turns up.
+    needs `Image.init()`, which imports every plugin (tens of milliseconds of CPU), so it is loaded only when
+    an extension outside the common ones turns up.
     """
 
     def __init__(self) -> None:

@@ -10,27 +10,21 @@ server, an output that cannot be resumed) is checked before the first image is r
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cnnserve.serving.jobs import discovery as batch_discovery
-
-from cnnserve.serving.model import preprocessing
-from cnnserve.serving.jobs.sinks.base import ResultRow, ResultTable, output_format
+from cnnserve.serving.errors import JobError
+from cnnserve.serving.jobs import discovery
+from cnnserve.serving.jobs.progress import Progress
+from cnnserve.serving.jobs.sinks import ResultRow, open_sink, output_format
+from cnnserve.serving.settings import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_PIXELS
 
 LOG = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")
-DEFAULT_BATCH_SIZE = 64
-LOG_INTERVAL_S = 10.0
-
-
-class JobError(RuntimeError):
-    """The job cannot start (bad arguments) or cannot go on (the server stayed away)."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +43,7 @@ class JobConfig:
     device: str = "auto"
     recursive: bool = True
     resume: bool = True
-    max_pixels: int = preprocessing.DEFAULT_MAX_PIXELS
+    max_pixels: int = DEFAULT_MAX_PIXELS
     connect_timeout_s: float = 10.0  # remote engine: how long to wait for the server at start
     retries: int = 6  # remote engine: retries with backoff while the server is UNAVAILABLE
     progress: str = "auto"  # auto (bar on a terminal, log lines otherwise), bar, log, none
@@ -120,56 +114,6 @@ class ModelInfo:
     max_batch_size: int
 
 
-class Progress:
-    """A tqdm bar (images/s, ETA) on a terminal; a log line every LOG_INTERVAL_S seconds otherwise."""
-
-    def __init__(self, total: int, mode: str = "auto", interval_s: float = LOG_INTERVAL_S) -> None:
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "log"
-        self.mode = mode
-        self.total = total
-        self.done = 0
-        self.interval_s = interval_s
-        self._start = time.monotonic()
-        self._last_log = self._start
-        self._bar = None
-        if mode == "bar":
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit="img", dynamic_ncols=True, smoothing=0.1)
-
-    def update(self, count: int) -> None:
-        self.done += count
-        if self._bar is not None:
-            self._bar.update(count)
-            return
-        now = time.monotonic()
-        if self.mode == "log" and now - self._last_log >= self.interval_s:
-            self._last_log = now
-            rate = self.done / (now - self._start)
-            remaining = (self.total - self.done) / rate if rate > 0 else float("inf")
-            LOG.info(
-                "%d/%d images (%.1f%%), %.1f images/s, ETA %s",
-                self.done,
-                self.total,
-                100.0 * self.done / max(self.total, 1),
-                rate,
-                _duration(remaining),
-            )
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 def chunked(paths: Iterator[str], size: int) -> Iterator[list[str]]:
     batch: list[str] = []
     for path in paths:
@@ -182,7 +126,7 @@ def chunked(paths: Iterator[str], size: int) -> Iterator[list[str]]:
 
 
 def _validate(config: JobConfig) -> None:
-    batch_discovery.check_folder(config.folder)
+    discovery.check_folder(config.folder)
     output_format(config.output)
     if (config.repo is None) == (config.server is None):
         raise JobError("give exactly one of --repo (run the model here) or --server (use a running server)")
@@ -219,7 +163,7 @@ def _open_engine(config: JobConfig) -> tuple[Engine, ModelInfo]:
     assert config.repo is not None
     model = open_model_version(config.repo, config.model, config.version or None)
     info = ModelInfo(
-        model.name, model.version, model.labels, model.config.max_batch_size or DEFAULT_BATCH_SIZE
+        model.name, model.version, model.labels, model.config.max_batch_size or DEFAULT_MAX_BATCH_SIZE
     )
     if config.engine == "ray":
         from cnnserve.serving.jobs.engines.ray import RayEngine
@@ -255,7 +199,7 @@ def run_job(config: JobConfig) -> JobSummary:
     _validate(config)
     engine, info = _open_engine(config)
     try:
-        table = ResultTable(config.output, config.top_k, info.name, info.version, resume=config.resume)
+        table = open_sink(config.output, config.top_k, info.name, info.version, resume=config.resume)
     except BaseException:
         engine.__exit__(None, None, None)  # let go of the server channel / Ray before reporting
         raise
@@ -270,13 +214,13 @@ def run_job(config: JobConfig) -> JobSummary:
     total = (
         0
         if config.progress == "none"
-        else batch_discovery.count_images(config.folder, config.recursive, exclude=done_before)
+        else discovery.count_images(config.folder, config.recursive, exclude=done_before)
     )
-    batch_size = config.batch_size or info.max_batch_size or DEFAULT_BATCH_SIZE
-    stats = batch_discovery.DiscoveryStats()
+    batch_size = config.batch_size or info.max_batch_size or DEFAULT_MAX_BATCH_SIZE
+    stats = discovery.DiscoveryStats()
 
     def pending() -> Iterator[str]:
-        for path in batch_discovery.iter_images(config.folder, config.recursive, stats):
+        for path in discovery.iter_images(config.folder, config.recursive, stats):
             if path in done_before:
                 summary.resumed += 1
                 continue
@@ -309,9 +253,9 @@ def run_job(config: JobConfig) -> JobSummary:
                 config.output,
             )
     if config.report:
-        from cnnserve.serving.jobs import report as batch_report
+        from cnnserve.serving.jobs import report
 
-        result = batch_report.evaluate_output(config.folder, config.output, info.labels, config.top_k)
+        result = report.evaluate_output(config.folder, config.output, info.labels, config.top_k)
         if result is not None:
             summary.report = result.metrics
             summary.pictures = [str(p) for p in result.pictures]

@@ -2,7 +2,9 @@
 
 A folder whose top-level sub-folders are all class labels (the Keras `image_dataset_from_directory`
 layout) is ground truth for free: the summary then carries accuracy and per-class precision/recall, and
-`confusion_matrix.png` and `misclassified.png` are written next to the output.
+`confusion_matrix.png` and `misclassified.png` are written next to the output. The pictures need
+matplotlib, which the serving image does not have: there the summary keeps the metrics and says why no
+picture was drawn.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnserve.serving.jobs.sinks.base import read_table
+from cnnserve.serving.jobs.sinks import read_table
 
 LOG = logging.getLogger(__name__)
 
@@ -75,12 +77,19 @@ def compute_metrics(
     return metrics, confusion
 
 
-def plot_confusion(confusion: np.ndarray, labels: Sequence[str], path: Path, title: str) -> Path:
-    import matplotlib
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
 
+
+def plot_confusion(plt: Any, confusion: np.ndarray, labels: Sequence[str], path: Path, title: str) -> Path:
     size = max(4.0, 0.6 * len(labels) + 2)
     figure, axes = plt.subplots(figsize=(size, size))
     image = axes.imshow(confusion, cmap="Blues")
@@ -108,13 +117,9 @@ def plot_confusion(confusion: np.ndarray, labels: Sequence[str], path: Path, tit
 
 
 def plot_misclassified(
-    folder: Path, mistakes: Sequence[tuple[str, str, str, float]], path: Path, title: str
+    plt: Any, folder: Path, mistakes: Sequence[tuple[str, str, str, float]], path: Path, title: str
 ) -> Path:
     """A grid of misclassified images, each titled `true → predicted (score)`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from PIL import Image
 
     shown = list(mistakes[:MAX_MISCLASSIFIED_SHOWN])
@@ -170,14 +175,23 @@ def evaluate_output(folder: Path, output: Path, labels: Sequence[str], top_k: in
             mistakes.append((record["path"], parts[0], str(record["label"]), float(record["score"])))
     metrics, confusion = compute_metrics(true, predicted, labels)
     title = output.name
-    pictures = (
-        plot_confusion(
-            confusion,
-            labels,
-            output.parent / CONFUSION_FILENAME,
-            f"{title}: accuracy {metrics['accuracy']:.4f}",
-        ),
-        plot_misclassified(folder, mistakes, output.parent / MISCLASSIFIED_FILENAME, title),
-    )
+    plt = _pyplot()
+    if plt is None:
+        LOG.info(
+            "no confusion_matrix.png or misclassified.png: matplotlib is not installed "
+            "(pip install matplotlib to draw them); the metrics are in the summary"
+        )
+        pictures: tuple[Path, ...] = ()
+    else:
+        pictures = (
+            plot_confusion(
+                plt,
+                confusion,
+                labels,
+                output.parent / CONFUSION_FILENAME,
+                f"{title}: accuracy {metrics['accuracy']:.4f}",
+            ),
+            plot_misclassified(plt, folder, mistakes, output.parent / MISCLASSIFIED_FILENAME, title),
+        )
     LOG.info("labelled folder: accuracy %.4f over %d images", metrics["accuracy"], metrics["evaluated"])
     return Evaluation(metrics=metrics, confusion=confusion, pictures=pictures)

@@ -16,9 +16,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cnnserve.protos import model_config_pb2
-
-# Pixel count beyond which an image is refused before its pixels are decoded (a decompression bomb guard).
-DEFAULT_MAX_PIXELS = 50_000_000
+from cnnserve.serving.errors import ImageDecodeError, ImageTooLargeError, RepositoryError
+from cnnserve.serving.settings import DEFAULT_MAX_PIXELS
 
 _RESAMPLE: dict[int, Image.Resampling] = {
     model_config_pb2.NEAREST: Image.Resampling.NEAREST,
@@ -34,14 +33,6 @@ _PIL_MODE = {model_config_pb2.GRAYSCALE: "L", model_config_pb2.RGB: "RGB"}
 # itself (from the header, before decoding), so the warning is noise. A filter set once here, rather than
 # `warnings.catch_warnings()` per image, which is not thread-safe and costs on every request.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-
-class ImageDecodeError(ValueError):
-    """The bytes are not an image Pillow can decode (corrupt, truncated, empty or another format)."""
-
-
-class ImageTooLargeError(ImageDecodeError):
-    """The image's header declares more pixels than the configured limit; its pixels were never decoded."""
 
 
 @dataclass(frozen=True)
@@ -61,13 +52,13 @@ class PreprocessSpec:
         cls, preprocessing: model_config_pb2.Preprocessing, input_dims: Sequence[int]
     ) -> PreprocessSpec:
         if preprocessing.color_mode not in _PIL_MODE:
-            raise ValueError(f"config preprocessing has no colour mode: {preprocessing}")
+            raise RepositoryError(f"config preprocessing has no colour mode: {preprocessing}")
         if preprocessing.height <= 0 or preprocessing.width <= 0:
-            raise ValueError(f"config preprocessing has no size: {preprocessing}")
+            raise RepositoryError(f"config preprocessing has no size: {preprocessing}")
         dims = tuple(int(d) for d in input_dims)
         channels = 1 if preprocessing.color_mode == model_config_pb2.GRAYSCALE else 3
         if int(np.prod(dims)) != preprocessing.height * preprocessing.width * channels:
-            raise ValueError(
+            raise RepositoryError(
                 f"input dims {dims} do not hold a {preprocessing.height}x{preprocessing.width}"
                 f"x{channels} image"
             )
@@ -129,27 +120,3 @@ def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
 def preprocess_encoded(data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Encoded bytes (PNG, JPEG, BMP, GIF, WebP, ...) → float32 input tensor without the batch dimension."""
     return preprocess_image(open_image(data, max_pixels), spec)
-
-
-class BatchImageError(ImageDecodeError):
-    """One image of a batch failed; `index` says which."""
-
-    def __init__(self, index: int, cause: ImageDecodeError) -> None:
-        super().__init__(f"image {index}: {cause}")
-        self.index = index
-        self.cause = cause
-
-
-def preprocess_batch(
-    images: Sequence[bytes], spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> np.ndarray:
-    """Preprocess several encoded images into one (N, *input_dims) float32 batch, naming a failing index."""
-    batch = np.empty((len(images), *spec.input_dims), dtype=np.float32)
-    for index, data in enumerate(images):
-        try:
-            batch[index] = preprocess_encoded(data, spec, max_pixels)
-        except ImageTooLargeError as error:
-            raise BatchImageError(index, error) from error
-        except ImageDecodeError as error:
-            raise BatchImageError(index, error) from error
-    return batch

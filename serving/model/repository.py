@@ -6,7 +6,9 @@ The layout is Triton's. Only integer-named folders are versions, so export's hid
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,19 +16,12 @@ from typing import Any
 from google.protobuf import text_format
 
 from cnnserve.protos import model_config_pb2
+from cnnserve.serving.errors import ModelNotFoundError, RepositoryError
 
 CONFIG_FILENAME = "config.pbtxt"
 DEFAULT_LABEL_FILENAME = "labels.txt"
 DEFAULT_MODEL_FILENAME = "model.onnx"
 PARITY_FILENAME = "parity.json"
-
-
-class RepositoryError(Exception):
-    """The repository, a model folder or one of its files is missing or invalid."""
-
-
-class ModelNotFoundError(RepositoryError):
-    """No such model or version; the message lists what is available."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +34,23 @@ class ModelVersion:
     config: model_config_pb2.ModelConfig
     labels: tuple[str, ...]
     parity: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes the model answers: the config's count, else its labels, else its output's size."""
+        config = self.config
+        if config.num_classes:
+            return int(config.num_classes)
+        if self.labels:
+            return len(self.labels)
+        if config.output_kind == model_config_pb2.SIGMOID:
+            return 2
+        return math.prod(int(d) for d in config.output.dims)
+
+    @functools.cached_property
+    def class_names(self) -> tuple[str, ...]:
+        """A name per class index: its label, or the index itself where labels.txt has none."""
+        return tuple(self.labels[i] if i < len(self.labels) else str(i) for i in range(self.num_classes))
 
     @property
     def model_file(self) -> Path:

@@ -16,22 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from cnnserve.protos import model_config_pb2
-from cnnserve.serving.errors import LayerNotFoundError
+from cnnserve.serving.errors import DeviceUnavailableError, LayerNotFoundError, ModelLoadError
 from cnnserve.serving.model.repository import ModelVersion
+from cnnserve.serving.settings import DEFAULT_MAX_BATCH_SIZE
 
 LOG = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class DeviceUnavailableError(RuntimeError):
-    """The requested device cannot be used (e.g. `cuda` without a GPU build or a GPU)."""
-
-
-class ModelLoadError(RuntimeError):
-    """ONNX Runtime could not load a model file; the message names the file."""
 
 
 def import_onnxruntime():
@@ -74,7 +67,7 @@ class SessionOptions:
     allow_spinning: bool = True
 
 
-# Sessions this process has created: a session's thread pools do not survive a fork (see batch_local).
+# Sessions this process has created: a session's thread pools do not survive a fork (see jobs/engines/local).
 _sessions_created = 0
 
 
@@ -170,7 +163,7 @@ class ModelRuntime:
 
     @property
     def max_batch_size(self) -> int:
-        return self.model.config.max_batch_size or 64
+        return self.model.config.max_batch_size or DEFAULT_MAX_BATCH_SIZE
 
     def warm_up(self, batch_size: int = 0) -> float:
         """Run one batch (default: full-size) so the first real request does not pay for allocation;

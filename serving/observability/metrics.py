@@ -9,10 +9,14 @@ there, and the supervisor's `/metrics` sums them (`multiprocess_registry`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from cnnserve.serving.core.calls import Call
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 QUEUE_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0)
@@ -113,3 +117,49 @@ def multiprocess_registry(path: str | Path) -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(path))
     return registry
+
+
+# The model label of a call naming a model that is not in the repository: any name a client sends would
+# otherwise become a label value (unbounded cardinality).
+OTHER_MODEL = "_other"
+
+
+class CallMetrics:
+    """The call hook that counts every call: requests, failures by status code, latency, images.
+
+    Label children are bound once per (model, method), so the hot path does no label lookups.
+    """
+
+    def __init__(self, metrics: ServingMetrics, known_model: Callable[[str], bool]) -> None:
+        self.metrics = metrics
+        self.known_model = known_model
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+
+    def _label(self, name: str) -> str:
+        if not name or self.known_model(name):
+            return name
+        return OTHER_MODEL
+
+    def _bound(self, model: str, method: str) -> tuple[Any, Any, Any]:
+        children = self._children.get((model, method))
+        if children is None:
+            m = self.metrics
+            children = (
+                m.requests.labels(model, method),
+                m.latency.labels(model, method),
+                m.images.labels(model, method),
+            )
+            self._children[(model, method)] = children
+        return children
+
+    def begin(self, call: Call) -> None:
+        self._bound(self._label(call.model), call.method)[0].inc()
+
+    def end(self, call: Call) -> None:
+        model = self._label(call.model)
+        _, latency, images = self._bound(model, call.method)
+        latency.observe(time.perf_counter() - call.start)
+        if call.status is not None:
+            self.metrics.failures.labels(model, call.method, call.status.name).inc()
+        elif call.images:
+            images.inc(call.images)

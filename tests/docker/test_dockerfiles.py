@@ -105,7 +105,7 @@ def test_healthcheck_uses_our_grpc_probe(dockerfile: Dockerfile) -> None:
     assert command[:3] == ["python", "-m", "cnnserve.serving.grpc.healthcheck"]
     for option in ("interval", "timeout", "start-period", "retries"):
         assert option in options, f"HEALTHCHECK --{option} is not set"
-    assert (REPO_ROOT / "serving" / "healthcheck.py").is_file()
+    assert (REPO_ROOT / "serving" / "grpc" / "healthcheck.py").is_file()
 
 
 def test_serving_image_holds_only_the_serving_code(dockerfile: Dockerfile) -> None:

@@ -108,3 +108,17 @@ def test_dependencies_are_consistent(serving_install: ServingInstall, tmp_path: 
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("project_file", ["pyproject.toml", "docker/serving-pyproject.toml"])
+def test_every_serving_package_is_in_the_project_file(project_file: str) -> None:
+    """A new folder under serving/ must be listed, or neither the wheel nor the image would contain it."""
+    import tomllib
+
+    serving = REPO_ROOT / "serving"
+    expected = {
+        ".".join(("cnnserve", "serving", *init.parent.relative_to(serving).parts))
+        for init in serving.rglob("__init__.py")
+    }
+    listed = set(tomllib.loads((REPO_ROOT / project_file).read_text())["tool"]["setuptools"]["packages"])
+    assert expected - listed == set(), f"{project_file} does not list {sorted(expected - listed)}"

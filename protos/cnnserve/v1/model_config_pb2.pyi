@@ -179,7 +179,7 @@ class ExecutionSettings(_message.Message):
     def __init__(self, providers: _Optional[_Iterable[str]] = ..., intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., model_filename: _Optional[str] = ...) -> None: ...
 
 class ModelConfig(_message.Message):
-    __slots__ = ("name", "platform", "zoo_model", "max_batch_size", "input", "output", "output_kind", "num_classes", "label_filename", "preprocessing", "activation_layers", "layer_weights", "dynamic_batching", "version_policy", "execution", "gradcam", "activations_filename")
+    __slots__ = ("name", "platform", "zoo_model", "max_batch_size", "input", "output", "output_kind", "num_classes", "label_filename", "preprocessing", "activation_layers", "layer_weights", "dynamic_batching", "version_policy", "execution", "gradcam", "activations_filename", "weights_filename")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     ZOO_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,7 @@ class ModelConfig(_message.Message):
     EXECUTION_FIELD_NUMBER: _ClassVar[int]
     GRADCAM_FIELD_NUMBER: _ClassVar[int]
     ACTIVATIONS_FILENAME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FILENAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     platform: str
     zoo_model: str
@@ -214,4 +215,5 @@ class ModelConfig(_message.Message):
     execution: ExecutionSettings
     gradcam: GradCam
     activations_filename: str
-    def __init__(self, name: _Optional[str] = ..., platform: _Optional[str] = ..., zoo_model: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., output: _Optional[_Union[TensorSpec, _Mapping]] = ..., output_kind: _Optional[_Union[OutputKind, str]] = ..., num_classes: _Optional[int] = ..., label_filename: _Optional[str] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., activation_layers: _Optional[_Iterable[_Union[ActivationLayer, _Mapping]]] = ..., layer_weights: _Optional[_Iterable[_Union[LayerWeights, _Mapping]]] = ..., dynamic_batching: _Optional[_Union[DynamicBatching, _Mapping]] = ..., version_policy: _Optional[_Union[VersionPolicy, _Mapping]] = ..., execution: _Optional[_Union[ExecutionSettings, _Mapping]] = ..., gradcam: _Optional[_Union[GradCam, _Mapping]] = ..., activations_filename: _Optional[str] = ...) -> None: ...
+    weights_filename: str
+    def __init__(self, name: _Optional[str] = ..., platform: _Optional[str] = ..., zoo_model: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., input: _Optional[_Union[TensorSpec, _Mapping]] = ..., output: _Optional[_Union[TensorSpec, _Mapping]] = ..., output_kind: _Optional[_Union[OutputKind, str]] = ..., num_classes: _Optional[int] = ..., label_filename: _Optional[str] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., activation_layers: _Optional[_Iterable[_Union[ActivationLayer, _Mapping]]] = ..., layer_weights: _Optional[_Iterable[_Union[LayerWeights, _Mapping]]] = ..., dynamic_batching: _Optional[_Union[DynamicBatching, _Mapping]] = ..., version_policy: _Optional[_Union[VersionPolicy, _Mapping]] = ..., execution: _Optional[_Union[ExecutionSettings, _Mapping]] = ..., gradcam: _Optional[_Union[GradCam, _Mapping]] = ..., activations_filename: _Optional[str] = ..., weights_filename: _Optional[str] = ...) -> None: ...

@@ -3,18 +3,17 @@
 Decoding (Pillow, Python) needs many cores, so the work runs in a pool of worker processes using the
 server's own preprocessing and `ModelRuntime`. On a CPU each worker decodes a batch and then classifies it
 with its own one-thread session, so only file paths go in and a few probabilities per image come back: the
-cores are always busy with one or the other, and the parent only walks the folder and writes rows.
-(Measured against decoding in the workers and classifying in the parent, which ships every float32 tensor
-back through a pipe and makes the parent's thread hand-offs compete with the decoders for the same cores:
-bench/bench_batch.py.) On a GPU the workers only decode and this process runs the one GPU session, two
-batches in flight. A bounded window of batches in flight keeps the memory flat; results come back in
-submission order, so the output is in discovery order.
+cores are always busy with one or the other, and the parent only walks the folder and writes rows
+(classifying in the parent instead would ship every float32 tensor back through a pipe, and its thread
+hand-offs would compete with the decoders for the same cores). On a GPU the workers only decode and
+this process runs the one GPU session, two batches in flight. A bounded window of batches in flight keeps
+the memory flat; results come back in submission order, so the output is in discovery order.
 
 How the workers start (`worker_start_method`): forked from this process when it is in the state a fork
 server forks from (libraries imported, no session, no other Python thread, nothing known to break across
 a fork) — then they are up in milliseconds; otherwise from a fork server, a fresh interpreter whose imports
-cost ~0.25 s of CPU (a tenth of classifying 10,000 digits on two cores), while this process decodes and
-classifies the first batches itself. The engine starts them in its constructor, before the job opens its
+cost a noticeable share of a short job's CPU, while this process decodes and classifies the first batches
+itself. The engine starts them in its constructor, before the job opens its
 output, so a forked worker inherits no file the job writes. A worker exits when this process dies, even
 by SIGKILL, instead of waiting for tasks forever.
 """
@@ -36,10 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnserve.serving.model import preprocessing
+from cnnserve.serving.errors import ImageDecodeError
 from cnnserve.serving.jobs.sinks.base import Prediction, ResultRow
+from cnnserve.serving.model import preprocessing
 from cnnserve.serving.model.repository import ModelVersion
 from cnnserve.serving.model.runtime import CUDA, ModelRuntime, SessionOptions, sessions_created, top_k
+from cnnserve.serving.settings import available_cpus
 
 LOG = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def decode_batch(
                 data = handle.read()
             tensors.append(preprocessing.preprocess_encoded(data, spec, max_pixels))
             decoded.append(position)
-        except preprocessing.ImageDecodeError as error:
+        except ImageDecodeError as error:
             errors[position] = str(error)
         except OSError as error:
             errors[position] = f"cannot read file: {error.strerror or error}"
@@ -152,13 +153,13 @@ def decode_and_classify(
     return classify_batch(_WORKER_RUNTIME, decode_batch(root, paths, spec, max_pixels))
 
 
-def rows_from_probabilities(batch: ClassifiedBatch, labels: Sequence[str], k: int) -> list[ResultRow]:
-    """One row per path of the batch: top-k predictions for decoded images, the error for the rest."""
+def rows_from_probabilities(batch: ClassifiedBatch, names: Sequence[str], k: int) -> list[ResultRow]:
+    """One row per path of the batch: top-k predictions for decoded images, the error for the rest;
+    `names` are the model's class names (`ModelVersion.class_names`)."""
     predictions: dict[int, tuple[Prediction, ...]] = {}
     probabilities = batch.probabilities
     if len(batch.decoded):
         indices, scores = top_k(probabilities, k)
-        names = [labels[i] if i < len(labels) else str(i) for i in range(probabilities.shape[1])]
         # Python ints and floats once per batch (tolist), not numpy scalars per value: this runs per image.
         for position, row_indices, row_scores in zip(
             batch.decoded, indices.tolist(), scores.astype(np.float64).tolist(), strict=True
@@ -174,7 +175,8 @@ def rows_from_probabilities(batch: ClassifiedBatch, labels: Sequence[str], k: in
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    """One worker per CPU this process may use (its affinity, capped by a container's CPU quota)."""
+    return available_cpus()
 
 
 class LocalEngine:
@@ -205,18 +207,19 @@ class LocalEngine:
         self.start_method = worker_start_method()
         # The workers start now: before this process creates its session and threads (a forked worker must
         # not inherit them) and before the job opens its output (nor that).
-        self._pool = ProcessPoolExecutor(
+        self._pool: ProcessPoolExecutor | None = ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=self._worker_context(self.start_method),
             initializer=_start_worker,
             initargs=(model if self.on_cpu else None, options),
         )
-        self._workers_up = [self._pool.submit(os.getpid) for _ in range(self.workers)]
+        pool = self._pool
+        self._workers_up = [pool.submit(os.getpid) for _ in range(self.workers)]
         try:
             # This process's session classifies the first batches on a CPU, and everything on a GPU.
             self.runtime = ModelRuntime(model, options, with_activations=False)
         except BaseException:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
         self.inference_threads = default_workers() if self.on_cpu else 2
         self.window = 2 * (self.workers + self.inference_threads)
@@ -322,4 +325,4 @@ class LocalEngine:
                 pending.append(self._submit(paths))
             if not pending:
                 return
-            yield rows_from_probabilities(pending.popleft().result(), self.model.labels, self.top_k)
+            yield rows_from_probabilities(pending.popleft().result(), self.model.class_names, self.top_k)

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from cnnserve.serving.model import preprocessing
+from cnnserve.serving.errors import DeviceUnavailableError, MissingExtraError
 from cnnserve.serving.jobs.engines.local import decode_batch, default_workers
 from cnnserve.serving.jobs.sinks.base import Prediction, ResultRow
+from cnnserve.serving.model import preprocessing
 from cnnserve.serving.model.repository import ModelVersion
 
 LOG = logging.getLogger(__name__)
@@ -32,16 +33,12 @@ LOG = logging.getLogger(__name__)
 CHUNK_PATHS = 100_000
 
 
-class RayUnavailableError(RuntimeError):
-    """Ray is not installed (the `ray` extra) or the cluster cannot be reached."""
-
-
 def import_ray() -> Any:
     try:
         import ray
         import ray.data
     except ImportError as error:
-        raise RayUnavailableError(
+        raise MissingExtraError(
             "--engine ray needs Ray Data: pip install 'cnnserve[ray]' (ray[data])"
         ) from error
     return ray
@@ -156,8 +153,6 @@ class RayEngine:
         gpus = int(resources.get("GPU", 0))
         self.use_gpu = self.device == "cuda" or (self.device == "auto" and gpus > 0)
         if self.device == "cuda" and gpus == 0:
-            from cnnserve.serving.model.runtime import DeviceUnavailableError
-
             raise DeviceUnavailableError("--device cuda with --engine ray, but the Ray cluster has no GPU")
         if self.use_gpu:
             self.actors = self.workers or gpus
@@ -213,7 +208,7 @@ class RayEngine:
         )
 
     def _rows(self, batch: dict[str, np.ndarray]) -> list[ResultRow]:
-        labels = self.model.labels
+        names = self.model.class_names
         rows = []
         for path, error, indices, scores in zip(
             batch["path"], batch["error"], batch["indices"], batch["scores"], strict=True
@@ -223,7 +218,7 @@ class RayEngine:
                 continue
             predictions = tuple(
                 Prediction(
-                    label=labels[int(i)] if int(i) < len(labels) else str(int(i)),
+                    label=names[int(i)],
                     index=int(i),
                     score=float(s),
                 )

@@ -1,6 +1,6 @@
 """The batch job's remote engine: send the files' encoded bytes to a running server, several calls at once.
 
-Calls go through the project's client (`serving/client.py`). The server decodes and classifies (its
+Calls go through the project's client (`serving/grpc/client.py`). The server decodes and classifies (its
 dynamic batcher merges our calls with everyone else's), so this side only reads files. A batch the server
 refuses because one image is bad is retried image by image, so the bad file gets an error row and the
 rest of the batch is still classified. UNAVAILABLE (the server restarting or gone) is retried with
@@ -20,8 +20,10 @@ from pathlib import Path
 
 import grpc
 
-from cnnserve.serving.jobs.sinks.base import Prediction, ResultRow
+from cnnserve.serving.errors import JobError, ServerUnavailableError
 from cnnserve.serving.grpc.client import ClassifyResult, CnnserveClient, ServerError
+from cnnserve.serving.jobs.sinks.base import Prediction, ResultRow
+from cnnserve.serving.settings import DEFAULT_MAX_BATCH_SIZE
 
 LOG = logging.getLogger(__name__)
 
@@ -32,14 +34,6 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 8.0
 MAX_REQUEST_BYTES = 3 * 1024 * 1024  # under gRPC's default 4 MiB message limit
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
-
-
-class RemoteError(RuntimeError):
-    """The server cannot be reached, does not serve the model, or stayed away mid-job."""
-
-
-class ServerUnavailableError(RemoteError):
-    """The server did not answer (UNAVAILABLE) even after retrying with backoff."""
 
 
 def _split_by_size(items: Sequence[tuple[int, bytes]], limit: int) -> list[list[tuple[int, bytes]]]:
@@ -89,13 +83,13 @@ class RemoteEngine:
             metadata = self._client.metadata(model, version, timeout=connect_timeout_s)
         except ServerError as error:
             self._client.close()
-            raise RemoteError(f"server {address} cannot classify with model {model!r}: {error}") from error
+            raise JobError(f"server {address} cannot classify with model {model!r}: {error}") from error
         self.model_name = metadata.name or model
         self.model_version = int(metadata.version)
         self.labels = tuple(metadata.labels)
         if self.labels:  # as the local engine does: never ask for more classes than the model has
             self.top_k = min(self.top_k, len(self.labels))
-        self.max_batch_size = int(metadata.max_batch_size) or 64
+        self.max_batch_size = int(metadata.max_batch_size) or DEFAULT_MAX_BATCH_SIZE
         self._pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> RemoteEngine:
@@ -150,7 +144,7 @@ class RemoteEngine:
                     f"({error}); the rows so far are kept and a rerun resumes"
                 ) from error
             if error.code != grpc.StatusCode.INVALID_ARGUMENT:
-                raise RemoteError(f"server {self.address} failed a batch: {error}") from error
+                raise JobError(f"server {self.address} failed a batch: {error}") from error
             if len(part) == 1:
                 position = part[0][0]
                 rows[position] = ResultRow(path=paths[position], error=error.message or error.code.name)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cnnserve.serving.jobs.job import JobConfig, run_job
-from cnnserve.serving.jobs.sinks.base import read_table
+from cnnserve.serving.jobs.sinks import read_table
 
 ray = pytest.importorskip("ray", reason="the `ray` extra is not installed")
 

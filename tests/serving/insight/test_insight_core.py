@@ -17,10 +17,13 @@ import pytest
 from PIL import Image
 
 from cnnserve.protos import model_config_pb2
-from cnnserve.serving.insight.filters import filters as insight
+from cnnserve.serving.errors import GradCamUnavailableError, InvalidRequestError
+from cnnserve.serving.insight import gradcam, occlusion, rendering
 from cnnserve.serving.insight.explainer import ExplainOptions, Insight
+from cnnserve.serving.insight.filters import filter_tiles
 from cnnserve.serving.model.repository import ModelVersion
 from cnnserve.serving.model.runtime import SessionOptions
+from cnnserve.serving.model.weights import LayerFilters
 
 H = W = 28
 REGION = (slice(10, 15), slice(6, 11))  # the only pixels the toy model looks at
@@ -53,13 +56,13 @@ def bright_image() -> np.ndarray:
 
 
 def test_default_occlusion_settings_scale_with_the_input() -> None:
-    assert insight.default_occlusion(28, 28) == (4, 2)
-    assert insight.default_occlusion(150, 150) == (21, 10)
-    assert insight.default_occlusion(32, 32) == (5, 2)
+    assert occlusion.default_occlusion(28, 28) == (4, 2)
+    assert occlusion.default_occlusion(150, 150) == (21, 10)
+    assert occlusion.default_occlusion(32, 32) == (5, 2)
 
 
 def test_occlusion_plan_covers_every_pixel_and_reaches_the_edges() -> None:
-    plan = insight.OcclusionPlan.create(np.zeros((H, W, 1)), (H, W, 1), H, W, patch=5, stride=4)
+    plan = occlusion.OcclusionPlan.create(np.zeros((H, W, 1)), (H, W, 1), H, W, patch=5, stride=4)
     assert plan.rows == (0, 4, 8, 12, 16, 20, 23)  # the last patch is pushed to the edge
     covered = np.zeros((H, W), bool)
     for start, stop in plan.chunks(10):
@@ -73,7 +76,7 @@ def test_occlusion_plan_covers_every_pixel_and_reaches_the_edges() -> None:
 
 def test_occluded_copies_hold_the_fill_exactly_under_the_patch() -> None:
     image = np.full((H, W, 1), 0.5, np.float32)
-    plan = insight.OcclusionPlan.create(image, (H, W, 1), H, W, patch=3, stride=3, fill_value=-1.0)
+    plan = occlusion.OcclusionPlan.create(image, (H, W, 1), H, W, patch=3, stride=3, fill_value=-1.0)
     copy = plan.copies(7, 8)[0, ..., 0]
     top, left = plan.position(7)
     assert np.all(copy[top : top + 3, left : left + 3] == -1.0)
@@ -212,23 +215,23 @@ def test_bad_explain_options_are_refused_before_any_work(
     def classify(batch: np.ndarray) -> np.ndarray:
         raise AssertionError("nothing may be computed for a bad request")
 
-    with pytest.raises(insight.InvalidExplainRequest, match=message):
+    with pytest.raises(InvalidRequestError, match=message):
         Insight().explain(toy_model(tmp_path), bright_image(), options, classify, 16)
 
 
 def test_gradcam_without_a_gradient_graph_is_unavailable_with_the_reason(tmp_path: Path) -> None:
     model = toy_model(tmp_path)
     model.config.gradcam.unavailable_reason = "the model has no convolution"
-    with pytest.raises(insight.GradCamUnavailableError, match="no convolution"):
+    with pytest.raises(GradCamUnavailableError, match="no convolution"):
         Insight().explain(model, bright_image(), ExplainOptions(method="gradcam"), toy_classify, 16)
 
 
 def test_bilinear_resize_uses_half_pixel_centres() -> None:
     values = np.array([[0.0, 1.0], [2.0, 3.0]], np.float32)
-    resized = insight.resize_bilinear(values, 4, 4)
+    resized = gradcam.resize_bilinear(values, 4, 4)
     np.testing.assert_allclose(resized[0], [0.0, 0.25, 0.75, 1.0], atol=1e-6)
     np.testing.assert_allclose(resized[:, 0], [0.0, 0.5, 1.5, 2.0], atol=1e-6)
-    np.testing.assert_allclose(insight.resize_bilinear(np.full((7, 7), 2.5), 28, 28), 2.5, atol=1e-6)
+    np.testing.assert_allclose(gradcam.resize_bilinear(np.full((7, 7), 2.5), 28, 28), 2.5, atol=1e-6)
 
 
 def test_gradcam_weights_channels_by_mean_gradient_and_keeps_the_positive_part() -> None:
@@ -238,12 +241,12 @@ def test_gradcam_weights_channels_by_mean_gradient_and_keeps_the_positive_part()
     gradients = np.zeros_like(activations)
     gradients[0, :, :, 0] = 1.0  # channel 0 helps the score
     gradients[0, :, :, 1] = -1.0  # channel 1 hurts it: its place must stay cold
-    cam = insight.gradcam_heatmap(activations, gradients, 2, 2)
+    cam = gradcam.gradcam_heatmap(activations, gradients, 2, 2)
     np.testing.assert_allclose(cam, [[1.0, 0.0], [0.0, 0.0]])
-    assert insight.gradcam_heatmap(activations, -gradients - 5, 8, 8).max() == 0.0  # nothing positive
+    assert gradcam.gradcam_heatmap(activations, -gradients - 5, 8, 8).max() == 0.0  # nothing positive
 
 
-def _tiles_drawn(png: bytes, layout: insight.MosaicLayout) -> int:
+def _tiles_drawn(png: bytes, layout: rendering.MosaicLayout) -> int:
     picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     assert picture.shape[:2] == (layout.height, layout.width)
     drawn = 0
@@ -257,12 +260,12 @@ def _tiles_drawn(png: bytes, layout: insight.MosaicLayout) -> int:
 def test_filter_mosaic_has_one_tile_per_filter_in_colour_for_rgb_input() -> None:
     rng = np.random.default_rng(0)
     kernel = rng.normal(size=(3, 3, 3, 10)).astype(np.float32)
-    filters = insight.LayerFilters("conv1", "conv", kernel, np.zeros(10, np.float32), True)
-    tiles = insight.filter_tiles(filters, (32, 32, 3), rgb_input=True, input_channel=0)  # colour regardless
+    filters = LayerFilters("conv1", "conv", kernel, np.zeros(10, np.float32), True)
+    tiles = filter_tiles(filters, (32, 32, 3), rgb_input=True, input_channel=0)  # colour regardless
     assert tiles.shape == (10, 3, 3, 3)
-    picture, layout = insight.tile_mosaic(tiles)
+    picture, layout = rendering.tile_mosaic(tiles)
     assert (layout.rows, layout.cols) == (3, 4)
-    assert _tiles_drawn(insight.encode_png(picture), layout) == 10
+    assert _tiles_drawn(rendering.encode_png(picture), layout) == 10
     # Per-tile normalisation: every tile spans the full range.
     top, left = layout.origin(9)
     assert picture[top : top + layout.tile_h, left : left + layout.tile_w].max() == 255
@@ -272,19 +275,17 @@ def test_filter_mosaic_has_one_tile_per_filter_in_colour_for_rgb_input() -> None
 
 def test_filter_tiles_pick_one_input_channel_or_their_mean() -> None:
     kernel = np.arange(3 * 3 * 4 * 2, dtype=np.float32).reshape(3, 3, 4, 2)
-    filters = insight.LayerFilters("conv2", "conv", kernel, np.zeros(2, np.float32), True)
-    np.testing.assert_array_equal(insight.filter_tiles(filters, (28, 28, 1), False, 2)[1], kernel[:, :, 2, 1])
-    np.testing.assert_allclose(
-        insight.filter_tiles(filters, (28, 28, 1), False)[0], kernel[:, :, :, 0].mean(-1)
-    )
-    with pytest.raises(insight.InvalidFiltersRequest, match="4 input channels"):
-        insight.filter_tiles(filters, (28, 28, 1), False, 4)
+    filters = LayerFilters("conv2", "conv", kernel, np.zeros(2, np.float32), True)
+    np.testing.assert_array_equal(filter_tiles(filters, (28, 28, 1), False, 2)[1], kernel[:, :, 2, 1])
+    np.testing.assert_allclose(filter_tiles(filters, (28, 28, 1), False)[0], kernel[:, :, :, 0].mean(-1))
+    with pytest.raises(InvalidRequestError, match="4 input channels"):
+        filter_tiles(filters, (28, 28, 1), False, 4)
 
 
 def test_dense_filters_on_the_flat_input_are_drawn_as_images() -> None:
     kernel = np.random.default_rng(1).normal(size=(784, 5)).astype(np.float32)
-    filters = insight.LayerFilters("dense1", "dense", kernel, np.zeros(5, np.float32), True)
-    tiles = insight.filter_tiles(filters, (28, 28), False, input_channel=0)  # the proto's default: ignored
+    filters = LayerFilters("dense1", "dense", kernel, np.zeros(5, np.float32), True)
+    tiles = filter_tiles(filters, (28, 28), False, input_channel=0)  # the proto's default: ignored
     assert tiles.shape == (5, 28, 28)
     np.testing.assert_array_equal(tiles[3].reshape(-1), kernel[:, 3])
 
@@ -295,16 +296,16 @@ def test_overlay_shows_the_image_beside_the_coloured_heat() -> None:
     )
     heat = np.zeros((H, W), np.float32)
     heat[REGION] = 1.0
-    png = insight.overlay_png(bright_image(), heat, preprocessing)
+    png = rendering.overlay_png(bright_image(), heat, preprocessing)
     picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     zoom = picture.shape[0] // H
-    assert picture.shape[0] >= insight.MIN_OVERLAY_PIXELS
+    assert picture.shape[0] >= rendering.MIN_OVERLAY_PIXELS
     left = picture[::zoom, : W * zoom : zoom]
     np.testing.assert_array_equal(left[..., 0], (bright_image()[..., 0] * 255).astype(int))
     right = picture[::zoom, -W * zoom :: zoom]
     hot, cold = right[12, 8], right[0, 0]
     assert hot[0] > hot[2] and hot.sum() > 3 * cold.sum()  # hot shows red and bright, cold stays dark
-    low, high = insight.turbo(np.array([0.15, 0.9]))
+    low, high = rendering.turbo(np.array([0.15, 0.9]))
     assert low[2] > low[0] and high[0] > high[2]  # the colour map runs from blue to red
 
 
@@ -312,55 +313,10 @@ def test_a_corrupt_gradient_graph_makes_gradcam_unavailable_naming_the_file(tmp_
     model = toy_model(tmp_path)
     model.config.gradcam.filename = "gradcam.onnx"
     (tmp_path / "gradcam.onnx").write_bytes(b"not an onnx model")
-    with pytest.raises(insight.GradCamUnavailableError, match=r"gradcam\.onnx"):
+    with pytest.raises(GradCamUnavailableError, match=r"gradcam\.onnx"):
         Insight(SessionOptions(device="cpu")).explain(
             model, bright_image(), ExplainOptions(method="gradcam"), toy_classify, 16
         )
     (tmp_path / "gradcam.onnx").unlink()
-    with pytest.raises(insight.GradCamUnavailableError, match="is missing"):
+    with pytest.raises(GradCamUnavailableError, match="is missing"):
         Insight().explain(model, bright_image(), ExplainOptions(method="gradcam"), toy_classify, 16)
-
-
-def test_initializers_are_read_without_the_onnx_package(tmp_path: Path) -> None:
-    """Serving parses ONNX initializers with protobuf alone; every float encoding reads back exactly."""
-    import subprocess
-    import sys
-
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    kernel = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)
-    listed = rng.normal(size=(5,)).astype(np.float32)
-    half = rng.normal(size=(2, 3)).astype(np.float16)
-    double = rng.normal(size=(4,))
-    initializers = [
-        numpy_helper.from_array(kernel, "conv1/kernel"),  # raw_data
-        helper.make_tensor("conv1/bias", TensorProto.FLOAT, [5], listed.tolist()),  # float_data
-        numpy_helper.from_array(half, "half"),
-        helper.make_tensor("double", TensorProto.DOUBLE, [4], double.tolist()),
-    ]
-    node = helper.make_node("Identity", ["x"], ["y"])
-    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    graph = helper.make_graph(
-        [node], "g", [value], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]
-    )
-    graph.initializer.extend(initializers)
-    path = tmp_path / "model.onnx"
-    onnx.save(helper.make_model(graph), str(path))
-
-    arrays = insight._read_initializers([path], {"conv1/kernel", "conv1/bias", "half", "double"})
-    np.testing.assert_array_equal(arrays["conv1/kernel"], kernel)
-    np.testing.assert_array_equal(arrays["conv1/bias"], listed)
-    np.testing.assert_array_equal(arrays["half"], half.astype(np.float32))
-    np.testing.assert_allclose(arrays["double"], double.astype(np.float32))
-    with pytest.raises(insight.WeightsReadError, match="not a readable ONNX model"):
-        (tmp_path / "bad.onnx").write_bytes(b"\xff\xff\xff garbage")
-        insight._read_initializers([tmp_path / "bad.onnx"], {"x"})
-
-    script = (
-        "import sys; from pathlib import Path; from cnnserve.serving import insight, insight_service; "
-        f"insight._read_initializers([Path({str(path)!r})], {{'half'}}); "
-        "assert 'onnx' not in sys.modules, 'serving imported onnx'"
-    )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)

@@ -26,8 +26,8 @@ import pytest
 from PIL import Image
 
 from cnnserve.protos import inference_pb2, inference_pb2_grpc
-from cnnserve.serving.model import repository
 from cnnserve.serving.grpc.converters import tensor_array
+from cnnserve.serving.model import repository
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -229,7 +229,7 @@ def test_filters_equal_the_keras_weights_of_every_conv_and_dense_layer(
     [(CNN, "conv1", -1), (CNN, "conv2", 5), (MLP, "dense1", 0), (RGB, "conv1", 0)],
 )
 def test_filter_mosaic_has_one_tile_per_filter(stub, model_name: str, layer: str, channel: int) -> None:
-    from cnnserve.serving.insight.filters import MIN_TILE_PIXELS, mosaic_layout
+    from cnnserve.serving.insight.rendering import MIN_TILE_PIXELS, mosaic_layout
 
     response = stub.GetFilters(
         inference_pb2.FiltersRequest(model=model_name, layer=layer, mosaic=True, input_channel=channel)

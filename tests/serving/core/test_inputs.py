@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnserve.serving.core import inputs as inference
-
 from cnnserve.serving.batching import loop_load
-from cnnserve.serving.errors import InvalidRequestError
+from cnnserve.serving.core import inputs
 from cnnserve.serving.core.inputs import RequestLimits, build_batch, prepare_batch
+from cnnserve.serving.errors import InvalidRequestError
+from cnnserve.serving.grpc.server import InferenceServer
 from cnnserve.serving.model.preprocessing import PreprocessSpec
 from cnnserve.serving.model.repository import open_model_version
-from cnnserve.serving.grpc.server import InferenceServer
 from cnnserve.serving.settings import ServerSettings
 
 MODEL = "mnist_cnn"
@@ -29,14 +28,14 @@ def spec(model_repository: Path) -> PreprocessSpec:
 
 def _big_request(digits) -> list[bytes]:
     images = (digits.png * 64)[:64]
-    assert sum(map(len, images)) > inference.INLINE_DECODE_BYTES  # not the inline path
+    assert sum(map(len, images)) > inputs.INLINE_DECODE_BYTES  # not the inline path
     return images
 
 
 def test_decoding_on_the_loop_in_slices_lets_other_calls_run(
     digits, spec: PreprocessSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inference, "DECODE_SLICE_S", 0.0)  # yield after every image
+    monkeypatch.setattr(inputs, "DECODE_SLICE_S", 0.0)  # yield after every image
     images = _big_request(digits)
     limits = RequestLimits()
 
@@ -80,8 +79,7 @@ def test_a_worker_with_one_core_decodes_and_runs_quick_batches_on_its_loop(
     model_repository: Path, workers: int, cpus: int, on_loop: bool
 ) -> None:
     server = InferenceServer(ServerSettings(repo=model_repository, workers=workers), cpu_count=cpus)
-    assert server.core.decode_on_loop is on_loop
-    assert (server.core.decode_executor is None) is on_loop
+    assert (server.dataplane.decode_executor is None) is on_loop
     assert (server.registry.overrides.inline_compute_s > 0) is on_loop  # quick batches on the loop too
     server.executor.shutdown()
 
@@ -98,5 +96,6 @@ def test_a_server_on_a_metered_loop_hands_its_batchers_the_loop_load(model_repos
 
     with asyncio.Runner(loop_factory=loop_load.new_event_loop) as runner:  # as run_server makes it
         batcher = runner.run(scenario())
-    assert batcher.load is not None and 0.0 <= batcher.load() <= 1.0
+    load = batcher.policy.load  # type: ignore[attr-defined]
+    assert load is not None and 0.0 <= load() <= 1.0
     assert batcher.settings.inline_compute_s > 0  # one core, a CPU session: quick batches on the loop

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnserve.serving.core.inputs import RequestLimits, build_batch
 from cnnserve.serving.grpc.client import CnnserveClient
-from cnnserve.serving.model.preprocessing import PreprocessSpec, preprocess_batch
+from cnnserve.serving.model.preprocessing import PreprocessSpec
 from cnnserve.serving.model.repository import open_model_version
 from cnnserve.serving.model.runtime import ModelRuntime, SessionOptions, top_k
 
@@ -31,7 +32,7 @@ def reference(model_repository: Path) -> ModelRuntime:
 def test_classify_equals_in_process_onnx_runtime(served, digits, reference, encoding) -> None:
     images = digits.png if encoding == "png" else digits.jpeg
     spec = PreprocessSpec.from_model_config(reference.model.config)
-    expected_index, expected_score = top_k(reference.classify(preprocess_batch(images, spec)), 3)
+    expected_index, expected_score = top_k(reference.classify(build_batch(images, spec, RequestLimits())), 3)
     with CnnserveClient(served.address) as client:
         result = client.classify(images, MODEL, top_k=3)
     assert (result.model, result.version) == (MODEL, 1)
@@ -51,7 +52,7 @@ def test_trained_model_reads_the_digits(served, digits) -> None:
 
 def test_tensor_input_equals_encoded_input(served, digits, reference) -> None:
     spec = PreprocessSpec.from_model_config(reference.model.config)
-    tensors = list(preprocess_batch(digits.png[:5], spec))
+    tensors = list(build_batch(digits.png[:5], spec, RequestLimits()))
     with CnnserveClient(served.address) as client:
         from_tensors = client.classify(tensors, MODEL, top_k=2)
         from_png = client.classify(digits.png[:5], MODEL, top_k=2)
@@ -62,7 +63,7 @@ def test_activations_match_onnx_runtime_and_draw_mosaics(served, digits, referen
     spec = PreprocessSpec.from_model_config(reference.model.config)
     layers = [layer.name for layer in reference.model.config.activation_layers]
     assert layers, "export wrote no activation layers"
-    expected = reference.activations(preprocess_batch(digits.png[:2], spec), layers)
+    expected = reference.activations(build_batch(digits.png[:2], spec, RequestLimits()), layers)
     with CnnserveClient(served.address) as client:
         result = client.activations(digits.png[:2], MODEL, mosaic=True)
         one = client.activations(digits.png[:1], MODEL, layers=[layers[0]])

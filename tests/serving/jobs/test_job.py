@@ -24,9 +24,10 @@ import pytest
 from PIL import Image
 
 from cnnserve import cli
+from cnnserve.serving.errors import JobError
+from cnnserve.serving.jobs.engines.remote import RemoteEngine
 from cnnserve.serving.jobs.job import JobConfig, run_job
-from cnnserve.serving.jobs.sinks.base import read_table
-from cnnserve.serving.jobs.engines.remote import RemoteEngine, RemoteError
+from cnnserve.serving.jobs.sinks import read_table
 
 MODEL = "mnist_cnn"
 MAX_PIXELS = 100_000  # small enough that a 400x400 image is "over the pixel limit"
@@ -488,7 +489,7 @@ def test_remote_engine_matches_local(
             )
             assert local[path]["score"] == pytest.approx(remote[path]["score"], abs=1e-6)
 
-    with pytest.raises(RemoteError, match="no_such_model"):  # an unknown model fails before any work
+    with pytest.raises(JobError, match="no_such_model"):  # an unknown model fails before any work
         RemoteEngine(folder, server_address, "no_such_model")
 
 
@@ -573,9 +574,9 @@ def test_server_going_away_keeps_rows_and_resumes(model_repository: Path, tmp_pa
 
 
 def test_progress_logs_rate_and_eta_when_not_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
-    from cnnserve.serving.jobs.job import Progress
+    from cnnserve.serving.jobs.progress import Progress
 
-    caplog.set_level(logging.INFO, logger="cnnserve.serving.jobs.job")
+    caplog.set_level(logging.INFO, logger="cnnserve.serving.jobs.progress")
     progress = Progress(total=10, mode="auto", interval_s=0.0)  # pytest's stderr is not a terminal
     assert progress.mode == "log"
     time.sleep(0.01)

@@ -9,14 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cnnserve.serving.jobs.sinks.base import (
-    OutputError,
-    Prediction,
-    ResultRow,
-    ResultTable,
-    columns,
-    read_table,
-)
+from cnnserve.serving.errors import OutputError
+from cnnserve.serving.jobs.sinks import Prediction, ResultRow, columns, open_sink, read_table
 
 ROWS = [
     ResultRow("a/1.png", (Prediction("7", 7, 0.9), Prediction("1", 1, 0.05))),
@@ -33,11 +27,11 @@ def test_columns_for_top_k() -> None:
 @pytest.mark.parametrize("name", ["out.csv", "out.jsonl", "out.parquet"])
 def test_each_format_round_trips_and_resumes(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
-    table = ResultTable(path, top_k=2, model="mnist_cnn", version=3)
+    table = open_sink(path, top_k=2, model="mnist_cnn", version=3)
     table.write(ROWS[:2])
     table.close(finished=False)  # a crash: Parquet keeps its journal, the others their rows
 
-    table = ResultTable(path, top_k=2, model="mnist_cnn", version=3)
+    table = open_sink(path, top_k=2, model="mnist_cnn", version=3)
     assert table.done == {ROWS[0].path, ROWS[1].path}
     table.write(ROWS[2:])
     table.close()
@@ -54,7 +48,7 @@ def test_each_format_round_trips_and_resumes(tmp_path: Path, name: str) -> None:
         assert not (tmp_path / ".out.parquet.partial.jsonl").exists()
         assert pq.read_schema(path).field("index").type == "int64"
         # Resuming a finished Parquet output carries its rows over.
-        table = ResultTable(path, top_k=2, model="mnist_cnn", version=3)
+        table = open_sink(path, top_k=2, model="mnist_cnn", version=3)
         assert len(table.done) == 3
         table.close()
         assert len(read_table(path)) == 3
@@ -63,13 +57,13 @@ def test_each_format_round_trips_and_resumes(tmp_path: Path, name: str) -> None:
 @pytest.mark.parametrize("name", ["out.csv", "out.jsonl"])
 def test_torn_last_line_is_repaired(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
-    table = ResultTable(path, top_k=1, model="m", version=1)
+    table = open_sink(path, top_k=1, model="m", version=1)
     table.write([ResultRow(f"{i}.png", (Prediction("0", 0, 1.0),)) for i in range(5)])
     table.close()
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) - 7])  # SIGKILL in the middle of the last row
 
-    table = ResultTable(path, top_k=1, model="m", version=1)
+    table = open_sink(path, top_k=1, model="m", version=1)
     assert table.done == {f"{i}.png" for i in range(4)}
     table.write([ResultRow("4.png", (Prediction("0", 0, 1.0),))])
     table.close()
@@ -79,14 +73,14 @@ def test_torn_last_line_is_repaired(tmp_path: Path, name: str) -> None:
 
 def test_restart_overwrites_and_other_top_k_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "out.csv"
-    table = ResultTable(path, top_k=1, model="m", version=1)
+    table = open_sink(path, top_k=1, model="m", version=1)
     table.write(ROWS[:1])
     table.close()
     with pytest.raises(OutputError, match="--restart"):
-        ResultTable(path, top_k=2, model="m", version=1)
+        open_sink(path, top_k=2, model="m", version=1)
     with pytest.raises(OutputError, match="model 'm', not 'other'"):
-        ResultTable(path, top_k=1, model="other", version=1)
-    table = ResultTable(path, top_k=2, model="m", version=1, resume=False)
+        open_sink(path, top_k=1, model="other", version=1)
+    table = open_sink(path, top_k=2, model="m", version=1, resume=False)
     assert table.done == set()
     table.close()
     assert list(csv.reader(path.open())) == [columns(2)]
@@ -94,12 +88,12 @@ def test_restart_overwrites_and_other_top_k_is_refused(tmp_path: Path) -> None:
 
 def test_unknown_extension_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match=r"\.csv"):
-        ResultTable(tmp_path / "out.xlsx", top_k=1, model="m", version=1)
+        open_sink(tmp_path / "out.xlsx", top_k=1, model="m", version=1)
 
 
 def test_jsonl_rows_are_plain_json(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
-    table = ResultTable(path, top_k=1, model="m", version=2)
+    table = open_sink(path, top_k=1, model="m", version=2)
     table.write(ROWS[:1])
     table.close()
     assert json.loads(path.read_text().splitlines()[0]) == {

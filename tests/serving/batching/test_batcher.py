@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from cnnserve.serving.batching.batcher import BatchSettings, DynamicBatcher
-from cnnserve.serving.grpc.client import CnnserveClient
 from cnnserve.serving.errors import DeadlineExpiredError, QueueFullError
+from cnnserve.serving.grpc.client import CnnserveClient
 
 pytestmark = pytest.mark.timeout(120)
 

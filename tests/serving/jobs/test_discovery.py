@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cnnserve.serving.jobs.discovery import DiscoveryStats, FolderNotFoundError, count_images, iter_images
+from cnnserve.serving.errors import FolderNotFoundError
+from cnnserve.serving.jobs.discovery import DiscoveryStats, count_images, iter_images
 
 
 def _png(path: Path) -> None:

@@ -1,0 +1,215 @@
+"""The serving data plane: every operation a client can ask for, on plain Python and numpy values.
+
+Transports (the gRPC servicers, the HTTP endpoints) translate their wire format into these calls and the
+results back, and nothing else; the batch job and the tests can call them directly. A Classify request's
+images are decoded (core.inputs), queued and merged with other requests for the same model version
+(batching), run by that version's ONNX Runtime session (model.runtime) and answered here as top-k classes.
+Every invalid input raises an error of the serving error tree naming the culprit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from cnnserve.serving.core.inputs import (
+    INLINE_DECODE_BYTES,
+    ImageInput,
+    RequestLimits,
+    build_batch,
+    build_big_batch,
+    check_count,
+    encoded_bytes,
+    prepare_batch,
+)
+from cnnserve.serving.core.registry import LoadedModel, ModelRegistry, VersionStatus
+from cnnserve.serving.errors import InvalidRequestError, LayerNotFoundError
+from cnnserve.serving.insight.explainer import ExplainOptions, ExplainResult, FiltersResult, Insight
+from cnnserve.serving.insight.gradcam import explain_methods
+from cnnserve.serving.insight.rendering import activation_mosaic_png
+from cnnserve.serving.model.runtime import top_k as best_k
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Per image, the k best classes of the model version that answered: indices and probabilities."""
+
+    model: LoadedModel
+    indices: np.ndarray  # (N, k) int
+    scores: np.ndarray  # (N, k) float32
+
+
+@dataclass(frozen=True)
+class Activations:
+    """The requested layers' outputs for a request's images, and per layer the first image's mosaic PNG."""
+
+    model: LoadedModel
+    layers: dict[str, np.ndarray]  # layer -> float32 (N, ...layer dims)
+    mosaics: dict[str, bytes]  # layer -> PNG, when asked for
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a client needs to call a model version: the loaded version, its siblings' states, its methods."""
+
+    model: LoadedModel
+    versions: list[VersionStatus]
+    explain_methods: list[str]  # ExplainMethod names: OCCLUSION, GRADCAM
+
+
+def check_top_k(top_k: int, num_classes: int) -> int:
+    """top_k 0 means 1; otherwise it must be between 1 and the number of classes."""
+    if top_k == 0:
+        return 1
+    if not 1 <= top_k <= num_classes:
+        raise InvalidRequestError(
+            f"top_k must be between 1 and {num_classes} (the model's classes), not {top_k}"
+        )
+    return top_k
+
+
+def check_layers(model: LoadedModel, layers: Sequence[str]) -> list[str]:
+    """The requested activation layers (empty = all of them), validated."""
+    available = list(model.runtime.activation_outputs)
+    if not layers:
+        return available
+    for layer in layers:
+        if layer not in model.runtime.activation_outputs:
+            raise LayerNotFoundError(
+                f"model {model.name!r} version {model.version} has no activation layer {layer!r}; "
+                f"activation layers: {', '.join(available) or 'none'}"
+            )
+    return list(dict.fromkeys(layers))
+
+
+class DataPlane:
+    """The live models, the thread pool for blocking work and the request limits, behind every RPC."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        executor: Executor,
+        limits: RequestLimits,
+        decode_on_loop: bool = False,
+    ) -> None:
+        """`decode_on_loop`: a worker with at most one core decodes big requests on its event loop in
+        slices rather than in the executor (a thread would add GIL hand-offs, not a core)."""
+        self.registry = registry
+        self.executor = executor
+        self.limits = limits
+        self.decode_executor: Executor | None = None if decode_on_loop else executor
+        self.insight = Insight(registry.session_options)
+
+    # -- Classify ----------------------------------------------------------------------------------------
+
+    async def classify(
+        self,
+        model: str,
+        version: int,
+        images: Sequence[ImageInput],
+        top_k: int,
+        deadline: float | None = None,
+    ) -> Classification:
+        """The top_k classes of each image, through the model version's dynamic batcher; `deadline` is
+        event-loop time (past it, a request still queued is dropped with DEADLINE_EXCEEDED)."""
+        loaded = self.registry.get(model, version)
+        k = check_top_k(top_k, loaded.model.num_classes)
+        check_count(images, self.limits)
+        if encoded_bytes(images) <= INLINE_DECODE_BYTES:
+            # Small: decoded on the loop when its batch starts, back to back with the batch's other images
+            # while the decoder's code and tables are still in the CPU's caches.
+            prepare = functools.partial(build_batch, images, loaded.spec, self.limits)
+            probs = await loaded.batcher.submit_deferred(prepare, len(images), deadline)
+        else:
+            with loaded.batcher.expecting():
+                batch = await build_big_batch(images, loaded.spec, self.limits, self.decode_executor)
+            probs = await loaded.batcher.submit(batch, deadline)
+        indices, scores = best_k(probs, k)
+        return Classification(loaded, indices, scores)
+
+    # -- activations -------------------------------------------------------------------------------------
+
+    async def activations(
+        self,
+        model: str,
+        version: int,
+        images: Sequence[ImageInput],
+        layers: Sequence[str],
+        mosaic: bool = False,
+    ) -> Activations:
+        """The named layers' activations (empty = every activation layer) of the request's images, and with
+        `mosaic` a feature-map picture per layer of the first image; the session runs in the executor."""
+        loaded = self.registry.get(model, version)
+        names = check_layers(loaded, layers)
+        batch = await prepare_batch(images, loaded.spec, self.limits, self.decode_executor)
+
+        def compute() -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
+            outputs = loaded.runtime.activations(batch, names)
+            values = {name: np.asarray(value, dtype=np.float32) for name, value in outputs.items()}
+            mosaics = (
+                {name: activation_mosaic_png(value[0]) for name, value in values.items()} if mosaic else {}
+            )
+            return values, mosaics
+
+        values, mosaics = await asyncio.get_running_loop().run_in_executor(self.executor, compute)
+        return Activations(loaded, values, mosaics)
+
+    # -- models ------------------------------------------------------------------------------------------
+
+    def models(self) -> dict[str, list[VersionStatus]]:
+        """Every model of the repository and its versions' states (with the reason a version is down)."""
+        return self.registry.statuses()
+
+    def metadata(self, model: str, version: int = 0) -> ModelMetadata:
+        loaded = self.registry.get(model, version)
+        return ModelMetadata(
+            loaded, self.registry.statuses().get(loaded.name, []), explain_methods(loaded.model)
+        )
+
+    # -- filters and explanations ------------------------------------------------------------------------
+
+    async def filters(
+        self, model: str, version: int, layer: str, input_channel: int = -1, mosaic: bool = False
+    ) -> FiltersResult:
+        """A Conv/Dense layer's kernel and bias in Keras layout, and with `mosaic` the filter picture."""
+        loaded = self.registry.get(model, version)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor,
+            functools.partial(
+                self.insight.get_filters, loaded.model, layer, mosaic=mosaic, input_channel=input_channel
+            ),
+        )
+
+    async def explain(
+        self,
+        model: str,
+        version: int,
+        image: ImageInput,
+        options: ExplainOptions,
+        deadline: float | None = None,
+    ) -> ExplainResult:
+        """A heatmap of what made the model answer a class: the image decoded as for Classify, its occluded
+        copies sent through the version's dynamic batcher chunk by chunk (each chunk carries the deadline,
+        so an expired explanation stops being computed), or Grad-CAM's gradient graph."""
+        loaded = self.registry.get(model, version)
+        batch = await prepare_batch([image], loaded.spec, self.limits, self.decode_executor)
+
+        async def classify(chunk: np.ndarray) -> np.ndarray:
+            # A chunk is a ready-made batch: it may compute beside another one rather than wait to merge.
+            return await loaded.batcher.submit(chunk, deadline, bulk=len(chunk) > 1)
+
+        settings = loaded.batcher.settings
+        return await self.insight.explain_async(
+            loaded.model,
+            batch[0],
+            options,
+            classify,
+            settings.max_batch_size,
+            self.executor,
+            chunks_in_flight=settings.max_concurrent_batches if settings.enabled else 1,
+        )
