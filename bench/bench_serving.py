@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_serving.py --repo REPO --model mnist_cnn [--duration 5] [--workers N]
 
-Baselines (see /work/shared/BENCHMARKS.md), all on the same model file and the same encoded images:
+Baselines (docs/benchmarks.md has the method), all on the same model file and the same encoded images:
 - ceiling: decode+preprocess on all cores (processes) and ONNX Runtime on all cores at the best batch
   size, each alone; on a CPU-only machine both share the cores, so ceiling = 1 / (1/decode + 1/ORT).
   The best batch size is picked in one pass over the sizes and its rate measured again in a pass of its
@@ -434,9 +434,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def ceiling_figures(decode: float, ort: tuple[int, float], ort_procs: tuple[int, float]) -> dict[str, float]:
-    """The ceiling as BENCHMARKS.md and the serving issue define it (one process, ORT on all cores, best
-    batch), and the stronger one the machine also offers (one single-threaded session per core, as the
-    server's workers run): the first is the target's yardstick, the second is reported beside it.
+    """The ceiling (one process, ORT on all cores, best batch), and the stronger one the machine also
+    offers (one single-threaded session per core, as the server's workers run): the first is the yardstick,
+    the second is reported beside it.
     `ort` and `ort_procs` are (best batch size, its images/s)."""
     best, ort_rate = ort
     best_procs, procs_rate = ort_procs

@@ -25,7 +25,7 @@ from dockerimage import (
 from packaging.requirements import Requirement
 
 SERVING_SOURCES = {"cnnserve/", "serving/", "protos/"}
-# Names that must never reach the serving image (DESIGN.md: serving never imports them).
+# Names that must never reach the serving image (serving never imports them).
 FORBIDDEN = {"tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx", "mlxtend", "matplotlib"}
 
 

@@ -1,7 +1,7 @@
 """Every zoo architecture exports with parity on its final output and every activation layer.
 
 Weights are untrained (biases made non-zero); samples are real (bundled MNIST digits, or real PNG files
-for the RGB models). Each export also proves the layer-weights map (issue 8) and the Grad-CAM graph.
+for the RGB models). Each export also proves the layer-weights map and the Grad-CAM graph.
 """
 
 from __future__ import annotations
