@@ -22,6 +22,15 @@ from cnnserve.serving.errors import ShuttingDownError, Status, status_of
 LOG = logging.getLogger(__name__)
 
 
+class CallSource(Protocol):
+    """Where a call's metadata and peer come from: a gRPC ServicerContext, or an HTTP request's adapter.
+    Read only when a hook asks (fetching gRPC metadata costs microseconds per call)."""
+
+    def invocation_metadata(self) -> Sequence[tuple[str, Any]] | None: ...
+
+    def peer(self) -> str: ...
+
+
 @dataclass(slots=True)
 class Call:
     """One call, as the hooks see it. Transports fill what they know; handlers add what they learn."""
@@ -29,8 +38,7 @@ class Call:
     protocol: str  # "cnnserve.v1", "v2-grpc", "v2-http", ...
     method: str  # the RPC or endpoint name: "Classify", "ModelInfer", ...
     model: str  # the model named in the request ("" for server-wide calls)
-    metadata: Sequence[tuple[str, Any]] = ()  # gRPC invocation metadata or HTTP headers, keys lower-case
-    peer: str = ""
+    source: CallSource | None = None  # the transport's view of the call: metadata, peer
     start: float = field(default_factory=time.perf_counter)
     version: int = 0  # the version that answered, once known
     images: int = 0  # images answered
@@ -38,6 +46,18 @@ class Call:
     status: Status | None = None  # set before `end`: None for success
     message: str = ""  # the error message the caller got, when it failed
     attributes: dict[str, Any] = field(default_factory=dict)  # e.g. queue and compute time, batch size
+    _metadata: tuple[tuple[str, Any], ...] | None = None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, Any], ...]:
+        """gRPC invocation metadata or HTTP headers as (key, value) pairs, keys lower-case."""
+        if self._metadata is None:
+            self._metadata = tuple(self.source.invocation_metadata() or ()) if self.source else ()
+        return self._metadata
+
+    @property
+    def peer(self) -> str:
+        return self.source.peer() if self.source is not None else ""
 
     def metadata_value(self, key: str) -> str | None:
         """The first value of a metadata key (lower-case), as text."""

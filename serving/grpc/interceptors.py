@@ -47,14 +47,7 @@ class CallRunner:
         model: str,
         handler: Callable[[Call], Awaitable[R]],
     ) -> R:
-        call = Call(
-            self.protocol,
-            method,
-            model,
-            context.invocation_metadata() or (),
-            context.peer(),
-            time.perf_counter(),
-        )
+        call = Call(self.protocol, method, model, context, time.perf_counter())
         try:
             self.hooks.begin(call)
         except Exception as error:
