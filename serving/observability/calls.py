@@ -1,0 +1,275 @@
+"""One call, observed: its server span, what the batcher measured for it, and its access-log line.
+
+A transport (the gRPC interceptor, the HTTP handlers) opens a `CallRecord` with `CallObserver.begin` when a
+call arrives and closes it with `end` once answered. While the call runs, the record is the context's
+`CURRENT_CALL`, so the core and the batcher, several awaits down and without knowing any transport, can
+note when the call's images were decoded, how long it queued and which batch computed it. Nothing of this
+exists unless tracing or the access log is on: the transport then never opens a record, and the batcher
+finds None where a record would be (one contextvar read per request).
+
+Spans are made after the fact, from the recorded monotonic times, with explicit timestamps: the batch
+loop does no span work while it batches, and a call that is not sampled costs only its server span.
+A sampled call gets children `decode`, `queue`, `compute` (linked to its batch's span, with the batch
+size) and `response`; each batch with a sampled call in it gets one `batch` span, a child of the first
+sampled call's span and linked to every call merged into it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from typing import Any
+
+from cnnserve.serving.observability.tracing import Tracing
+
+# gRPC codes that mean the server failed (OpenTelemetry's rule for server spans); others are the caller's.
+SERVER_FAULT_CODES = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+)
+MAX_ERROR_CHARS = 200  # of an error message in the access log and on a span
+
+
+@dataclass(eq=False, slots=True)
+class BatchRecord:
+    """One batch that computed a recorded call: its model, size and compute window (monotonic s)."""
+
+    model: str
+    images: int
+    requests: int
+    compute_start: float
+    compute_end: float
+    span_context: Any = None  # the batch span's, when one was recorded
+
+
+@dataclass(eq=False, slots=True)
+class BatchShare:
+    """The part of a call that rode in one batch (a call bigger than max_batch_size rides in several)."""
+
+    batch: BatchRecord
+    enqueued: float
+    started: float  # when its batch was taken from the queue
+    decode_start: float | None = None  # decoded when its batch started (small requests)
+    decode_end: float | None = None
+
+
+@dataclass(eq=False, slots=True)
+class CallRecord:
+    """What is known of one call while it runs; monotonic seconds throughout."""
+
+    method: str
+    start: float
+    observer: CallObserver
+    peer: str = ""
+    span: Any = None  # the server span, when tracing
+    anchor_ns: int = 0  # wall-clock ns minus monotonic ns, taken at `begin`
+    decode_start: float | None = None  # decoded before queueing (big requests)
+    decode_end: float | None = None
+    shares: list[BatchShare] = field(default_factory=list)
+
+    def note_decode(self, start: float, end: float) -> None:
+        self.decode_start, self.decode_end = start, end
+
+    @property
+    def queue_s(self) -> float | None:
+        return max((s.started - s.enqueued for s in self.shares), default=None)
+
+    @property
+    def compute_s(self) -> float | None:
+        if not self.shares:
+            return None
+        return sum(s.batch.compute_end - s.batch.compute_start for s in self.shares)
+
+    @property
+    def decode_s(self) -> float | None:
+        spans = [(s.decode_start, s.decode_end) for s in self.shares]
+        spans.append((self.decode_start, self.decode_end))
+        seconds = [end - start for start, end in spans if start is not None and end is not None]
+        return sum(seconds) if seconds else None
+
+    @property
+    def batch_size(self) -> int | None:
+        return max((s.batch.images for s in self.shares), default=None)
+
+
+CURRENT_CALL: ContextVar[CallRecord | None] = ContextVar("cnnserve_call", default=None)
+
+
+def current_call() -> CallRecord | None:
+    """The record of the call this code runs for, if its transport opened one."""
+    return CURRENT_CALL.get()
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """How a call ended, as its transport saw it."""
+
+    status: str  # gRPC status code name (OK, NOT_FOUND, ...)
+    model: str = ""
+    version: int = 0
+    images: int = 0
+    http_status: int | None = None  # for calls over HTTP
+    client: str = ""  # the authenticated client's name, when the server checks tokens
+    error: str = ""  # the message the caller got, for a failure
+
+
+def record_batch(batch: BatchRecord, shares: Sequence[tuple[CallRecord, BatchShare]]) -> None:
+    """Called by the batcher once a batch computed: hand each recorded call its share, and trace the
+    batch when one of its calls is sampled."""
+    for call, share in shares:
+        call.shares.append(share)
+    sampled = next((call for call, _ in shares if call.span is not None and call.span.is_recording()), None)
+    if sampled is None:
+        return
+    tracing = sampled.observer.tracing
+    assert tracing is not None
+    from opentelemetry import trace
+
+    links = [trace.Link(call.span.get_span_context()) for call, _ in shares if call.span is not None]
+    anchor = time.time_ns() - time.monotonic_ns()
+    span = tracing.tracer.start_span(
+        "batch",
+        context=trace.set_span_in_context(sampled.span),
+        links=links,
+        start_time=_ns(batch.compute_start, anchor),
+        attributes={
+            "cnnserve.model": batch.model,
+            "cnnserve.batch.size": batch.images,
+            "cnnserve.batch.requests": batch.requests,
+        },
+    )
+    span.end(end_time=_ns(batch.compute_end, anchor))
+    batch.span_context = span.get_span_context()
+
+
+def _ns(monotonic_s: float, anchor_ns: int) -> int:
+    return int(monotonic_s * 1e9) + anchor_ns
+
+
+class CallObserver:
+    """Opens and closes call records for a transport: server spans and access-log lines."""
+
+    def __init__(self, tracing: Tracing | None, access_log: logging.Logger | None) -> None:
+        self.tracing = tracing
+        self.access_log = access_log
+
+    def begin(
+        self,
+        method: str,
+        peer: str,
+        carrier: Iterable[tuple[str, Any]] | None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> tuple[CallRecord, tuple[Token[CallRecord | None], object | None]]:
+        """Open a call: its record becomes CURRENT_CALL and, when tracing, its server span (continuing
+        the caller's traceparent from `carrier`, the metadata or header pairs) the active span."""
+        record = CallRecord(method, time.monotonic(), self, peer)
+        otel_token: object | None = None
+        if self.tracing is not None:
+            from opentelemetry import context, trace
+
+            record.anchor_ns = time.time_ns() - time.monotonic_ns()
+            parent = self.tracing.extract_pairs(carrier)
+            span = self.tracing.tracer.start_span(
+                method,
+                context=parent,
+                kind=trace.SpanKind.SERVER,
+                attributes=attributes,
+                start_time=_ns(record.start, record.anchor_ns),
+            )
+            record.span = span
+            otel_token = context.attach(trace.set_span_in_context(span, parent))
+        return record, (CURRENT_CALL.set(record), otel_token)
+
+    def end(
+        self,
+        record: CallRecord,
+        tokens: tuple[Token[CallRecord | None], object | None],
+        outcome: CallOutcome,
+    ) -> None:
+        """Close a call: its spans end, its access-log line is written."""
+        finished = time.monotonic()
+        call_token, otel_token = tokens
+        CURRENT_CALL.reset(call_token)
+        trace_id = ""
+        if record.span is not None:
+            from opentelemetry import context
+
+            context.detach(otel_token)  # type: ignore[arg-type]
+            span_context = record.span.get_span_context()
+            trace_id = f"{span_context.trace_id:032x}"
+            if record.span.is_recording():
+                self._finish_span(record, outcome, finished)
+        if self.access_log is not None:
+            self._log(record, outcome, finished, trace_id)
+
+    def _finish_span(self, record: CallRecord, outcome: CallOutcome, finished: float) -> None:
+        from opentelemetry import trace
+
+        assert self.tracing is not None
+        span = record.span
+        span.set_attribute("rpc.response.status_code", outcome.status)
+        if outcome.http_status is not None:
+            span.set_attribute("http.response.status_code", outcome.http_status)
+        if outcome.model:
+            span.set_attribute("cnnserve.model", outcome.model)
+        if outcome.version:
+            span.set_attribute("cnnserve.model.version", outcome.version)
+        if outcome.images:
+            span.set_attribute("cnnserve.images", outcome.images)
+        if outcome.client:
+            span.set_attribute("enduser.id", outcome.client)
+        if outcome.status in SERVER_FAULT_CODES:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.error[:MAX_ERROR_CHARS]))
+        tracer = self.tracing.tracer
+        parent = trace.set_span_in_context(span)
+        anchor = record.anchor_ns
+
+        def child(name: str, start: float, end: float, **kwargs: Any) -> None:
+            tracer.start_span(name, context=parent, start_time=_ns(start, anchor), **kwargs).end(
+                end_time=_ns(end, anchor)
+            )
+
+        if record.decode_start is not None and record.decode_end is not None:
+            child("decode", record.decode_start, record.decode_end)
+        answered = record.start
+        for share in record.shares:
+            child("queue", share.enqueued, share.started)
+            if share.decode_start is not None and share.decode_end is not None:
+                child("decode", share.decode_start, share.decode_end)
+            batch = share.batch
+            links = [trace.Link(batch.span_context)] if batch.span_context is not None else None
+            attributes = {"cnnserve.batch.size": batch.images, "cnnserve.batch.requests": batch.requests}
+            child("compute", batch.compute_start, batch.compute_end, links=links, attributes=attributes)
+            answered = max(answered, batch.compute_end)
+        if record.shares:
+            child("response", answered, finished)
+        span.end(end_time=_ns(finished, anchor))
+
+    def _log(self, record: CallRecord, outcome: CallOutcome, finished: float, trace_id: str) -> None:
+        assert self.access_log is not None
+        fields: dict[str, Any] = {
+            "method": record.method,
+            "model": outcome.model,
+            "version": outcome.version or None,
+            "images": outcome.images,
+            "status": outcome.status,
+        }
+        if outcome.http_status is not None:
+            fields["http_status"] = outcome.http_status
+        fields["latency_ms"] = _ms(finished - record.start)
+        fields["decode_ms"] = _ms(record.decode_s)
+        fields["queue_ms"] = _ms(record.queue_s)
+        fields["compute_ms"] = _ms(record.compute_s)
+        fields["batch_size"] = record.batch_size
+        fields["peer"] = record.peer
+        fields["client"] = outcome.client or None
+        fields["trace_id"] = trace_id or None
+        if outcome.error:
+            fields["error"] = outcome.error[:MAX_ERROR_CHARS]
+        self.access_log.info("%s %s", record.method, outcome.status, extra={"access": fields})
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1e3, 3)
