@@ -145,8 +145,9 @@ def test_requirements_pin_the_serving_dependencies_and_nothing_heavier() -> None
     gpu = read_requirements(DOCKER_DIR / "requirements-serving-gpu.txt")
     assert "onnxruntime" in cpu and "onnxruntime-gpu" not in cpu
     assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
+    assert "nvidia-ml-py" in gpu and "nvidia-ml-py" not in cpu  # GPU metrics: the GPU image only
     assert {k: v for k, v in cpu.items() if k != "onnxruntime"} == {
-        k: v for k, v in gpu.items() if k != "onnxruntime-gpu"
+        k: v for k, v in gpu.items() if k not in ("onnxruntime-gpu", "nvidia-ml-py")
     }
     assert not FORBIDDEN & set(cpu), FORBIDDEN & set(cpu)
     # Every dependency the serving project declares is pinned, at a version its bound accepts.
@@ -156,10 +157,10 @@ def test_requirements_pin_the_serving_dependencies_and_nothing_heavier() -> None
         name = normalise(requirement.name)
         assert name in cpu, f"{name} is a serving dependency but not pinned in requirements-serving.txt"
         assert requirement.specifier.contains(cpu[name]), f"{name}=={cpu[name]} does not meet {requirement}"
-    # ... and the ONNX Runtime pins meet the main project's extras.
+    # ... and the pins meet the main project's extras (ONNX Runtime, NVML, the OTLP exporter).
     main = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     extras = main["project"]["optional-dependencies"]
-    for extra, pins in (("cpu", cpu), ("gpu", gpu)):
+    for extra, pins in (("cpu", cpu), ("gpu", gpu), ("otlp", cpu), ("otlp", gpu)):
         for text in extras[extra]:
             requirement = Requirement(text)
             assert requirement.specifier.contains(pins[normalise(requirement.name)]), (extra, text)
