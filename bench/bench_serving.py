@@ -14,6 +14,12 @@ The server is measured with 1, 8, 64 closed-loop clients sending one image per c
 64, with dynamic batching on and off. The load generator runs in its own process (grpc.aio, pre-serialised
 requests, responses left unparsed so the generator costs as little as it can); the same generator drives
 every system. Prints a table with ratios; `--json OUT` also writes the figures.
+
+`--observability` measures instead what tracing and the access log cost: the same server with tracing off,
+tracing on at sampling ratios 0.01 and 1.0 (spans exported over OTLP/gRPC to a local sink that receives
+and drops them, so the exporter does all its work), and the access log on (to a file), interleaved in
+rounds at 1 x 1, 64 x 1 and 8 x 64; `--compare-tree DIR` adds a server run from another checkout (e.g.
+the commit before a change) for an A/B of the code itself.
 """
 
 from __future__ import annotations
@@ -234,14 +240,24 @@ def run_load(address: str, payload: Path, clients: int, images: int, duration: f
 
 
 class Server:
-    def __init__(self, repo: Path, workers: int, extra: list[str], tmp: Path, name: str) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        workers: int,
+        extra: list[str],
+        tmp: Path,
+        name: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port_file = tmp / f"{name}.port"
         self.port_file.unlink(missing_ok=True)
         self.log = (tmp / f"{name}.log").open("w")
         command = [sys.executable, "-m", "cnnserve", "--log-level", "WARNING", "serve", "--repo", str(repo)]
         command += ["--host", "127.0.0.1", "--port", "0", "--workers", str(workers), "--poll-interval", "0"]
         command += ["--port-file", str(self.port_file), *extra]
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
         deadline = time.monotonic() + 180
         while not self.port_file.is_file():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -354,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_load":
         return load_main(argv[1:])
+    if argv and argv[0] == "_otlp_sink":
+        return otlp_sink_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, required=True)
     parser.add_argument("--model", required=True)
@@ -366,7 +384,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-floor", action="store_true", help="skip the Keras floor")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--observability",
+        action="store_true",
+        help="instead: the server with tracing off, on at ratio 1.0 and 0.01 (OTLP to a local sink), and "
+        "with the access log on, side by side",
+    )
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="with --observability: also a server run from this source tree (a checkout of another commit)",
+    )
     args = parser.parse_args(argv)
+    if args.observability:
+        return observability_main(args)
 
     from cnnserve.protos import inference_pb2
     from cnnserve.serving.model.repository import open_model_version
@@ -566,6 +597,172 @@ def _category(stack: str) -> str:
     if "PIL" in stack or "preprocess" in stack:
         return "decode"
     return "event loop (gRPC/asyncio/servicer)"
+
+
+# ------------------------------------------------------------------------------------------------
+# Observability: what tracing and the access log cost, measured side by side
+# ------------------------------------------------------------------------------------------------
+
+
+def otlp_sink_main(argv: list[str]) -> int:
+    """An OTLP/gRPC trace receiver that counts and drops what it gets: the collector's side of the wire,
+    so the server's exporter does all its real work (batching, encoding, sending)."""
+    import signal
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port-file", type=Path, required=True)
+    args = parser.parse_args(argv)
+    received = {"spans": 0, "requests": 0}
+
+    class Sink(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):  # type: ignore[no-untyped-def]
+            received["requests"] += 1
+            received["spans"] += sum(
+                len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans
+            )
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(ThreadPoolExecutor(2), options=[("grpc.max_receive_message_length", 64 << 20)])
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Sink(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    args.port_file.write_text(str(port))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop(1)
+    json.dump(received, sys.stdout)
+    return 0
+
+
+class OtlpSink:
+    def __init__(self, tmp: Path) -> None:
+        port_file = tmp / "otlp-sink.port"
+        command = [sys.executable, __file__, "_otlp_sink", "--port-file", str(port_file)]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not port_file.is_file() or not port_file.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the OTLP sink did not start")
+            time.sleep(0.05)
+        self.endpoint = f"http://127.0.0.1:{int(port_file.read_text())}"
+
+    def stop(self) -> dict[str, int]:
+        self.process.terminate()
+        out, _ = self.process.communicate(timeout=30)
+        return json.loads(out) if out.strip() else {}
+
+
+def shim_tree(source: Path, tmp: Path) -> Path:
+    """A folder that imports `cnnserve` (and its serving and protos wings) from another source tree, put
+    first on PYTHONPATH: the installed editable mapping is only consulted after it."""
+    root = tmp / "compare-tree"
+    package = root / "cnnserve"
+    package.mkdir(parents=True)
+    for entry in (source / "cnnserve").iterdir():
+        if entry.name != "__pycache__":
+            (package / entry.name).symlink_to(entry)
+    for wing in ("serving", "protos"):
+        (package / wing).symlink_to(source / wing)
+    return root
+
+
+def observability_main(args: argparse.Namespace) -> int:
+    from cnnserve.protos import inference_pb2
+    from cnnserve.serving.repository import open_model_version
+
+    version = open_model_version(args.repo, args.model)
+    images = make_images(version.config)
+    points = [(1, 1), (64, 1), (8, 64)]
+    print(
+        f"# {args.model} v{version.version}, {os.cpu_count()} cores, {args.workers} server workers, "
+        f"{args.duration:.0f} s per point, {args.rounds} rounds, systems in a rotating order per round",
+        flush=True,
+    )
+    measured: dict[tuple[str, int, int], list[Row]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-observability-") as tmp_name:
+        tmp = Path(tmp_name)
+        payloads = {}
+        for count in (1, 64):
+            request = inference_pb2.ClassifyRequest(
+                model=args.model, images=[inference_pb2.Image(encoded=d) for d in images[:count]]
+            )
+            payloads[count] = tmp / f"payload-{count}.bin"
+            payloads[count].write_bytes(request.SerializeToString())
+        sink = OtlpSink(tmp)
+        off = {"OTEL_TRACES_EXPORTER": "none"}
+
+        def traced(ratio: str) -> dict[str, str]:
+            return {
+                "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+                "OTEL_EXPORTER_OTLP_INSECURE": "true",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": ratio,
+            }
+
+        plans: list[tuple[str, list[str], dict[str, str]]] = [
+            ("tracing off", [], off),
+            ("tracing 0.01", [], traced("0.01")),
+            ("tracing 1.0", [], traced("1.0")),
+            ("access log", ["--access-log"], off),
+        ]
+        if args.compare_tree is not None:
+            plans.append(("other tree", [], {**off, "PYTHONPATH": str(shim_tree(args.compare_tree, tmp))}))
+        servers: dict[str, Server] = {}
+        try:
+            for system, flags, env in plans:
+                name = system.replace(" ", "-")
+                servers[system] = Server(args.repo, args.workers, flags, tmp, name, env)
+            for round_index in range(args.rounds):
+                order = plans[round_index % len(plans) :] + plans[: round_index % len(plans)]
+                for clients, count in points:
+                    for system, _, _ in order:
+                        row = run_load(
+                            servers[system].address, payloads[count], clients, count, args.duration, system
+                        )
+                        measured.setdefault((system, clients, count), []).append(row)
+                        print(
+                            f"  round {round_index + 1}: {system:14s} {clients:3d} x {count:<3d} "
+                            f"{row.images_per_s:10,.0f} img/s p50 {row.p50_ms:6.2f} ms "
+                            f"p99 {row.p99_ms:6.2f} ms errors {row.errors}",
+                            flush=True,
+                        )
+        finally:
+            for server in servers.values():
+                server.stop()
+            received = sink.stop()
+        access_lines = sum(
+            1
+            for line in (tmp / "access-log.log").read_text(errors="replace").splitlines()
+            if "status" in line
+        )
+    print(
+        f"\nspans received by the OTLP sink: {received.get('spans', 0):,} in {received.get('requests', 0):,} "
+        f"exports; access-log lines written: {access_lines:,}"
+    )
+    print("\nmedians over rounds (min-max); ratio: images/s against `tracing off` in the same round")
+    print("| server | clients x images/call | images/s | ratio to tracing off | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for (system, clients, count), rows in measured.items():
+        base = measured[("tracing off", clients, count)]
+        ratios = [100 * r.images_per_s / b.images_per_s for r, b in zip(rows, base, strict=True)]
+        print(
+            f"| {system} | {clients} x {count} | {_median([r.images_per_s for r in rows]):,.0f} "
+            f"({min(r.images_per_s for r in rows):,.0f}-{max(r.images_per_s for r in rows):,.0f}) | "
+            f"{_median(ratios):.1f}% ({min(ratios):.1f}-{max(ratios):.1f}) | "
+            f"{_median([r.p50_ms for r in rows]):.2f} | {_median([r.p99_ms for r in rows]):.2f} | "
+            f"{sum(r.errors for r in rows)} |"
+        )
+    if args.json:
+        rows_json = {f"{s} {c}x{b}": [asdict(r) for r in rows] for (s, c, b), rows in measured.items()}
+        args.json.write_text(json.dumps({"model": args.model, "rows": rows_json, "sink": received}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
