@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="logging verbosity (default: INFO)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text, or as one JSON object per line with the active trace's ids "
+        "(default: $CNNSERVE_LOG_FORMAT, else text)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _load_command_modules():
         module.register(subparsers)  # type: ignore[attr-defined]
@@ -62,11 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from cnnserve.serving.observability.logs import LogFormatError, configure_logging, resolve_log_format
+
+    try:
+        log_format = resolve_log_format(args.log_format)
+    except LogFormatError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    configure_logging(getattr(logging, args.log_level), log_format)
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
