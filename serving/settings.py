@@ -79,6 +79,7 @@ class ServerSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     echo: bool = False  # serve a no-work Classify: the transport benchmark
+    access_log: bool = False  # one log line per call (see observability/calls.py)
     port_file: Path | None = None  # written with the bound port once every worker serves
 
     def intra_op_threads(self, cpu_count: int | None = None) -> int:
@@ -149,6 +150,7 @@ FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "max_images": ("CNNSERVE_MAX_IMAGES", _int(1), "--max-images"),
     "max_pixels": ("CNNSERVE_MAX_PIXELS", _int(1), "--max-pixels"),
     "grace_seconds": ("CNNSERVE_GRACE_SECONDS", _float(0.0), "--grace-seconds"),
+    "access_log": ("CNNSERVE_ACCESS_LOG", _bool, "--access-log"),
 }
 
 

@@ -28,6 +28,13 @@ import numpy as np
 
 from cnnserve.serving.batching.policy import AdaptiveWait, FixedWait, WaitPolicy
 from cnnserve.serving.errors import DeadlineExpiredError, QueueFullError, ShuttingDownError
+from cnnserve.serving.observability.calls import (
+    BatchRecord,
+    BatchShare,
+    CallRecord,
+    current_call,
+    record_batch,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -69,6 +76,10 @@ class _Waiting:
     deadline: float | None  # event-loop time
     enqueued: float  # event-loop time
     bulk: bool = False  # a ready-made batch: it need not wait to merge (see `submit`)
+    # The caller's call record when tracing or the access log is on (see observability/calls.py): the
+    # batch then notes when this request was decoded, queued and computed. None otherwise.
+    call: CallRecord | None = None
+    decoded: tuple[float, float] | None = None  # when `prepare` ran (monotonic), for a recorded call
 
 
 class DynamicBatcher:
@@ -157,7 +168,7 @@ class DynamicBatcher:
         now = loop.time()
         concurrent = not bulk and bool(self._running_requests or self._waiting)
         self.policy.arrived(now, concurrent, len(self._waiting) + self._running_requests + 1)
-        waiting = _Waiting(batch, count, loop.create_future(), deadline, now, bulk)
+        waiting = _Waiting(batch, count, loop.create_future(), deadline, now, bulk, current_call())
         self._waiting.append(waiting)
         self._waiting_images += count
         if self._task is None:
@@ -189,11 +200,16 @@ class DynamicBatcher:
 
     async def _run_alone(self, loop: asyncio.AbstractEventLoop, batch: np.ndarray) -> np.ndarray:
         self._inflight_images += len(batch)
+        call = current_call()
         try:
             start = time.perf_counter()
+            began = time.monotonic() if call is not None else 0.0
             result = await self._compute(loop, batch)
             if self.observer is not None:
                 self.observer.observe_batch(len(batch), (0.0,), time.perf_counter() - start)
+            if call is not None:
+                record = BatchRecord(self.name, len(batch), 1, began, time.monotonic())
+                record_batch(record, [(call, BatchShare(record, began, began))])
             return result
         finally:
             self._inflight_images -= len(batch)
@@ -310,10 +326,13 @@ class DynamicBatcher:
         batch = ready[0].batch if len(ready) == 1 else np.concatenate([w.batch for w in ready])
         assert isinstance(batch, np.ndarray)
         self._inflight_images += len(batch)
+        recorded = [w for w in ready if w.call is not None]
         try:
             start = time.perf_counter()
+            began = time.monotonic() if recorded else 0.0
             results = await self._compute(loop, batch)
             compute = time.perf_counter() - start
+            ended = time.monotonic() if recorded else 0.0
         except Exception as error:  # the model failed on this batch: every caller in it hears why
             LOG.exception("batch of %d images for %s failed", len(batch), self.name)
             for waiting in ready:
@@ -323,6 +342,8 @@ class DynamicBatcher:
         finally:
             self._inflight_images -= len(batch)
             self._running_requests -= len(ready)
+        if recorded:
+            self._record(recorded, len(batch), len(ready), started, began, ended)
         offset = 0
         for waiting in ready:
             if not waiting.future.done():
@@ -330,6 +351,19 @@ class DynamicBatcher:
             offset += waiting.count
         if self.observer is not None:
             self.observer.observe_batch(len(batch), [started - w.enqueued for w in ready], compute)
+
+    def _record(
+        self, recorded: list[_Waiting], images: int, requests: int, started: float, began: float, ended: float
+    ) -> None:
+        """Hand the recorded calls of a batch their share of it (times in monotonic seconds; the event
+        loop's clock is the monotonic one)."""
+        record = BatchRecord(self.name, images, requests, began, ended)
+        shares = []
+        for waiting in recorded:
+            assert waiting.call is not None
+            decoded = waiting.decoded or (None, None)
+            shares.append((waiting.call, BatchShare(record, waiting.enqueued, started, *decoded)))
+        record_batch(record, shares)
 
     @staticmethod
     def _prepared(taken: list[_Waiting]) -> list[_Waiting]:
@@ -339,7 +373,12 @@ class DynamicBatcher:
         for waiting in taken:
             if callable(waiting.batch):
                 try:
-                    waiting.batch = waiting.batch()
+                    if waiting.call is not None:
+                        decoding = time.monotonic()
+                        waiting.batch = waiting.batch()
+                        waiting.decoded = (decoding, time.monotonic())
+                    else:
+                        waiting.batch = waiting.batch()
                     if len(waiting.batch) != waiting.count:
                         raise ValueError(f"prepare made {len(waiting.batch)} images, not {waiting.count}")
                 except Exception as error:  # e.g. an undecodable image: that caller's error alone

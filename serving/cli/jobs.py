@@ -131,11 +131,23 @@ def handle_classify_folder(args: argparse.Namespace) -> int:
         connect_timeout_s=args.connect_timeout,
         progress=args.progress,
     )
+    from cnnserve.serving.observability.tracing import require_exporters, start_tracing, tracing_settings
+
     try:
-        summary = run_job(config)
+        settings = tracing_settings(default_service="cnnserve-classify-folder")
+        require_exporters(settings)
+    except ServingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    tracing = start_tracing(settings)
+    try:
+        summary = run_job(config, tracing)
     except ServingError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # exports the spans still buffered
     for line in summary.lines():
         print(line)
     return 0

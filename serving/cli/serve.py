@@ -19,7 +19,9 @@ def register(subparsers: Any) -> None:
         "serve",
         help="serve a model repository over gRPC (ONNX Runtime, dynamic batching)",
         description="Serve a model repository over gRPC. Every option defaults to its CNNSERVE_* "
-        "environment variable (e.g. CNNSERVE_PORT), then to the value shown.",
+        "environment variable (e.g. CNNSERVE_PORT), then to the value shown. Tracing is configured by the "
+        "standard OpenTelemetry variables: OTEL_TRACES_EXPORTER (otlp, console or none: the default), "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG.",
     )
     add = parser.add_argument
     add("--repo", type=Path, help="model repository folder [CNNSERVE_REPO]")
@@ -57,6 +59,13 @@ def register(subparsers: Any) -> None:
     add("--max-images", help="images per request (default 256) [CNNSERVE_MAX_IMAGES]")
     add("--max-pixels", help="pixels per image, checked before decoding (default 50M) [CNNSERVE_MAX_PIXELS]")
     add("--grace-seconds", help="how long calls in flight may finish at shutdown (default 30)")
+    add(
+        "--access-log",
+        action="store_const",
+        const="true",
+        help="log one line per call: method, model, version, images, status, latency, queue and compute "
+        "time, batch size, peer, client, trace id (default off) [CNNSERVE_ACCESS_LOG=true]",
+    )
     add("--port-file", type=Path, help="write the bound port to this file once serving")
     add(
         "--echo", action="store_true", default=None, help="answer Classify without work (transport benchmark)"
@@ -74,6 +83,15 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         settings = resolve(flags)
     except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from cnnserve.serving.observability.logs import resolve_log_format
+    from cnnserve.serving.observability.tracing import TracingConfigError, require_exporters, tracing_settings
+
+    try:
+        tracing = tracing_settings()
+        require_exporters(tracing)
+    except TracingConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from cnnserve.serving.errors import DeviceUnavailableError
@@ -94,11 +112,11 @@ def run_serve(args: argparse.Namespace) -> int:
     if settings.workers > 1:
         from cnnserve.serving.grpc.supervisor import run_supervisor
 
-        return run_supervisor(settings)
+        return run_supervisor(settings, tracing, resolve_log_format(getattr(args, "log_format", None)))
     from cnnserve.serving.grpc.server import run_server
 
     try:
-        return run_server(settings)
+        return run_server(settings, tracing)
     except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

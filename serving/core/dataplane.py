@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from cnnserve.serving.insight.explainer import ExplainOptions, ExplainResult, Fi
 from cnnserve.serving.insight.gradcam import explain_methods
 from cnnserve.serving.insight.rendering import activation_mosaic_png
 from cnnserve.serving.model.runtime import top_k as best_k
+from cnnserve.serving.observability.calls import current_call
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,12 @@ class DataPlane:
             prepare = functools.partial(build_batch, images, loaded.spec, self.limits)
             probs = await loaded.batcher.submit_deferred(prepare, len(images), deadline)
         else:
+            call = current_call()  # noted for tracing and the access log, when either is on
+            decoding = time.monotonic() if call is not None else 0.0
             with loaded.batcher.expecting():
                 batch = await build_big_batch(images, loaded.spec, self.limits, self.decode_executor)
+            if call is not None:
+                call.note_decode(decoding, time.monotonic())
             probs = await loaded.batcher.submit(batch, deadline)
         indices, scores = best_k(probs, k)
         return Classification(loaded, indices, scores)

@@ -119,15 +119,20 @@ class ModelRegistry:
         executor: Executor,
         session_options: SessionOptions | None = None,
         overrides: BatchOverrides | None = None,
-        observer_for: Callable[[str], BatchObserver] | None = None,
+        observer_for: Callable[[str, int], BatchObserver] | None = None,
         on_change: Callable[[], None] | None = None,
+        on_event: Callable[[str, int, str], None] | None = None,
     ) -> None:
+        """`observer_for(name, version)` gives a version's batch observer (metrics); `on_event(name, version,
+        event)` hears of every version loaded, failed to load and unloaded (events "load", "load_failure",
+        "unload")."""
         self.repo = Path(repo)
         self.executor = executor
         self.session_options = session_options or SessionOptions()
         self.overrides = overrides or BatchOverrides()
         self.observer_for = observer_for
         self.on_change = on_change
+        self.on_event = on_event
         # The serving loop's busy share (see loop_load), handed to each batcher; set by the server.
         self.load: Callable[[], float] | None = None
         self._models: dict[str, _ModelState] = {}
@@ -298,6 +303,7 @@ class ModelRegistry:
             reason = str(error)
             LOG.error("model %s version %d failed to load: %s%s", name, version, reason, self._keeping(state))
             state.failed[version] = (fingerprint, reason)
+            self._event(name, version, "load_failure")
             self._changed()
             return None
         LOG.info(
@@ -308,6 +314,7 @@ class ModelRegistry:
             loaded.batcher.settings.max_batch_size,
             loaded.batcher.settings.max_queue_delay_s * 1e6,
         )
+        self._event(name, version, "load")
         return loaded
 
     def _load_blocking(self, name: str, version: int, fingerprint: tuple[object, ...]) -> LoadedModel:
@@ -316,7 +323,7 @@ class ModelRegistry:
         runtime = ModelRuntime(model, self.session_options)
         seconds = runtime.warm_up()
         LOG.debug("warmed up %s version %d in %.3f s", name, version, seconds)
-        observer = self.observer_for(name) if self.observer_for is not None else None
+        observer = self.observer_for(name, version) if self.observer_for is not None else None
         settings = batch_settings(model, self.overrides)
         if runtime.providers[0] != CPU:  # GPU time does not show in the CPU time inline runs are judged by
             settings = dataclasses.replace(settings, inline_compute_s=0.0)
@@ -334,6 +341,15 @@ class ModelRegistry:
         for loaded in list(models):
             await loaded.batcher.close()
             LOG.info("unloaded model %s version %d", loaded.name, loaded.version)
+            self._event(loaded.name, loaded.version, "unload")
+
+    def _event(self, name: str, version: int, event: str) -> None:
+        if self.on_event is not None:
+            self.on_event(name, version, event)
+
+    def loaded_models(self) -> list[LoadedModel]:
+        """Every loaded model version."""
+        return [loaded for state in self._models.values() for loaded in state.loaded.values()]
 
     def _changed(self) -> None:
         if self.on_change is not None:

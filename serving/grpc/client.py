@@ -23,6 +23,7 @@ from cnnserve.protos import inference_pb2, inference_pb2_grpc
 from cnnserve.serving.errors import ServingError, Status
 from cnnserve.serving.grpc import converters
 from cnnserve.serving.insight.explainer import ExplainOptions, ExplainResult, FiltersResult
+from cnnserve.serving.observability.tracing import trace_metadata
 from cnnserve.serving.settings import DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_MAX_MESSAGE_BYTES
 
 ImageLike = bytes | np.ndarray | Path
@@ -108,8 +109,10 @@ class CnnserveClient:
         self.channel.close()
 
     def _call(self, method: grpc.UnaryUnaryMultiCallable, request: object, timeout: float | None) -> object:
+        # The active span's W3C trace context, so the server's span of this call joins the caller's trace.
+        metadata = trace_metadata() or None
         try:
-            return method(request, timeout=self.timeout if timeout is None else timeout)
+            return method(request, timeout=self.timeout if timeout is None else timeout, metadata=metadata)
         except grpc.RpcError as error:
             raise ServerError(error.code(), error.details() or "") from None
 

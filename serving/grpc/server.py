@@ -9,6 +9,7 @@ Shutdown: health flips to NOT_SERVING, new calls are refused with UNAVAILABLE, c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -29,7 +30,17 @@ from cnnserve.serving.core.registry import AVAILABLE, BatchOverrides, ModelRegis
 from cnnserve.serving.grpc.interceptors import CallRunner
 from cnnserve.serving.grpc.servicer import PROTOCOL, EchoServicer, InferenceServicer
 from cnnserve.serving.model.runtime import SessionOptions
-from cnnserve.serving.observability.metrics import CallMetrics, ServingMetrics, multiprocess_dir
+from cnnserve.serving.observability import resources
+from cnnserve.serving.observability.calls import CallObservation
+from cnnserve.serving.observability.logs import enable_access_log
+from cnnserve.serving.observability.metrics import (
+    RESOURCE_INTERVAL_S,
+    UNLOADED,
+    CallMetrics,
+    ServingMetrics,
+    multiprocess_dir,
+)
+from cnnserve.serving.observability.tracing import Tracing, TracingSettings, start_tracing
 from cnnserve.serving.settings import ServerSettings, available_cpus
 
 LOG = logging.getLogger(__name__)
@@ -59,10 +70,13 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
 
 
 class InferenceServer:
-    """The gRPC server of one process over one model repository."""
+    """The gRPC server of one process over one model repository; `tracing` traces its calls (None: off)."""
 
-    def __init__(self, settings: ServerSettings, cpu_count: int | None = None) -> None:
+    def __init__(
+        self, settings: ServerSettings, cpu_count: int | None = None, tracing: Tracing | None = None
+    ) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.metrics = ServingMetrics()
         threads = settings.intra_op_threads(cpu_count)
         # A worker with at most one core to itself decodes big requests on its event loop (see core/inputs)
@@ -83,6 +97,7 @@ class InferenceServer:
                 inline_compute_s=INLINE_COMPUTE_S if one_core else 0.0,
             ),
             observer_for=self.metrics.for_model,
+            on_event=self._model_event,
         )
         self.dataplane = DataPlane(
             self.registry,
@@ -90,9 +105,13 @@ class InferenceServer:
             RequestLimits(settings.max_images, settings.max_pixels),
             decode_on_loop=one_core,
         )
-        # What every call of every protocol goes through (see core/calls.py): metrics, then the drain gate.
+        # What every call of every protocol goes through (see core/calls.py): tracing and the access log when
+        # either is on (first, so they see every other hook's work), metrics, then the drain gate.
         self.drain = Drain()
         self.hooks = CallHooks([CallMetrics(self.metrics, self.registry.known.__contains__), self.drain])
+        access_log = enable_access_log() if settings.access_log else None
+        if tracing is not None or access_log is not None:
+            self.hooks.hooks = (CallObservation(tracing, access_log), *self.hooks.hooks)
         self.servicer: InferenceServicer | EchoServicer = (
             EchoServicer()
             if settings.echo
@@ -103,6 +122,8 @@ class InferenceServer:
         self._server: grpc.aio.Server | None = None
         self._stop_polling = asyncio.Event()
         self._polling: asyncio.Task[None] | None = None
+        self._sampling: asyncio.Task[None] | None = None
+        self._gpus: resources.GpuProbe | None = None
         self._stopping = False
         self._health_names: set[str] = set()
 
@@ -145,7 +166,41 @@ class InferenceServer:
                 self.settings.repo,
             )
         self._polling = asyncio.get_running_loop().create_task(self._poll_loop())
+        self._sampling = asyncio.get_running_loop().create_task(self._sample_loop())
         return self.port
+
+    def _model_event(self, name: str, version: int, event: str) -> None:
+        self.metrics.model_event(name, version, event)
+        if event == UNLOADED:
+            self.metrics.forget_version(name, version)
+
+    def sample_resources(self) -> None:
+        """Read the process's memory and file descriptors, every model version's queue depth and, once a
+        CUDA session is loaded, its GPUs into the metrics."""
+        self.metrics.observe_process(resources.process_sample())
+        cuda = False
+        for loaded in self.registry.loaded_models():
+            batcher = loaded.batcher
+            self.metrics.observe_queue(
+                loaded.name, loaded.version, batcher.queued_images, batcher.settings.max_queue_images
+            )
+            cuda = cuda or loaded.runtime.providers[0] == "CUDAExecutionProvider"
+        if cuda and self._gpus is None:
+            self._gpus = resources.GpuProbe()
+        if self._gpus is not None:
+            self.metrics.observe_gpus(self._gpus.sample())
+
+    async def _sample_loop(self) -> None:
+        started = resources.process_start_time()
+        if started is not None:
+            self.metrics.start_time.set(started)
+        while not self._stop_polling.is_set():
+            try:
+                self.sample_resources()
+            except Exception:  # a failed reading must not take the server down
+                LOG.exception("reading the process's resources failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_polling.wait(), RESOURCE_INTERVAL_S)
 
     async def poll(self) -> None:
         """Poll the repository once and bring health in step."""
@@ -201,6 +256,10 @@ class InferenceServer:
         await self.drain.drain(grace)
         if self._polling is not None:
             await self._polling
+        if self._sampling is not None:
+            await self._sampling
+        if self._gpus is not None:
+            self._gpus.close()
         if self._server is not None:
             await self._server.stop(STOP_GRACE_SECONDS)
         await self.registry.close()
@@ -217,17 +276,24 @@ def _start_metrics_http(settings: ServerSettings, server: InferenceServer) -> No
     LOG.info("Prometheus metrics on http://%s:%d/metrics", settings.host, http.server_port)
 
 
-async def serve(settings: ServerSettings, ready: Callable[[int], None] | None = None) -> int:
+async def serve(
+    settings: ServerSettings,
+    ready: Callable[[int], None] | None = None,
+    tracing_settings: TracingSettings | None = None,
+) -> int:
     """Run one server until SIGTERM or SIGINT, then stop gracefully; the exit code (0)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    server = InferenceServer(settings)
+    tracing = start_tracing(tracing_settings) if tracing_settings is not None else None
+    server = InferenceServer(settings, tracing=tracing)
     try:
         port = await server.start()
     except Exception:
         await server.stop(0)
+        if tracing is not None:
+            tracing.shutdown()
         raise
     _start_metrics_http(settings, server)
     if settings.port_file is not None:
@@ -236,6 +302,8 @@ async def serve(settings: ServerSettings, ready: Callable[[int], None] | None = 
         ready(port)
     await stop.wait()
     await server.stop()
+    if tracing is not None:
+        tracing.shutdown()  # exports the spans still buffered
     return 0
 
 
@@ -245,6 +313,11 @@ def write_port_file(path: Path, port: int) -> None:
     tmp.replace(path)
 
 
-def run_server(settings: ServerSettings, ready: Callable[[int], None] | None = None) -> int:
+def run_server(
+    settings: ServerSettings,
+    tracing_settings: TracingSettings | None = None,
+    ready: Callable[[int], None] | None = None,
+) -> int:
+    """One server process until it is stopped; `tracing_settings` from the OTEL_* variables (None: off)."""
     with asyncio.Runner(loop_factory=loop_load.new_event_loop) as runner:  # a loop that meters its load
-        return runner.run(serve(settings, ready))
+        return runner.run(serve(settings, ready, tracing_settings))

@@ -24,6 +24,10 @@ import tempfile
 from types import FrameType
 from typing import Any
 
+from prometheus_client.multiprocess import mark_process_dead
+
+from cnnserve.serving.observability.logs import configure_logging
+from cnnserve.serving.observability.tracing import TracingSettings
 from cnnserve.serving.settings import ServerSettings
 
 LOG = logging.getLogger(__name__)
@@ -38,24 +42,35 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker_main(settings: ServerSettings, index: int, ready: Any, log_level: int) -> None:
-    logging.basicConfig(
-        level=log_level,
-        format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s",
-        stream=sys.stderr,
+def _worker_main(
+    settings: ServerSettings,
+    tracing: TracingSettings,
+    index: int,
+    ready: Any,
+    log_level: int,
+    log_format: str,
+) -> None:
+    configure_logging(
+        log_level,
+        log_format,
+        text_format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s",
+        static={"worker": index},
     )
     from cnnserve.serving.grpc.server import run_server
 
     try:
-        code = run_server(settings, ready=lambda port: ready.put((index, port)))
+        code = run_server(settings, tracing, ready=lambda port: ready.put((index, port)))
     except Exception:
         logging.getLogger(__name__).exception("worker %d failed", index)
         code = 1
     sys.exit(code)
 
 
-def run_supervisor(settings: ServerSettings) -> int:
-    """Start settings.workers server processes and supervise them until they all stopped; the exit code."""
+def run_supervisor(
+    settings: ServerSettings, tracing: TracingSettings | None = None, log_format: str = "text"
+) -> int:
+    """Start settings.workers server processes and supervise them until they all stopped; the exit code.
+    Each worker traces as `tracing` says (from the OTEL_* variables) and logs in `log_format`."""
     metrics_dir = tempfile.mkdtemp(prefix="cnnserve-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the workers at spawn
     reserved = reserve_port(settings.host, settings.port)
@@ -69,7 +84,14 @@ def run_supervisor(settings: ServerSettings) -> int:
     workers = [
         context.Process(
             target=_worker_main,
-            args=(worker_settings, index, ready, logging.getLogger().getEffectiveLevel()),
+            args=(
+                worker_settings,
+                tracing or TracingSettings(),
+                index,
+                ready,
+                logging.getLogger().getEffectiveLevel(),
+                log_format,
+            ),
             name=f"cnnserve-worker-{index}",
         )
         for index in range(settings.workers)
@@ -127,6 +149,8 @@ def run_supervisor(settings: ServerSettings) -> int:
                         write_port_file(settings.port_file, port)
             for worker in [w for w in alive if not w.is_alive()]:
                 alive.remove(worker)
+                if worker.pid is not None:  # its live gauges (memory, fds, in flight) leave /metrics
+                    mark_process_dead(worker.pid, metrics_dir)
                 if worker.exitcode != 0 or not stopping:
                     failed = True
                     LOG.error("%s exited with code %s", worker.name, worker.exitcode)

@@ -20,6 +20,8 @@ from cnnserve.serving.errors import JobError
 from cnnserve.serving.jobs import discovery
 from cnnserve.serving.jobs.progress import Progress
 from cnnserve.serving.jobs.sinks import ResultRow, open_sink, output_format
+from cnnserve.serving.observability.jobs import ChunkSpans
+from cnnserve.serving.observability.tracing import Tracing
 from cnnserve.serving.settings import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_PIXELS
 
 LOG = logging.getLogger(__name__)
@@ -194,8 +196,27 @@ def _open_engine(config: JobConfig) -> tuple[Engine, ModelInfo]:
     return local, info
 
 
-def run_job(config: JobConfig) -> JobSummary:
-    """Classify every image under the folder into the output, resuming what a previous run wrote."""
+def run_job(config: JobConfig, tracing: Tracing | None = None) -> JobSummary:
+    """Classify every image under the folder into the output, resuming what a previous run wrote; with
+    `tracing`, in a span of its own with one span per chunk (see observability/jobs.py)."""
+    if tracing is None:
+        return _run_job(config, None)
+    attributes = {"cnnserve.job.folder": str(config.folder), "cnnserve.model": config.model}
+    with tracing.tracer.start_as_current_span("classify-folder", attributes=attributes) as span:
+        summary = _run_job(config, ChunkSpans(tracing))
+        span.set_attributes(
+            {
+                "cnnserve.model.version": summary.version,
+                "cnnserve.job.engine": summary.engine,
+                "cnnserve.job.classified": summary.classified,
+                "cnnserve.job.failed": summary.failed,
+                "cnnserve.job.resumed": summary.resumed,
+            }
+        )
+        return summary
+
+
+def _run_job(config: JobConfig, chunk_spans: ChunkSpans | None) -> JobSummary:
     _validate(config)
     engine, info = _open_engine(config)
     try:
@@ -229,16 +250,27 @@ def run_job(config: JobConfig) -> JobSummary:
     progress = Progress(total, config.progress)
     start = time.monotonic()
     finished = False
+    chunks = chunked(pending(), batch_size)
+    if chunk_spans is not None:
+        chunks = chunk_spans.wrap(chunks)
+    failure: BaseException | None = None
     try:
         with engine:
-            for rows in engine.classify(chunked(pending(), batch_size)):
+            for rows in engine.classify(chunks):
+                if chunk_spans is not None:
+                    chunk_spans.rows_back(rows)
                 table.write(rows)
                 failed = sum(1 for row in rows if row.error)
                 summary.failed += failed
                 summary.classified += len(rows) - failed
                 progress.update(len(rows))
         finished = True
+    except BaseException as error:
+        failure = error
+        raise
     finally:
+        if chunk_spans is not None:
+            chunk_spans.close(failure)
         progress.close()
         table.close(finished=finished)
         summary.wall_s = time.monotonic() - start

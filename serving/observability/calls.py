@@ -1,11 +1,11 @@
 """One call, observed: its server span, what the batcher measured for it, and its access-log line.
 
-A transport (the gRPC interceptor, the HTTP handlers) opens a `CallRecord` with `CallObserver.begin` when a
-call arrives and closes it with `end` once answered. While the call runs, the record is the context's
-`CURRENT_CALL`, so the core and the batcher, several awaits down and without knowing any transport, can
-note when the call's images were decoded, how long it queued and which batch computed it. Nothing of this
-exists unless tracing or the access log is on: the transport then never opens a record, and the batcher
-finds None where a record would be (one contextvar read per request).
+`CallObservation` is a call hook (core/calls.py), so every protocol's calls go through it: `begin` opens a
+`CallRecord` when a call arrives and `end` closes it once answered. While the call runs, the record is the
+context's `CURRENT_CALL`, so the data plane and the batcher, several awaits down and without knowing any
+transport, can note when the call's images were decoded, how long it queued and which batch computed it.
+Nothing of this exists unless tracing or the access log is on: the server then does not install the hook,
+and the batcher finds None where a record would be (one contextvar read per request).
 
 Spans are made after the fact, from the recorded monotonic times, with explicit timestamps: the batch
 loop does no span work while it batches, and a call that is not sampled costs only its server span.
@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from contextvars import ContextVar, Token
+from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from cnnserve.serving.core.calls import Call
 from cnnserve.serving.observability.tracing import Tracing
 
 # gRPC codes that mean the server failed (OpenTelemetry's rule for server spans); others are the caller's.
@@ -30,6 +31,7 @@ SERVER_FAULT_CODES = frozenset(
     {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
 )
 MAX_ERROR_CHARS = 200  # of an error message in the access log and on a span
+_RECORD = "_observation"  # where a call's record waits in Call.attributes between `begin` and `end`
 
 
 @dataclass(eq=False, slots=True)
@@ -61,7 +63,7 @@ class CallRecord:
 
     method: str
     start: float
-    observer: CallObserver
+    observer: CallObservation
     peer: str = ""
     span: Any = None  # the server span, when tracing
     anchor_ns: int = 0  # wall-clock ns minus monotonic ns, taken at `begin`
@@ -102,19 +104,6 @@ def current_call() -> CallRecord | None:
     return CURRENT_CALL.get()
 
 
-@dataclass(frozen=True)
-class CallOutcome:
-    """How a call ended, as its transport saw it."""
-
-    status: str  # gRPC status code name (OK, NOT_FOUND, ...)
-    model: str = ""
-    version: int = 0
-    images: int = 0
-    http_status: int | None = None  # for calls over HTTP
-    client: str = ""  # the authenticated client's name, when the server checks tokens
-    error: str = ""  # the message the caller got, for a failure
-
-
 def record_batch(batch: BatchRecord, shares: Sequence[tuple[CallRecord, BatchShare]]) -> None:
     """Called by the batcher once a batch computed: hand each recorded call its share, and trace the
     batch when one of its calls is sampled."""
@@ -148,31 +137,38 @@ def _ns(monotonic_s: float, anchor_ns: int) -> int:
     return int(monotonic_s * 1e9) + anchor_ns
 
 
-class CallObserver:
-    """Opens and closes call records for a transport: server spans and access-log lines."""
+class CallObservation:
+    """The call hook that traces calls and writes the access log (whichever of the two is on).
+
+    `begin` opens the call's record (CURRENT_CALL) and, when tracing, its server span, continuing the
+    caller's W3C trace context from the call's metadata or headers and made the active span, so every log
+    line of the call carries its trace id. `end` closes both and writes the access-log line. It is the
+    first hook, so its span and its latency cover every other hook's work.
+    """
 
     def __init__(self, tracing: Tracing | None, access_log: logging.Logger | None) -> None:
         self.tracing = tracing
         self.access_log = access_log
 
-    def begin(
-        self,
-        method: str,
-        peer: str,
-        carrier: Iterable[tuple[str, Any]] | None,
-        attributes: Mapping[str, Any] | None = None,
-    ) -> tuple[CallRecord, tuple[Token[CallRecord | None], object | None]]:
-        """Open a call: its record becomes CURRENT_CALL and, when tracing, its server span (continuing
-        the caller's traceparent from `carrier`, the metadata or header pairs) the active span."""
-        record = CallRecord(method, time.monotonic(), self, peer)
+    def begin(self, call: Call) -> None:
+        record = CallRecord(call.method, time.monotonic(), self, call.peer)
         otel_token: object | None = None
         if self.tracing is not None:
             from opentelemetry import context, trace
 
             record.anchor_ns = time.time_ns() - time.monotonic_ns()
-            parent = self.tracing.extract_pairs(carrier)
+            parent = self.tracing.extract_pairs(call.metadata)
+            http = "http" in call.protocol
+            attributes: dict[str, Any] = {
+                "rpc.system": "http" if http else "grpc",
+                "rpc.service": call.protocol,
+                "rpc.method": call.method,
+                "network.peer.address": call.peer,
+            }
+            if call.model:
+                attributes["cnnserve.model"] = call.model
             span = self.tracing.tracer.start_span(
-                method,
+                f"{call.protocol}/{call.method}",
                 context=parent,
                 kind=trace.SpanKind.SERVER,
                 attributes=attributes,
@@ -180,48 +176,74 @@ class CallObserver:
             )
             record.span = span
             otel_token = context.attach(trace.set_span_in_context(span, parent))
-        return record, (CURRENT_CALL.set(record), otel_token)
+        call.attributes[_RECORD] = (record, CURRENT_CALL.set(record), otel_token)
 
-    def end(
-        self,
-        record: CallRecord,
-        tokens: tuple[Token[CallRecord | None], object | None],
-        outcome: CallOutcome,
-    ) -> None:
-        """Close a call: its spans end, its access-log line is written."""
+    def end(self, call: Call) -> None:
         finished = time.monotonic()
-        call_token, otel_token = tokens
+        opened = call.attributes.pop(_RECORD, None)
+        if opened is None:
+            return
+        record, call_token, otel_token = opened
         CURRENT_CALL.reset(call_token)
+        status = call.status.name if call.status is not None else "OK"
+        http_status = None
+        if "http" in call.protocol:
+            http_status = call.status.http_status if call.status is not None else 200
         trace_id = ""
         if record.span is not None:
             from opentelemetry import context
 
-            context.detach(otel_token)  # type: ignore[arg-type]
-            span_context = record.span.get_span_context()
-            trace_id = f"{span_context.trace_id:032x}"
+            context.detach(otel_token)
+            trace_id = f"{record.span.get_span_context().trace_id:032x}"
             if record.span.is_recording():
-                self._finish_span(record, outcome, finished)
+                self._finish_span(record, call, status, http_status, finished)
+        timings = {
+            "decode_ms": _ms(record.decode_s),
+            "queue_ms": _ms(record.queue_s),
+            "compute_ms": _ms(record.compute_s),
+            "batch_size": record.batch_size,
+        }
+        call.attributes.update(timings)
         if self.access_log is not None:
-            self._log(record, outcome, finished, trace_id)
+            fields: dict[str, Any] = {
+                "protocol": call.protocol,
+                "method": call.method,
+                "model": call.model,
+                "version": call.version or None,
+                "images": call.images,
+                "status": status,
+            }
+            if http_status is not None:
+                fields["http_status"] = http_status
+            fields["latency_ms"] = _ms(finished - record.start)
+            fields.update(timings)
+            fields["peer"] = call.peer
+            fields["client"] = call.client or None
+            fields["trace_id"] = trace_id or None
+            if call.message and call.status is not None:
+                fields["error"] = call.message[:MAX_ERROR_CHARS]
+            self.access_log.info("%s %s", call.method, status, extra={"access": fields})
 
-    def _finish_span(self, record: CallRecord, outcome: CallOutcome, finished: float) -> None:
+    def _finish_span(
+        self, record: CallRecord, call: Call, status: str, http_status: int | None, finished: float
+    ) -> None:
         from opentelemetry import trace
 
         assert self.tracing is not None
         span = record.span
-        span.set_attribute("rpc.response.status_code", outcome.status)
-        if outcome.http_status is not None:
-            span.set_attribute("http.response.status_code", outcome.http_status)
-        if outcome.model:
-            span.set_attribute("cnnserve.model", outcome.model)
-        if outcome.version:
-            span.set_attribute("cnnserve.model.version", outcome.version)
-        if outcome.images:
-            span.set_attribute("cnnserve.images", outcome.images)
-        if outcome.client:
-            span.set_attribute("enduser.id", outcome.client)
-        if outcome.status in SERVER_FAULT_CODES:
-            span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.error[:MAX_ERROR_CHARS]))
+        span.set_attribute("rpc.response.status_code", status)
+        if call.status is not None:
+            span.set_attribute("rpc.grpc.status_code", call.status.grpc_code)
+        if http_status is not None:
+            span.set_attribute("http.response.status_code", http_status)
+        if call.version:
+            span.set_attribute("cnnserve.model.version", call.version)
+        if call.images:
+            span.set_attribute("cnnserve.images", call.images)
+        if call.client:
+            span.set_attribute("enduser.id", call.client)
+        if status in SERVER_FAULT_CODES:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, call.message[:MAX_ERROR_CHARS]))
         tracer = self.tracing.tracer
         parent = trace.set_span_in_context(span)
         anchor = record.anchor_ns
@@ -246,29 +268,6 @@ class CallObserver:
         if record.shares:
             child("response", answered, finished)
         span.end(end_time=_ns(finished, anchor))
-
-    def _log(self, record: CallRecord, outcome: CallOutcome, finished: float, trace_id: str) -> None:
-        assert self.access_log is not None
-        fields: dict[str, Any] = {
-            "method": record.method,
-            "model": outcome.model,
-            "version": outcome.version or None,
-            "images": outcome.images,
-            "status": outcome.status,
-        }
-        if outcome.http_status is not None:
-            fields["http_status"] = outcome.http_status
-        fields["latency_ms"] = _ms(finished - record.start)
-        fields["decode_ms"] = _ms(record.decode_s)
-        fields["queue_ms"] = _ms(record.queue_s)
-        fields["compute_ms"] = _ms(record.compute_s)
-        fields["batch_size"] = record.batch_size
-        fields["peer"] = record.peer
-        fields["client"] = outcome.client or None
-        fields["trace_id"] = trace_id or None
-        if outcome.error:
-            fields["error"] = outcome.error[:MAX_ERROR_CHARS]
-        self.access_log.info("%s %s", record.method, outcome.status, extra={"access": fields})
 
 
 def _ms(seconds: float | None) -> float | None:

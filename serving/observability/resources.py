@@ -9,6 +9,7 @@ process writes its own, so with several workers the supervisor's /metrics shows 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -35,10 +36,8 @@ def process_sample(proc: Path = PROC_SELF) -> ProcessSample:
         resident = pages * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         pass
-    try:
+    with contextlib.suppress(OSError):
         fds = sum(1 for _ in (proc / "fd").iterdir())
-    except OSError:
-        pass
     return ProcessSample(resident, fds)
 
 
@@ -93,9 +92,7 @@ class GpuProbe:
         try:
             pynvml.nvmlInit()
             count = pynvml.nvmlDeviceGetCount()
-            self._handles = [
-                (str(i), pynvml.nvmlDeviceGetHandleByIndex(i)) for i in _visible_indices(count)
-            ]
+            self._handles = [(str(i), pynvml.nvmlDeviceGetHandleByIndex(i)) for i in _visible_indices(count)]
         except pynvml.NVMLError as error:
             LOG.warning("GPU metrics off: NVML is not usable here (%s)", error)
             return
@@ -122,8 +119,6 @@ class GpuProbe:
 
     def close(self) -> None:
         if self._nvml is not None:
-            try:
+            with contextlib.suppress(self._nvml.NVMLError):
                 self._nvml.nvmlShutdown()
-            except self._nvml.NVMLError:
-                pass
             self._nvml = None

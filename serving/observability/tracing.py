@@ -21,12 +21,15 @@ is OpenTelemetry's, carried in contextvars. Propagation is W3C trace context (`t
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from cnnserve.serving.errors import SettingsError
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -52,8 +55,9 @@ TRACESTATE = "tracestate"
 OTLP_EXTRA_HINT = "pip install 'cnnserve[otlp]' (the serving image has it)"
 
 
-class TracingConfigError(ValueError):
-    """An OTEL_* variable has a value cnnserve cannot use; the message names the variable."""
+class TracingConfigError(SettingsError):
+    """An OTEL_* variable has a value cnnserve cannot use, or asks for an exporter that is not installed;
+    the message names the variable."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,34 @@ def tracing_settings(
     return TracingSettings(exporters, sampler, ratio, protocol, service)
 
 
+_OTLP_MODULES = {
+    "grpc": (
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+        "opentelemetry-exporter-otlp-proto-grpc",
+    ),
+    "http/protobuf": (
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+        "opentelemetry-exporter-otlp-proto-http",
+    ),
+}
+
+
+def require_exporters(settings: TracingSettings) -> None:
+    """Fail at start-up, not in a worker later, when OTLP is asked for and its exporter is not installed."""
+    if "otlp" not in settings.exporters:
+        return
+    module, package = _OTLP_MODULES[settings.protocol]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        raise TracingConfigError(
+            f"OTEL_TRACES_EXPORTER=otlp over {settings.protocol} needs {package}, which is not installed: "
+            f"{OTLP_EXTRA_HINT}"
+        )
+
+
 def _sampler(settings: TracingSettings) -> Any:
     from opentelemetry.sdk.trace import sampling
 
@@ -135,20 +167,15 @@ def _sampler(settings: TracingSettings) -> Any:
 
 
 def _otlp_exporter(protocol: str) -> SpanExporter:
+    module, package = _OTLP_MODULES[protocol]
     try:
-        if protocol == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
-                OTLPSpanExporter,
-            )
+        exporter = importlib.import_module(module).OTLPSpanExporter
     except ImportError as error:
-        package = "grpc" if protocol == "grpc" else "http"
         raise TracingConfigError(
-            f"OTEL_TRACES_EXPORTER=otlp over {protocol} needs opentelemetry-exporter-otlp-proto-{package}, "
-            f"which is not installed ({error.name}): {OTLP_EXTRA_HINT}"
+            f"OTEL_TRACES_EXPORTER=otlp over {protocol} needs {package}, which is not installed "
+            f"({error.name}): {OTLP_EXTRA_HINT}"
         ) from None
-    return OTLPSpanExporter()
+    return exporter()
 
 
 def _exporter(name: str, protocol: str) -> SpanExporter:

@@ -27,19 +27,20 @@ import pytest
 from PIL import Image
 
 from cnnserve.serving.grpc.server import InferenceServer
+from cnnserve.serving.observability.tracing import Tracing
 from cnnserve.serving.settings import ServerSettings
 
 MODEL = "mnist_cnn"
 
 
 class RunningServer:
-    """An InferenceServer on its own event loop thread."""
+    """An InferenceServer on its own event loop thread (`tracing`: its calls' tracing, None = off)."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, tracing: Tracing | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-server-loop", daemon=True)
         self.thread.start()
-        self.server = InferenceServer(settings, cpu_count=2)
+        self.server = InferenceServer(settings, cpu_count=2, tracing=tracing)
         self.port = self.run(self.server.start())
         self.address = f"127.0.0.1:{self.port}"
         self._stopped = False
@@ -73,7 +74,7 @@ class RunningServer:
 def start_server() -> Iterator[Callable[..., RunningServer]]:
     servers: list[RunningServer] = []
 
-    def start(repo: Path, **overrides: Any) -> RunningServer:
+    def start(repo: Path, tracing: Tracing | None = None, **overrides: Any) -> RunningServer:
         values: dict[str, Any] = {
             "host": "127.0.0.1",
             "port": 0,
@@ -82,7 +83,7 @@ def start_server() -> Iterator[Callable[..., RunningServer]]:
             "poll_interval": 0,
         }
         settings = ServerSettings(repo=repo, **{**values, **overrides})
-        server = RunningServer(settings)
+        server = RunningServer(settings, tracing)
         servers.append(server)
         return server
 

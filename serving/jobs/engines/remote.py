@@ -10,6 +10,7 @@ far, and a rerun resumes.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import time
@@ -187,7 +188,9 @@ class RemoteEngine:
                 if paths is None:
                     exhausted = True
                     break
-                pending.append(self._pool.submit(self._classify_batch, paths))
+                # The caller's context (the job's chunk span, when tracing) goes with the call to its thread.
+                context = contextvars.copy_context()
+                pending.append(self._pool.submit(context.run, self._classify_batch, paths))
             if not pending:
                 return
             yield pending.popleft().result()

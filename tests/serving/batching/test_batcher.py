@@ -256,15 +256,15 @@ def test_server_merges_concurrent_clients_and_never_mixes_answers(
     for thread in threads:
         thread.join(60)
     assert not errors, errors[0]
-    labels = {"model": "mnist_cnn"}
+    labels = {"model": "mnist_cnn", "version": "1"}
     batches = server.metric("cnnserve_batch_size_count", labels)
     images = server.metric("cnnserve_batch_size_sum", labels)
     assert images == 40 + sum(1 + (o + s) % 3 for o in range(16) for s in range(6))
     assert batches < 1 + 16 * 6, "no request was merged with another"
     assert server.metric("cnnserve_batch_size_bucket", {**labels, "le": "1.0"}) < batches
-    requests = server.metric("cnnserve_requests_total", {"model": "mnist_cnn", "rpc": "Classify"})
-    assert requests == 1 + 16 * 6
-    assert server.metric("cnnserve_images_total", {"model": "mnist_cnn", "rpc": "Classify"}) == images
+    call = {"model": "mnist_cnn", "version": "1", "rpc": "Classify"}
+    assert server.metric("cnnserve_requests_total", call) == 1 + 16 * 6
+    assert server.metric("cnnserve_images_total", call) == images
 
 
 def test_a_full_batch_runs_alongside_the_one_computing_but_never_more() -> None:

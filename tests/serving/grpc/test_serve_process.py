@@ -84,9 +84,9 @@ def test_two_workers_share_the_port_sum_metrics_and_stop_on_sigint(
         thread.join(60)
     assert calls == 30
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    total = re.search(r'cnnserve_requests_total\{model="mnist_cnn",rpc="Classify"\} (\S+)', text)
+    total = re.search(r'cnnserve_requests_total\{model="mnist_cnn",rpc="Classify",version="1"\} (\S+)', text)
     assert total is not None and float(total.group(1)) == 30, text[:2000]
-    assert re.search(r'cnnserve_images_total\{model="mnist_cnn",rpc="Classify"\} 90.0', text)
+    assert re.search(r'cnnserve_images_total\{model="mnist_cnn",rpc="Classify",version="1"\} 90.0', text)
     assert "cnnserve_batch_size_bucket" in text and "cnnserve_compute_seconds_bucket" in text
     server.signal(signal.SIGINT)
     assert server.wait(60) == 0, server.log()

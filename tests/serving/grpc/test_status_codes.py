@@ -125,17 +125,17 @@ def test_full_queue_and_expired_deadlines(strict, digits) -> None:
         assert "full" in caught.value.details()
         assert all(len(f.result().results) == 4 for f in waiting)
         # A caller whose deadline passes while queued: dropped, never computed, nothing left behind.
-        batches = strict.metric("cnnserve_batch_size_count", {"model": MODEL})
+        batches = strict.metric("cnnserve_batch_size_count", {"model": MODEL, "version": "1"})
         with pytest.raises(grpc.RpcError) as caught:
             stub.Classify(request, timeout=0.1)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         time.sleep(0.4)
-        assert strict.metric("cnnserve_dropped_requests_total", {"model": MODEL}) == 1
-        assert strict.metric("cnnserve_batch_size_count", {"model": MODEL}) == batches
+        assert strict.metric("cnnserve_dropped_requests_total", {"model": MODEL, "version": "1"}) == 1
+        assert strict.metric("cnnserve_batch_size_count", {"model": MODEL, "version": "1"}) == batches
         loaded = strict.server.registry.get(MODEL)
         assert loaded.batcher.queued_images == 0
         assert len(stub.Classify(request, timeout=30).results) == 4
-    failures = {"model": MODEL, "rpc": "Classify", "code": "RESOURCE_EXHAUSTED"}
+    failures = {"model": MODEL, "version": "", "rpc": "Classify", "code": "RESOURCE_EXHAUSTED"}
     assert strict.metric("cnnserve_request_failures_total", failures) == 1
 
 
