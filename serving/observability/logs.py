@@ -145,7 +145,8 @@ def configure_logging(
     static: Mapping[str, Any] | None = None,
     stream: TextIO | None = None,
 ) -> None:
-    """One stderr handler on the root logger in the chosen format (replacing any handler set before)."""
+    """One stderr handler on the root logger in the chosen format (replacing any handler set before);
+    Python's warnings go through it too, so a JSON log stays JSON line by line."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(formatter(log_format, text_format, static))
     root = logging.getLogger()
@@ -153,6 +154,7 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)
 
 
 def enable_access_log() -> logging.Logger:

@@ -219,8 +219,12 @@ class ServingMetrics:
         self.queue_capacity.labels(model, str(version)).set(capacity)
 
     def forget_version(self, model: str, version: int) -> None:
-        """An unloaded version's queue gauges go (its counters stay, as Prometheus expects)."""
+        """An unloaded version's queue gauges go (its counters stay, as Prometheus expects); with several
+        workers, where prometheus_client cannot remove a series, they drop to 0."""
         for gauge in (self.queue_images, self.queue_capacity):
+            if multiprocess_dir() is not None:
+                gauge.labels(model, str(version)).set(0)
+                continue
             with contextlib.suppress(KeyError):
                 gauge.remove(model, str(version))
 
