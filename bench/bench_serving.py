@@ -674,7 +674,7 @@ def shim_tree(source: Path, tmp: Path) -> Path:
 
 def observability_main(args: argparse.Namespace) -> int:
     from cnnserve.protos import inference_pb2
-    from cnnserve.serving.repository import open_model_version
+    from cnnserve.serving.model.repository import open_model_version
 
     version = open_model_version(args.repo, args.model)
     images = make_images(version.config)
