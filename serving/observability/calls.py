@@ -64,7 +64,6 @@ class CallRecord:
     method: str
     start: float
     observer: CallObservation
-    peer: str = ""
     span: Any = None  # the server span, when tracing
     anchor_ns: int = 0  # wall-clock ns minus monotonic ns, taken at `begin`
     decode_start: float | None = None  # decoded before queueing (big requests)
@@ -151,7 +150,7 @@ class CallObservation:
         self.access_log = access_log
 
     def begin(self, call: Call) -> None:
-        record = CallRecord(call.method, time.monotonic(), self, call.peer)
+        record = CallRecord(call.method, time.monotonic(), self)
         otel_token: object | None = None
         if self.tracing is not None:
             from opentelemetry import context, trace
