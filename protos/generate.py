@@ -1,8 +1,10 @@
-"""Generate the Python modules of `protos/cnnserve/v1/*.proto` with grpcio-tools.
+"""Generate the Python modules of the .proto files under `protos/` with grpcio-tools.
 
-protoc writes imports from the proto path (`from cnnserve.v1 import model_config_pb2`); the modules are
-installed as `cnnserve.protos.cnnserve.v1`, so those imports are rewritten to that package. The generated
-files are committed; `tests/protos/test_generated.py` regenerates them and checks they match.
+Two contracts live here: cnnserve's own API (`cnnserve/v1/*.proto`) and the Open Inference Protocol
+(`inference/*.proto`, the KServe v2 gRPC service with Triton's extensions). protoc writes imports from
+the proto path (`from cnnserve.v1 import model_config_pb2`, `from inference import model_config_pb2`);
+the modules are installed as `cnnserve.protos.<folder>`, so those imports are rewritten to that package.
+The generated files are committed; `tests/protos/test_generated.py` regenerates them and checks they match.
 """
 
 from __future__ import annotations
@@ -15,32 +17,43 @@ from importlib import resources
 from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parent
-PROTO_DIR = PROTO_ROOT / "cnnserve" / "v1"
-_IMPORT = re.compile(r"^from cnnserve\.v1 import ", re.MULTILINE)
+# Each proto folder, as a path under PROTO_ROOT, and the Python package its modules are imported as.
+PROTO_PACKAGES = {
+    "cnnserve/v1": "cnnserve.protos.cnnserve.v1",
+    "inference": "cnnserve.protos.inference",
+}
+
+
+def _rewrite_imports(text: str) -> str:
+    for folder, package in PROTO_PACKAGES.items():
+        proto_module = re.escape(folder.replace("/", "."))
+        text = re.sub(rf"^from {proto_module} import ", f"from {package} import ", text, flags=re.MULTILINE)
+    return text
 
 
 def generate(out_root: Path) -> list[Path]:
-    """Run protoc on every .proto under cnnserve/v1, writing the modules under out_root/cnnserve/v1."""
+    """Run protoc on every .proto under PROTO_PACKAGES' folders, writing the modules under out_root."""
     from grpc_tools import protoc
 
-    protos = sorted(PROTO_DIR.glob("*.proto"))
     include = str(resources.files("grpc_tools") / "_proto")
     out_root.mkdir(parents=True, exist_ok=True)
-    args = [
-        "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
-        f"-I{include}",
-        f"--python_out={out_root}",
-        f"--pyi_out={out_root}",
-        f"--grpc_python_out={out_root}",
-        *(str(p.relative_to(PROTO_ROOT)) for p in protos),
-    ]
-    if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed on {[p.name for p in protos]}")
-    written = sorted((out_root / "cnnserve" / "v1").glob("*_pb2*.py*"))
-    for path in written:
-        text = _IMPORT.sub("from cnnserve.protos.cnnserve.v1 import ", path.read_text())
-        path.write_text(text)
+    written: list[Path] = []
+    for folder in PROTO_PACKAGES:
+        protos = sorted((PROTO_ROOT / folder).glob("*.proto"))
+        args = [
+            "grpc_tools.protoc",
+            f"-I{PROTO_ROOT}",
+            f"-I{include}",
+            f"--python_out={out_root}",
+            f"--pyi_out={out_root}",
+            f"--grpc_python_out={out_root}",
+            *(str(p.relative_to(PROTO_ROOT)) for p in protos),
+        ]
+        if protoc.main(args) != 0:
+            raise RuntimeError(f"protoc failed on {[p.name for p in protos]}")
+        for path in sorted((out_root / folder).glob("*_pb2*.py*")):
+            path.write_text(_rewrite_imports(path.read_text()))
+            written.append(path)
     return written
 
 
@@ -52,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         generate(PROTO_ROOT)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
+        out_root = Path(tmp)
         stale = [
-            path.name
-            for path in generate(Path(tmp))
-            if path.read_bytes() != (PROTO_DIR / path.name).read_bytes()
+            str(path.relative_to(out_root))
+            for path in generate(out_root)
+            if not (PROTO_ROOT / path.relative_to(out_root)).exists()
+            or path.read_bytes() != (PROTO_ROOT / path.relative_to(out_root)).read_bytes()
         ]
     if stale:
         print(f"stale generated modules: {stale}; run `make protos`", file=sys.stderr)

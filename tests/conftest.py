@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 TRAIN_EPOCHS = 2
+TRITON_TOOLS = Path(__file__).resolve().parents[1] / "bench" / "triton_tools.py"
+# bench/triton_tools.py's exit code when a tool cannot be obtained on this machine.
+TOOL_UNAVAILABLE = 3
 
 
 def _cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -50,6 +55,41 @@ def model_repository(trained_run: Path, tmp_path_factory: pytest.TempPathFactory
         shutil.rmtree(repo)
     export_run(trained_run, repo)
     return repo
+
+
+def _triton_tool(request: pytest.FixtureRequest, tool: str) -> subprocess.CompletedProcess[str]:
+    """Build (or reuse, from pytest's cache folder) one of bench/triton_tools.py's tools."""
+    folder = request.config.cache.mkdir(f"triton-{tool}")
+    return subprocess.run(
+        [sys.executable, str(TRITON_TOOLS), tool, str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def tritonclient_python(request: pytest.FixtureRequest) -> Path:
+    """The interpreter of a virtual environment holding Triton's Python clients (tritonclient[grpc,http]).
+
+    Its own environment: tritonclient pins protobuf < 7, cnnserve needs >= 7.35. Built once, then reused
+    from pytest's cache folder while bench/triton_tools.py's recipe is unchanged."""
+    result = _triton_tool(request, "client-venv")
+    if result.returncode != 0:
+        pytest.fail(f"cannot build the tritonclient environment: {result.stderr.strip()}")
+    return Path(result.stdout.strip())
+
+
+@pytest.fixture(scope="session")
+def perf_analyzer_command(request: pytest.FixtureRequest) -> list[str]:
+    """The command that runs Triton's perf_analyzer; skips where its binary cannot be obtained."""
+    result = _triton_tool(request, "perf-analyzer")
+    if result.returncode == TOOL_UNAVAILABLE:
+        pytest.skip(result.stderr.strip())
+    if result.returncode != 0:
+        pytest.fail(f"cannot set up perf_analyzer: {result.stderr.strip()}")
+    return result.stdout.split()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
