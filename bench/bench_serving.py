@@ -147,7 +147,9 @@ def ort_rates(
 # ------------------------------------------------------------------------------------------------
 
 
-async def _load(address: str, payload: bytes, clients: int, warmup: float, seconds: float) -> dict:
+async def _load(
+    address: str, payload: bytes, clients: int, warmup: float, seconds: float, method: str = CLASSIFY
+) -> dict:
     import grpc
 
     channels = [
@@ -159,7 +161,7 @@ async def _load(address: str, payload: bytes, clients: int, warmup: float, secon
         )
         for _ in range(min(clients, 16))
     ]
-    calls = [c.unary_unary(CLASSIFY, request_serializer=None, response_deserializer=None) for c in channels]
+    calls = [c.unary_unary(method, request_serializer=None, response_deserializer=None) for c in channels]
     latencies: list[float] = []
     errors: dict[str, int] = {}
     measuring = False
@@ -199,9 +201,10 @@ def load_main(argv: list[str]) -> int:
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--method", default=CLASSIFY, help="the gRPC method the payload is a request of")
     args = parser.parse_args(argv)
     result = asyncio.run(
-        _load(args.address, args.payload.read_bytes(), args.clients, args.warmup, args.duration)
+        _load(args.address, args.payload.read_bytes(), args.clients, args.warmup, args.duration, args.method)
     )
     json.dump(result, sys.stdout)
     return 0
