@@ -68,6 +68,7 @@ class ServerSettings:
     threads: int = 0  # ONNX Runtime intra-op threads per worker; 0 = cores // workers
     device: str = "auto"
     metrics_port: int | None = None  # None = no metrics endpoint; 0 = an ephemeral port
+    http_port: int | None = None  # the Open Inference Protocol over HTTP; None = off, 0 = ephemeral
     poll_interval: float = DEFAULT_POLL_INTERVAL  # seconds between repository polls; 0 = never
     max_batch_size: int | None = None  # None = each model's config
     max_queue_delay_us: int | None = None
@@ -140,6 +141,7 @@ FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "threads": ("CNNSERVE_THREADS", _int(0), "--threads"),
     "device": ("CNNSERVE_DEVICE", _device, "--device"),
     "metrics_port": ("CNNSERVE_METRICS_PORT", _int(0, 65535), "--metrics-port"),
+    "http_port": ("CNNSERVE_HTTP_PORT", _int(0, 65535), "--http-port"),
     "poll_interval": ("CNNSERVE_POLL_INTERVAL", _float(0.0), "--poll-interval"),
     "max_batch_size": ("CNNSERVE_MAX_BATCH_SIZE", _int(1), "--max-batch-size"),
     "max_queue_delay_us": ("CNNSERVE_MAX_QUEUE_DELAY_US", _int(0), "--max-queue-delay-us"),

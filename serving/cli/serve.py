@@ -17,16 +17,22 @@ LOG = logging.getLogger(__name__)
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="serve a model repository over gRPC (ONNX Runtime, dynamic batching)",
-        description="Serve a model repository over gRPC. Every option defaults to its CNNSERVE_* "
-        "environment variable (e.g. CNNSERVE_PORT), then to the value shown. Tracing is configured by the "
-        "standard OpenTelemetry variables: OTEL_TRACES_EXPORTER (otlp, console or none: the default), "
-        "OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG.",
+        help="serve a model repository over gRPC and HTTP (ONNX Runtime, dynamic batching)",
+        description="Serve a model repository over gRPC (cnnserve.v1 and the Open Inference Protocol, "
+        "KServe v2) and, with --http-port, the Open Inference Protocol over HTTP/REST. Every option "
+        "defaults to its CNNSERVE_* environment variable (e.g. CNNSERVE_PORT), then to the value shown. "
+        "Tracing is configured by the standard OpenTelemetry variables: OTEL_TRACES_EXPORTER (otlp, console "
+        "or none: the default), OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, OTEL_TRACES_SAMPLER and "
+        "OTEL_TRACES_SAMPLER_ARG.",
     )
     add = parser.add_argument
     add("--repo", type=Path, help="model repository folder [CNNSERVE_REPO]")
     add("--host", help="address to bind (default 0.0.0.0) [CNNSERVE_HOST]")
     add("--port", help="gRPC port, 0 = ephemeral (default 8500) [CNNSERVE_PORT]")
+    add(
+        "--http-port",
+        help="Open Inference Protocol HTTP/REST port, 0 = ephemeral (default: off) [CNNSERVE_HTTP_PORT]",
+    )
     add("--workers", help="server processes sharing the port (default: CPU count) [CNNSERVE_WORKERS]")
     add("--threads", help="ONNX Runtime threads per worker (default: cores / workers) [CNNSERVE_THREADS]")
     add("--device", help="auto, cpu or cuda (default auto) [CNNSERVE_DEVICE]")
@@ -68,7 +74,10 @@ def register(subparsers: Any) -> None:
     )
     add("--port-file", type=Path, help="write the bound port to this file once serving")
     add(
-        "--echo", action="store_true", default=None, help="answer Classify without work (transport benchmark)"
+        "--echo",
+        action="store_true",
+        default=None,
+        help="answer Classify and ModelInfer without work (transport benchmark)",
     )
     parser.set_defaults(handler=run_serve)
 

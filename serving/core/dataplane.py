@@ -121,22 +121,28 @@ class DataPlane:
         event-loop time (past it, a request still queued is dropped with DEADLINE_EXCEEDED)."""
         loaded = self.registry.get(model, version)
         k = check_top_k(top_k, loaded.model.num_classes)
+        probs = await self.probabilities(loaded, images, deadline)
+        indices, scores = best_k(probs, k)
+        return Classification(loaded, indices, scores)
+
+    async def probabilities(
+        self, loaded: LoadedModel, images: Sequence[ImageInput], deadline: float | None = None
+    ) -> np.ndarray:
+        """Class probabilities (N, classes) of a request's images through the version's dynamic batcher:
+        what Classify ranks and the Open Inference Protocol answers, so both merge into the same batches."""
         check_count(images, self.limits)
         if encoded_bytes(images) <= INLINE_DECODE_BYTES:
             # Small: decoded on the loop when its batch starts, back to back with the batch's other images
             # while the decoder's code and tables are still in the CPU's caches.
             prepare = functools.partial(build_batch, images, loaded.spec, self.limits)
-            probs = await loaded.batcher.submit_deferred(prepare, len(images), deadline)
-        else:
-            call = current_call()  # noted for tracing and the access log, when either is on
-            decoding = time.monotonic() if call is not None else 0.0
-            with loaded.batcher.expecting():
-                batch = await build_big_batch(images, loaded.spec, self.limits, self.decode_executor)
-            if call is not None:
-                call.note_decode(decoding, time.monotonic())
-            probs = await loaded.batcher.submit(batch, deadline)
-        indices, scores = best_k(probs, k)
-        return Classification(loaded, indices, scores)
+            return await loaded.batcher.submit_deferred(prepare, len(images), deadline)
+        call = current_call()  # noted for tracing and the access log, when either is on
+        decoding = time.monotonic() if call is not None else 0.0
+        with loaded.batcher.expecting():
+            batch = await build_big_batch(images, loaded.spec, self.limits, self.decode_executor)
+        if call is not None:
+            call.note_decode(decoding, time.monotonic())
+        return await loaded.batcher.submit(batch, deadline)
 
     # -- activations -------------------------------------------------------------------------------------
 

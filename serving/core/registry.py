@@ -108,10 +108,16 @@ class _ModelState:
     loaded: dict[int, LoadedModel] = field(default_factory=dict)
     failed: dict[int, tuple[tuple[object, ...], str]] = field(default_factory=dict)  # fingerprint, reason
     error: str = ""  # why the whole model is unavailable (bad config, no version)
+    unloaded: bool = False  # unloaded on request: polling leaves it unloaded until a load request
 
 
 class ModelRegistry:
-    """Loads, serves and hot-swaps the repository's models. Use `get(name, version)` to serve."""
+    """Loads, serves and hot-swaps the repository's models. Use `get(name, version)` to serve.
+
+    Polling keeps the loaded set in step with the repository; `load_model` and `unload_model` do it for one
+    model on request (the model repository extension of the Open Inference Protocol). A model unloaded on
+    request stays unloaded, whatever polling finds, until it is loaded again on request.
+    """
 
     def __init__(
         self,
@@ -152,6 +158,8 @@ class ModelRegistry:
             if state.loaded:
                 return state.loaded[max(state.loaded)]
             raise ModelUnavailableError(f"model {name!r} is unavailable: {self._model_reason(name, state)}")
+        if state.unloaded:
+            raise ModelUnavailableError(f"model {name!r} is unavailable: {self._model_reason(name, state)}")
         loaded = state.loaded.get(version)
         if loaded is not None:
             return loaded
@@ -183,8 +191,8 @@ class ModelRegistry:
             versions = {v: VersionStatus(v, AVAILABLE) for v in state.loaded}
             for version, (_, reason) in state.failed.items():
                 versions.setdefault(version, VersionStatus(version, UNAVAILABLE, reason))
-            if not versions and state.error:
-                versions[0] = VersionStatus(0, UNAVAILABLE, state.error)
+            if not versions and (state.error or state.unloaded):
+                versions[0] = VersionStatus(0, UNAVAILABLE, self._model_reason(name, state))
             result[name] = [versions[v] for v in sorted(versions)]
         return result
 
@@ -193,6 +201,8 @@ class ModelRegistry:
         return self._repo_error
 
     def _model_reason(self, name: str, state: _ModelState) -> str:
+        if state.unloaded:
+            return "unloaded on request; a repository load request brings it back"
         if state.error:
             return state.error
         if state.failed:
@@ -224,7 +234,40 @@ class ModelRegistry:
                 await self._unload_all(state.loaded.values())
                 self._changed()
             for name in names:
-                await self._poll_model(name)
+                state = self._models.get(name)
+                if state is None or not state.unloaded:
+                    await self._poll_model(name)
+
+    async def load_model(self, name: str) -> None:
+        """Load (or reload) one model from the repository now, also one unloaded on request; raises
+        ModelNotFoundError if the repository has no such model, ModelUnavailableError if nothing loads."""
+        async with self._lock:
+            names = repository.list_models(self.repo)
+            if name not in names:
+                raise ModelNotFoundError(
+                    f"the repository has no model {name!r}; models: {', '.join(names) or 'none'}"
+                )
+            state = self._models.setdefault(name, _ModelState())
+            state.unloaded = False
+            await self._poll_model(name)
+            if not state.loaded:
+                raise ModelUnavailableError(f"model {name!r} did not load: {self._model_reason(name, state)}")
+            LOG.info("model %s loaded on request", name)
+
+    async def unload_model(self, name: str) -> None:
+        """Unload one model on request: new requests get UNAVAILABLE at once, requests already queued for
+        its batchers are still answered, then the sessions close. Polling leaves it unloaded."""
+        async with self._lock:
+            state = self._models.get(name)
+            if state is None:
+                raise ModelNotFoundError(
+                    f"unknown model {name!r}; models: {', '.join(self.model_names()) or 'none'}"
+                )
+            state.unloaded = True
+            retiring, state.loaded, state.failed = list(state.loaded.values()), {}, {}
+            self._changed()
+            await self._unload_all(retiring)
+            LOG.info("model %s unloaded on request", name)
 
     async def _poll_model(self, name: str) -> None:
         state = self._models.setdefault(name, _ModelState())

@@ -21,14 +21,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from cnnserve.protos import inference_pb2, inference_pb2_grpc
+from cnnserve.protos import inference_pb2, inference_pb2_grpc, oip_pb2_grpc
 from cnnserve.serving.batching import loop_load
 from cnnserve.serving.core.calls import CallHooks, Drain
 from cnnserve.serving.core.dataplane import DataPlane
 from cnnserve.serving.core.inputs import RequestLimits
 from cnnserve.serving.core.registry import AVAILABLE, BatchOverrides, ModelRegistry
+from cnnserve.serving.grpc import oip_servicer
 from cnnserve.serving.grpc.interceptors import CallRunner
 from cnnserve.serving.grpc.servicer import PROTOCOL, EchoServicer, InferenceServicer
+from cnnserve.serving.http.oip import EchoHttpEndpoints, OipHttpEndpoints, error_response
+from cnnserve.serving.http.server import HttpLimits, HttpServer
 from cnnserve.serving.model.runtime import SessionOptions
 from cnnserve.serving.observability import resources
 from cnnserve.serving.observability.calls import CallObservation
@@ -40,6 +43,7 @@ from cnnserve.serving.observability.metrics import (
     ServingMetrics,
     multiprocess_dir,
 )
+from cnnserve.serving.observability.statistics import BatchObservers, StatisticsBook, StatisticsHook
 from cnnserve.serving.observability.tracing import Tracing, TracingSettings, start_tracing
 from cnnserve.serving.settings import ServerSettings, available_cpus
 
@@ -70,7 +74,9 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
 
 
 class InferenceServer:
-    """The gRPC server of one process over one model repository; `tracing` traces its calls (None: off)."""
+    """The server of one process over one model repository: gRPC (cnnserve.v1 and the Open Inference
+    Protocol), and with `settings.http_port` the Open Inference Protocol over HTTP on the same event loop;
+    `tracing` traces its calls (None: off)."""
 
     def __init__(
         self, settings: ServerSettings, cpu_count: int | None = None, tracing: Tracing | None = None
@@ -78,6 +84,7 @@ class InferenceServer:
         self.settings = settings
         self.tracing = tracing
         self.metrics = ServingMetrics()
+        self.statistics = StatisticsBook()
         threads = settings.intra_op_threads(cpu_count)
         # A worker with at most one core to itself decodes big requests on its event loop (see core/inputs)
         # and runs quick batches there too (see batcher): a thread would add hand-offs, not a core.
@@ -96,7 +103,7 @@ class InferenceServer:
                 adaptive=settings.batch_wait == "adaptive",
                 inline_compute_s=INLINE_COMPUTE_S if one_core else 0.0,
             ),
-            observer_for=self.metrics.for_model,
+            observer_for=self._batch_observer,
             on_event=self._model_event,
         )
         self.dataplane = DataPlane(
@@ -108,7 +115,13 @@ class InferenceServer:
         # What every call of every protocol goes through (see core/calls.py): tracing and the access log when
         # either is on (first, so they see every other hook's work), metrics, then the drain gate.
         self.drain = Drain()
-        self.hooks = CallHooks([CallMetrics(self.metrics, self.registry.known.__contains__), self.drain])
+        self.hooks = CallHooks(
+            [
+                CallMetrics(self.metrics, self.registry.known.__contains__),
+                StatisticsHook(self.statistics),
+                self.drain,
+            ]
+        )
         access_log = enable_access_log() if settings.access_log else None
         if tracing is not None or access_log is not None:
             self.hooks.hooks = (CallObservation(tracing, access_log), *self.hooks.hooks)
@@ -117,6 +130,24 @@ class InferenceServer:
             if settings.echo
             else InferenceServicer(self.dataplane, CallRunner(self.hooks, PROTOCOL))
         )
+        self.oip_servicer: oip_servicer.OipServicer | oip_servicer.OipEchoServicer = (
+            oip_servicer.OipEchoServicer()
+            if settings.echo
+            else oip_servicer.OipServicer(
+                self.dataplane, CallRunner(self.hooks, oip_servicer.PROTOCOL), self.statistics
+            )
+        )
+        self.http: HttpServer | None = None
+        if settings.http_port is not None:
+            endpoints = (
+                EchoHttpEndpoints()
+                if settings.echo
+                else OipHttpEndpoints(self.dataplane, self.hooks, self.statistics)
+            )
+            self.http = HttpServer(
+                endpoints.router(), error_response, HttpLimits(max_body_bytes=settings.max_message_bytes)
+            )
+        self.http_port = 0
         self.health = HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -127,16 +158,23 @@ class InferenceServer:
         self._stopping = False
         self._health_names: set[str] = set()
 
+    def _batch_observer(self, name: str, version: int) -> BatchObservers:
+        return BatchObservers(
+            self.metrics.for_model(name, version), self.statistics.for_version(name, version)
+        )
+
     async def start(self) -> int:
         """Bind, load the repository, then answer (health NOT_SERVING until a model loads); the port."""
         load = loop_load.for_loop(asyncio.get_running_loop())
         self.registry.load = None if load is None else load.busy
         server = grpc.aio.server(options=grpc_options(self.settings))
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(self.servicer, server)
+        oip_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.oip_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
+                oip_servicer.SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -158,6 +196,11 @@ class InferenceServer:
         await server.start()
         self._server = server
         LOG.info("gRPC server listening on %s:%d", self.settings.host, self.port)
+        if self.http is not None and self.settings.http_port is not None:
+            self.http_port = await self.http.start(self.settings.host, self.settings.http_port)
+            LOG.info(
+                "Open Inference Protocol over HTTP on http://%s:%d/v2", self.settings.host, self.http_port
+            )
         if self.settings.echo:
             return self.port
         if not self.registry.model_names() and Path(self.settings.repo).is_dir():
@@ -239,6 +282,7 @@ class InferenceServer:
         overall = SERVING if available else NOT_SERVING
         await self._set_health("", overall)
         await self._set_health(SERVICE_NAME, overall)
+        await self._set_health(oip_servicer.SERVICE_NAME, overall)
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, let calls in flight finish, unload."""
@@ -253,7 +297,11 @@ class InferenceServer:
         # from the servicer rather than a connection torn down under it.
         if isinstance(self.servicer, EchoServicer):
             self.servicer.stopping = True
+        if isinstance(self.oip_servicer, oip_servicer.OipEchoServicer):
+            self.oip_servicer.stopping = True
         await self.drain.drain(grace)
+        if self.http is not None:
+            await self.http.stop(STOP_GRACE_SECONDS)
         if self._polling is not None:
             await self._polling
         if self._sampling is not None:

@@ -75,9 +75,13 @@ def run_supervisor(
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the workers at spawn
     reserved = reserve_port(settings.host, settings.port)
     port = reserved.getsockname()[1]
+    # The HTTP port too: `--http-port 0` gives every worker the same one, and a port taken by another
+    # program fails here rather than being shared with it silently (SO_REUSEPORT).
+    reserved_http = None if settings.http_port is None else reserve_port(settings.host, settings.http_port)
+    http_port = None if reserved_http is None else reserved_http.getsockname()[1]
     threads = settings.intra_op_threads()
     worker_settings = dataclasses.replace(
-        settings, port=port, threads=threads, metrics_port=None, port_file=None
+        settings, port=port, http_port=http_port, threads=threads, metrics_port=None, port_file=None
     )
     context = multiprocessing.get_context("spawn")
     ready = context.Queue()
@@ -143,6 +147,10 @@ def run_supervisor(
                 started.add(index)
                 if len(started) == len(workers):
                     LOG.info("all %d workers serving on %s:%d", len(workers), settings.host, port)
+                    if http_port is not None:
+                        LOG.info(
+                            "Open Inference Protocol over HTTP on http://%s:%d/v2", settings.host, http_port
+                        )
                     if settings.port_file is not None:
                         from cnnserve.serving.grpc.server import write_port_file
 
@@ -161,6 +169,8 @@ def run_supervisor(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         reserved.close()
+        if reserved_http is not None:
+            reserved_http.close()
         ready.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)

@@ -1,0 +1,97 @@
+"""The Open Inference Protocol's raw tensor bytes: what gRPC `raw_*_contents` and HTTP binary data hold.
+
+Fixed-size datatypes are little-endian, row-major; a BYTES tensor is its elements one after another, each
+prefixed by its length as a 4-byte little-endian unsigned integer. Written once, for both transports.
+Reading never copies an FP32 tensor: the array is a view of the request's bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+
+from cnnserve.serving.core.oip import BYTES, DATATYPE_SIZES, FP32, InferInput, TensorData
+from cnnserve.serving.errors import InvalidRequestError
+
+_LENGTH = struct.Struct("<I")
+_NUMPY = {"FP32": "<f4"}
+
+
+def element_count(shape: Sequence[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def check_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
+    if any(dim < 0 for dim in shape):
+        raise InvalidRequestError(f"input {name!r} has shape {list(shape)}: dimensions cannot be negative")
+    return tuple(int(dim) for dim in shape)
+
+
+def split_bytes(name: str, raw: bytes | memoryview, count: int) -> list[bytes]:
+    """The elements of a raw BYTES tensor; errors name the input and the element index at fault."""
+    view = memoryview(raw)
+    elements = []
+    offset = 0
+    for index in range(count):
+        if offset + 4 > len(view):
+            raise InvalidRequestError(
+                f"input {name!r}: element {index} is missing (the data ends after {index} of {count})",
+                index,
+            )
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise InvalidRequestError(
+                f"input {name!r}: element {index} claims {length} bytes, only {len(view) - offset} remain",
+                index,
+            )
+        elements.append(bytes(view[offset : offset + length]))
+        offset += length
+    if offset != len(view):
+        raise InvalidRequestError(
+            f"input {name!r}: {len(view) - offset} bytes left over after its {count} BYTES elements"
+        )
+    return elements
+
+
+def join_bytes(elements: Sequence[bytes]) -> bytes:
+    """A raw BYTES tensor: each element prefixed by its 4-byte little-endian length."""
+    parts = []
+    for element in elements:
+        parts.append(_LENGTH.pack(len(element)))
+        parts.append(element)
+    return b"".join(parts)
+
+
+def input_from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> InferInput:
+    """An input from its raw bytes: FP32 as a zero-copy view, BYTES split into elements."""
+    dims = check_shape(name, shape)
+    count = element_count(dims)
+    if datatype == BYTES:
+        return InferInput(name, datatype, dims, split_bytes(name, raw, count))
+    size = DATATYPE_SIZES.get(datatype)
+    if size is None:
+        raise InvalidRequestError(
+            f"input {name!r} has datatype {datatype!r}, which the protocol does not define"
+        )
+    if len(raw) != count * size:
+        raise InvalidRequestError(
+            f"input {name!r}: shape {list(dims)} of {datatype} needs {count * size} bytes, the request holds "
+            f"{len(raw)}"
+        )
+    data: TensorData = (
+        np.frombuffer(raw, dtype=_NUMPY[datatype]).reshape(dims) if datatype in _NUMPY else np.empty(0)
+    )
+    return InferInput(name, datatype, dims, data)
+
+
+def output_raw(datatype: str, data: TensorData) -> bytes:
+    if datatype == BYTES:
+        return join_bytes(data)  # type: ignore[arg-type]
+    assert datatype == FP32
+    return np.ascontiguousarray(data, dtype="<f4").tobytes()
