@@ -19,8 +19,8 @@ def register(subparsers: Any) -> None:
     _register_activations(subparsers)
 
 
-def _add_client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", required=True, help="server address, HOST:PORT")
+def _add_client_options(parser: argparse.ArgumentParser, server_required: bool = True) -> None:
+    parser.add_argument("--server", required=server_required, help="server address (gRPC), HOST:PORT")
     parser.add_argument("--model", required=True, help="model name")
     parser.add_argument("--version", type=int, default=0, help="model version (default: the newest live one)")
     parser.add_argument(
@@ -33,8 +33,24 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _register_classify(subparsers: Any) -> None:
-    parser = subparsers.add_parser("classify", help="classify images with a running server")
-    _add_client_options(parser)
+    parser = subparsers.add_parser(
+        "classify",
+        help="classify images with a running server",
+        description="Classify image files with a running server: over gRPC with cnnserve's own API "
+        "(--server) or the Open Inference Protocol, KServe v2 (--server with --protocol v2), or over the "
+        "Open Inference Protocol's HTTP/REST endpoint (--url).",
+    )
+    _add_client_options(parser, server_required=False)
+    parser.add_argument(
+        "--url",
+        help="the server's Open Inference Protocol HTTP endpoint, http://HOST:PORT (instead of --server)",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=["cnnserve", "v2"],
+        default=None,
+        help="over gRPC: cnnserve.v1 (default) or the Open Inference Protocol (v2); --url is always v2",
+    )
     parser.add_argument("--top-k", type=int, default=1, help="classes per image (default: %(default)s)")
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.set_defaults(handler=run_classify)
@@ -71,16 +87,47 @@ def _read_images(paths: list[Path]) -> list[bytes] | None:
 
 
 def run_classify(args: argparse.Namespace) -> int:
+    if (args.server is None) == (args.url is None):
+        print(
+            "error: give the server as --server HOST:PORT (gRPC) or --url http://HOST:PORT", file=sys.stderr
+        )
+        return 2
+    if args.url is not None and args.protocol == "cnnserve":
+        print(
+            "error: --url speaks the Open Inference Protocol (v2) only; use --server for cnnserve.v1",
+            file=sys.stderr,
+        )
+        return 2
     images = _read_images(args.images)
     if images is None:
         return 2
-    from cnnserve.serving.grpc.client import CnnserveClient, ServerError
+    from cnnserve.serving.errors import ServingError
+    from cnnserve.serving.grpc.client import ClassifyResult, CnnserveClient, ServerError
 
+    result: ClassifyResult
     try:
-        with CnnserveClient(args.server, timeout=args.timeout) as client:
-            result = client.classify(images, args.model, top_k=args.top_k, version=args.version)
+        if args.url is not None:
+            from cnnserve.serving.http.client import HttpServerError, OipHttpClient
+
+            try:
+                client = OipHttpClient(args.url, timeout=args.timeout)
+                result = client.classify(images, args.model, top_k=args.top_k, version=args.version)
+            except (HttpServerError, ValueError) as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 1
+        elif args.protocol == "v2":
+            from cnnserve.serving.grpc.oip_client import OipGrpcClient
+
+            with OipGrpcClient(args.server, timeout=args.timeout) as oip_client:
+                result = oip_client.classify(images, args.model, top_k=args.top_k, version=args.version)
+        else:
+            with CnnserveClient(args.server, timeout=args.timeout) as cnnserve_client:
+                result = cnnserve_client.classify(images, args.model, top_k=args.top_k, version=args.version)
     except ServerError as error:
         print(f"error: {error.code.name}: {error.message}", file=sys.stderr)
+        return 1
+    except ServingError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     for path, predictions in zip(args.images, result.predictions, strict=True):
         if args.json:

@@ -91,7 +91,12 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         image.load()
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(str(error)) from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError as error:
+        # Pillow's own message names its in-memory file object by heap address: never sent to a client.
+        raise ImageDecodeError(
+            f"cannot decode image: not a format Pillow recognises ({len(data)} bytes starting {data[:8]!r})"
+        ) from error
+    except (OSError, SyntaxError, ValueError) as error:
         if isinstance(error, ImageDecodeError):
             raise
         raise ImageDecodeError(f"cannot decode image: {error}") from error

@@ -43,6 +43,7 @@ class RunningServer:
         self.server = InferenceServer(settings, cpu_count=2, tracing=tracing)
         self.port = self.run(self.server.start())
         self.address = f"127.0.0.1:{self.port}"
+        self.http_url = f"http://127.0.0.1:{self.server.http_port}"
         self._stopped = False
 
     def run(self, coroutine: Any, timeout: float = 120.0) -> Any:
@@ -97,6 +98,17 @@ def served(model_repository: Path) -> Iterator[RunningServer]:
     """One default server over the shared repository (read-only use), for a whole test module."""
     settings = ServerSettings(
         repo=model_repository, host="127.0.0.1", port=0, workers=1, threads=1, poll_interval=0
+    )
+    server = RunningServer(settings)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def served_http(model_repository: Path) -> Iterator[RunningServer]:
+    """A default server with its Open Inference Protocol HTTP endpoint on too (`server.http_port`)."""
+    settings = ServerSettings(
+        repo=model_repository, host="127.0.0.1", port=0, http_port=0, workers=1, threads=1, poll_interval=0
     )
     server = RunningServer(settings)
     yield server
