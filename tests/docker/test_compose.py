@@ -77,7 +77,7 @@ def test_server_service_builds_and_runs_the_serving_image(
     assert "command" not in server and "entrypoint" not in server  # the image's own command
     env = cpu_dockerfile.final.env()
     published = {entry.split(":")[-1].split("/")[0] for entry in server["ports"]}
-    assert published == {env["CNNSERVE_PORT"], env["CNNSERVE_METRICS_PORT"]}
+    assert published == {env["CNNSERVE_PORT"], env["CNNSERVE_METRICS_PORT"], env["CNNSERVE_HTTP_PORT"]}
     mounts = [volume(entry) for entry in server["volumes"]]
     assert [(target, mode) for _, target, mode in mounts if target == IMAGE_REPO] == [(IMAGE_REPO, "ro")]
     assert server["init"] is True  # SIGTERM forwarded, worker processes reaped

@@ -9,7 +9,9 @@ it a shorter poll interval or a single worker, set as `docker run -e` would set 
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import os
 import re
 import shutil
@@ -136,6 +138,7 @@ def loopback(repo: Path, **extra: str) -> dict[str, str]:
         "CNNSERVE_HOST": "127.0.0.1",
         "CNNSERVE_PORT": str(free_port()),
         "CNNSERVE_METRICS_PORT": str(free_port()),
+        "CNNSERVE_HTTP_PORT": str(free_port()),
         **extra,
     }
 
@@ -177,7 +180,13 @@ def test_image_command_serves_classifies_reports_health_and_stops_cleanly(
     stage = cpu_dockerfile.final
     overrides = loopback(model_repository)
     # Nothing else differs from the image's own environment.
-    assert set(overrides) == {"CNNSERVE_REPO", "CNNSERVE_HOST", "CNNSERVE_PORT", "CNNSERVE_METRICS_PORT"}
+    assert set(overrides) == {
+        "CNNSERVE_REPO",
+        "CNNSERVE_HOST",
+        "CNNSERVE_PORT",
+        "CNNSERVE_METRICS_PORT",
+        "CNNSERVE_HTTP_PORT",
+    }
     assert stage.env()["CNNSERVE_REPO"] == IMAGE_REPO
 
     with run_image(stage, serving_install, tmp_path, overrides) as server:
@@ -206,6 +215,29 @@ def test_image_command_serves_classifies_reports_health_and_stops_cleanly(
             assert len(scores) == 3 and scores == sorted(scores, reverse=True)
             assert all(0.0 <= s <= 1.0 for s in scores) and sum(scores) <= 1.0 + 1e-5
             assert [p.label for p in result.predictions] == [labels[p.index] for p in result.predictions]
+
+        # The Open Inference Protocol over HTTP, as curl or a load balancer's health check calls it.
+        http_url = f"http://127.0.0.1:{overrides['CNNSERVE_HTTP_PORT']}/v2"
+        with urllib.request.urlopen(f"{http_url}/health/ready", timeout=10) as reply:
+            assert reply.status == 200
+        request = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "parameters": {"content_type": "base64"},
+                    "data": [base64.b64encode(digit_png(7)).decode()],
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"classification": 1}}],
+        }
+        infer = urllib.request.Request(
+            f"{http_url}/models/mnist_cnn/infer", data=json.dumps(request).encode(), method="POST"
+        )
+        with urllib.request.urlopen(infer, timeout=30) as reply:
+            answer = json.loads(reply.read())
+        assert answer["outputs"][0]["shape"] == [1, 1] and answer["outputs"][0]["datatype"] == "BYTES"
 
         metrics_url = f"http://127.0.0.1:{overrides['CNNSERVE_METRICS_PORT']}/metrics"
         with urllib.request.urlopen(metrics_url, timeout=10) as reply:

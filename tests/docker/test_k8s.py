@@ -120,7 +120,7 @@ def test_deployment_matches_the_image(
 
     # Ports and the native gRPC probes on the image's gRPC port.
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": settings.port, "metrics": settings.metrics_port}
+    assert ports == {"grpc": settings.port, "metrics": settings.metrics_port, "http": settings.http_port}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["grpc"]["port"] == settings.port, probe
     assert container["readinessProbe"]["grpc"].get("service", "") == ""  # overall: models loaded

@@ -101,3 +101,20 @@ def test_the_schema_is_kserves_own(validator: jsonschema.protocols.Validator) ->
     predictor = validator.schema["$defs"]["V1beta1PredictorSpec"]["properties"]
     assert {"model", "containers", "triton", "onnx", "minReplicas", "scaleMetric"} <= set(predictor)
     assert Path(validator.schema["$defs"]["V1beta1InferenceService"]["properties"]["spec"]["$ref"]).name
+
+
+def test_the_inference_service_matches_the_image(cpu_dockerfile: Any) -> None:
+    """The predictor runs the image's own command; its HTTP port, probes and settings match the server."""
+    from cnnserve.serving.settings import resolve
+
+    (container,) = inference_service()["spec"]["predictor"]["containers"]
+    assert "command" not in container and "args" not in container
+    env = {item["name"]: item["value"] for item in container["env"]}
+    settings = resolve(
+        {}, {**cpu_dockerfile.final.env(), **{k: v for k, v in env.items() if k != "STORAGE_URI"}}
+    )
+    assert str(settings.repo) == "/mnt/models" and env["STORAGE_URI"].startswith("pvc://")
+    assert [p["containerPort"] for p in container["ports"]] == [settings.http_port]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": settings.http_port}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": settings.http_port}
+    assert settings.workers == int(container["resources"]["limits"]["cpu"])

@@ -31,7 +31,10 @@ FORBIDDEN_IN_CORE = {
     "grpc_health",
     "grpc_reflection",
     "cnnserve.serving.grpc",
+    "cnnserve.serving.http",
+    "httptools",
     "cnnserve.protos.cnnserve.v1.inference_pb2_grpc",
+    "cnnserve.protos.inference.grpc_service_pb2_grpc",
 }
 TRANSPORT_FREE = ("core", "batching", "model", "insight")
 
