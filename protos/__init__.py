@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # static checkers see the modules the lazy attributes below load
     from cnnserve.protos.cnnserve.v1 import inference_pb2, inference_pb2_grpc, model_config_pb2
+    from cnnserve.protos.inference import grpc_service_pb2 as oip_pb2
+    from cnnserve.protos.inference import grpc_service_pb2_grpc as oip_pb2_grpc
+    from cnnserve.protos.inference import model_config_pb2 as oip_model_config_pb2
 
 _MODULES = {
     "inference_pb2": "cnnserve.protos.cnnserve.v1.inference_pb2",
@@ -24,7 +27,14 @@ _MODULES = {
     "oip_pb2_grpc": "cnnserve.protos.inference.grpc_service_pb2_grpc",
     "oip_model_config_pb2": "cnnserve.protos.inference.model_config_pb2",
 }
-__all__ = list(_MODULES)
+__all__ = [
+    "inference_pb2",
+    "inference_pb2_grpc",
+    "model_config_pb2",
+    "oip_model_config_pb2",
+    "oip_pb2",
+    "oip_pb2_grpc",
+]
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -234,8 +234,8 @@ class ModelRegistry:
                 await self._unload_all(state.loaded.values())
                 self._changed()
             for name in names:
-                state = self._models.get(name)
-                if state is None or not state.unloaded:
+                known = self._models.get(name)
+                if known is None or not known.unloaded:
                     await self._poll_model(name)
 
     async def load_model(self, name: str) -> None:

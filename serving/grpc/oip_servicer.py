@@ -22,7 +22,6 @@ from cnnserve.serving.observability.statistics import StatisticsBook
 
 PROTOCOL = "v2-grpc"
 SERVICE_NAME = oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-Context = grpc.aio.ServicerContext
 
 
 class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
@@ -33,13 +32,15 @@ class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
         self.runner = runner
         self.statistics = statistics
 
-    async def ServerLive(self, request: oip_pb2.ServerLiveRequest, context: Context) -> Any:
+    async def ServerLive(self, request: oip_pb2.ServerLiveRequest, context: grpc.aio.ServicerContext) -> Any:
         return oip_pb2.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: oip_pb2.ServerReadyRequest, context: Context) -> Any:
+    async def ServerReady(
+        self, request: oip_pb2.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
         return oip_pb2.ServerReadyResponse(ready=oip.server_ready(self.dataplane.registry))
 
-    async def ModelReady(self, request: oip_pb2.ModelReadyRequest, context: Context) -> Any:
+    async def ModelReady(self, request: oip_pb2.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
         async def handle(call: Call) -> oip_pb2.ModelReadyResponse:
             return oip_pb2.ModelReadyResponse(
                 ready=oip.model_ready(self.dataplane.registry, request.name, request.version)
@@ -47,13 +48,17 @@ class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
 
         return await self.runner.run(context, "ModelReady", request.name, handle)
 
-    async def ServerMetadata(self, request: oip_pb2.ServerMetadataRequest, context: Context) -> Any:
+    async def ServerMetadata(
+        self, request: oip_pb2.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
         metadata = oip.server_metadata()
         return oip_pb2.ServerMetadataResponse(
             name=metadata.name, version=metadata.version, extensions=metadata.extensions
         )
 
-    async def ModelMetadata(self, request: oip_pb2.ModelMetadataRequest, context: Context) -> Any:
+    async def ModelMetadata(
+        self, request: oip_pb2.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
         async def handle(call: Call) -> oip_pb2.ModelMetadataResponse:
             loaded = oip.resolve(self.dataplane.registry, request.name, request.version)
             call.version = loaded.version
@@ -62,7 +67,9 @@ class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
 
         return await self.runner.run(context, "ModelMetadata", request.name, handle)
 
-    async def ModelConfig(self, request: oip_pb2.ModelConfigRequest, context: Context) -> Any:
+    async def ModelConfig(
+        self, request: oip_pb2.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
         async def handle(call: Call) -> oip_pb2.ModelConfigResponse:
             loaded = oip.resolve(self.dataplane.registry, request.name, request.version)
             call.version = loaded.version
@@ -70,7 +77,7 @@ class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
 
         return await self.runner.run(context, "ModelConfig", request.name, handle)
 
-    async def ModelInfer(self, request: oip_pb2.ModelInferRequest, context: Context) -> Any:
+    async def ModelInfer(self, request: oip_pb2.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
         async def handle(call: Call) -> oip_pb2.ModelInferResponse:
             loaded, result = await oip.infer(
                 self.dataplane, convert.infer_request(request), deadline(context)
@@ -80,21 +87,27 @@ class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
 
         return await self.runner.run(context, "ModelInfer", request.model_name, handle)
 
-    async def ModelStatistics(self, request: oip_pb2.ModelStatisticsRequest, context: Context) -> Any:
+    async def ModelStatistics(
+        self, request: oip_pb2.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
         async def handle(call: Call) -> oip_pb2.ModelStatisticsResponse:
             selected = oip.statistics(self.dataplane.registry, self.statistics, request.name, request.version)
             return convert.statistics_response(selected)
 
         return await self.runner.run(context, "ModelStatistics", request.name, handle)
 
-    async def RepositoryIndex(self, request: oip_pb2.RepositoryIndexRequest, context: Context) -> Any:
+    async def RepositoryIndex(
+        self, request: oip_pb2.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
         async def handle(call: Call) -> oip_pb2.RepositoryIndexResponse:
             entries = oip.repository_index(self.dataplane.registry, request.ready)
             return convert.repository_index_response(entries)
 
         return await self.runner.run(context, "RepositoryIndex", "", handle)
 
-    async def RepositoryModelLoad(self, request: oip_pb2.RepositoryModelLoadRequest, context: Context) -> Any:
+    async def RepositoryModelLoad(
+        self, request: oip_pb2.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
         async def handle(call: Call) -> oip_pb2.RepositoryModelLoadResponse:
             await self.dataplane.registry.load_model(request.model_name)
             return oip_pb2.RepositoryModelLoadResponse()
@@ -102,7 +115,7 @@ class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
         return await self.runner.run(context, "RepositoryModelLoad", request.model_name, handle)
 
     async def RepositoryModelUnload(
-        self, request: oip_pb2.RepositoryModelUnloadRequest, context: Context
+        self, request: oip_pb2.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         async def handle(call: Call) -> oip_pb2.RepositoryModelUnloadResponse:
             await self.dataplane.registry.unload_model(request.model_name)
@@ -119,13 +132,15 @@ class OipEchoServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
         self.stopping = False
         self._answers: dict[int, bytes] = {}
 
-    async def ServerLive(self, request: oip_pb2.ServerLiveRequest, context: Context) -> Any:
+    async def ServerLive(self, request: oip_pb2.ServerLiveRequest, context: grpc.aio.ServicerContext) -> Any:
         return oip_pb2.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request: oip_pb2.ServerReadyRequest, context: Context) -> Any:
+    async def ServerReady(
+        self, request: oip_pb2.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
         return oip_pb2.ServerReadyResponse(ready=not self.stopping)
 
-    async def ModelInfer(self, request: oip_pb2.ModelInferRequest, context: Context) -> Any:
+    async def ModelInfer(self, request: oip_pb2.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
         if self.stopping:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         count = request.inputs[0].shape[0] if request.inputs and request.inputs[0].shape else 1

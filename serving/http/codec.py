@@ -230,7 +230,7 @@ def infer_response(result: InferResult, binary_outputs: frozenset[str]) -> tuple
 
 def _json_data(output: InferOutput) -> list[Any]:
     if output.datatype == BYTES:
-        return [element.decode("utf-8", errors="replace") for element in output.data]  # type: ignore[union-attr]
+        return [bytes(element).decode("utf-8", errors="replace") for element in output.data]
     return np.asarray(output.data, dtype=np.float32).reshape(-1).tolist()
 
 
