@@ -282,7 +282,7 @@ def run_perf_analyzer(
     url = server.address if protocol == "grpc" else f"127.0.0.1:{server.http_port}"
     args = [*command, "-m", model, "-u", url, "-i", protocol, "-b", str(batch)]
     args += ["--concurrency-range", str(concurrency), "--measurement-interval", str(int(seconds * 1000))]
-    args += ["--max-trials", "4", "--stability-percentage", "50", "--percentile", "99"]
+    args += ["--max-trials", "5", "--stability-percentage", "200", "--percentile", "99"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
     text = out.stdout + out.stderr
     throughput = re.search(r"Throughput: ([\d.]+) infer/sec", text)
