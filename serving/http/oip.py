@@ -80,7 +80,7 @@ class OipHttpEndpoints:
         handler: Callable[[Call], Awaitable[HttpResponse]],
     ) -> HttpResponse:
         """One call between the call hooks; what the handler raises goes back to the server's mapping."""
-        call = Call(PROTOCOL, method, model, tuple(request.headers.items()), request.peer)
+        call = Call(PROTOCOL, method, model, request)
         self.hooks.begin(call)
         try:
             response = await handler(call)

@@ -43,7 +43,14 @@ class HttpRequest:
     query: str
     headers: Mapping[str, str]  # names lower-case
     body: bytes
-    peer: str = ""
+    remote: str = ""  # the client's address, "host:port"
+
+    # The call hooks' view of a request (core.calls.CallSource): its headers as metadata, its peer.
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return tuple(self.headers.items())
+
+    def peer(self) -> str:
+        return self.remote
 
 
 @dataclass(frozen=True)
@@ -264,7 +271,7 @@ class _Connection(asyncio.Protocol):
             query=(parsed.query or b"").decode("latin-1"),
             headers=self.headers,
             body=body,
-            peer=self.peer,
+            remote=self.peer,
         )
         self._enqueue(request, self.parser.should_keep_alive())
 

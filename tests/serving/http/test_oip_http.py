@@ -349,3 +349,38 @@ def test_classify_and_oip_requests_merge_into_one_batch(
     assert stats["execution_count"] == 1 and stats["inference_count"] == 2
     assert [b["batch_size"] for b in stats["batch_stats"]] == [2]
     assert stats["inference_stats"]["success"]["count"] == 2
+
+
+class _Refuse:
+    """A call hook as authentication would be one: it reads a header and may refuse the call."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str | None, str]] = []
+
+    def begin(self, call: Any) -> None:
+        self.seen.append((call.protocol, call.method, call.metadata_value("x-token"), call.peer))
+        if call.metadata_value("x-token") == "wrong":
+            from cnnserve.serving.errors import ServingError, Status
+
+            class Denied(ServingError):
+                status = Status.PERMISSION_DENIED
+
+            raise Denied("token refused")
+
+    def end(self, call: Any) -> None:
+        pass
+
+
+def test_call_hooks_see_http_headers_and_can_refuse(start_server: Any, model_repository: Any) -> None:
+    server = start_server(model_repository, http_port=0)
+    hook = _Refuse()
+    server.server.hooks.add(hook)
+    url = f"{server.http_url}/v2/models/{MODEL}"
+    assert call(url, headers={"X-Token": "fine"})[0] == 200
+    status, _, body = call(url, headers={"X-Token": "wrong"})
+    assert status == 403 and json.loads(body) == {"error": "token refused"}
+    assert [seen[:3] for seen in hook.seen] == [
+        ("v2-http", "ModelMetadata", "fine"),
+        ("v2-http", "ModelMetadata", "wrong"),
+    ]
+    assert hook.seen[0][3].startswith("127.0.0.1:")
