@@ -211,10 +211,6 @@ def statistics(
 
 
 def model_ready(registry: ModelRegistry, model: str, version: str) -> bool:
-    return is_ready(registry, model, version)
-
-
-def is_ready(registry: ModelRegistry, model: str, version: str) -> bool:
     """Whether the model (version) can take inference requests now."""
     try:
         resolve(registry, model, version)
@@ -286,7 +282,8 @@ def model_config(loaded: LoadedModel) -> dict[str, object]:
         "parameters": {
             ACTIVATION_OUTPUTS_PARAMETER: {
                 "string_value": ",".join(
-                    f"{name}:{'x'.join(map(str, dims))}" for name, dims in _activation_dims(loaded).items()
+                    f"{layer}:{'x'.join(map(str, layer_dims))}"
+                    for layer, layer_dims in _activation_dims(loaded).items()
                 )
             }
         },
