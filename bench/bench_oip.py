@@ -350,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     ort_rates: list[float] = []
     measured: dict[tuple[str, str, int], list[base.Row]] = {}
     analyzer: list[PerfAnalyzerRow] = []
+    summary: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-oip-") as tmp_name:
         tmp = Path(tmp_name)
         servers = {}
@@ -379,6 +380,14 @@ def main(argv: list[str] | None = None) -> int:
                             f"p50 {row.p50_ms:6.2f} ms p99 {row.p99_ms:6.2f} ms errors {row.errors}",
                             flush=True,
                         )
+            # Profiles come from a pass of their own: py-spy's sampling would slow the measured rounds.
+            for key, clients in (("oip-fp32-64", 8), ("oip-fp32-1", 64), ("http-fp32-64", 8)):
+                server = servers["cnnserve"]
+                spies = base.profile(server.pids, args.duration, tmp / f"profile-{key}-{clients}")
+                run_point(server, payloads[key], clients, args.duration, args.model, tmp, "cnnserve")
+                for spy in spies:
+                    spy.wait(60)
+            summary = base.summarise_profiles(sorted(tmp.glob("profile-*.txt")), args.duration)
             if pa_command is not None:
                 for protocol in ("grpc", "http"):
                     for batch, concurrency in ((64, 8), (1, 64)):
@@ -396,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for server in servers.values():
                 server.stop()
-    report(args, cores, ort_rates, measured, analyzer)
+    report(args, cores, ort_rates, measured, analyzer, summary)
     return 0
 
 
@@ -406,6 +415,7 @@ def report(
     ort_rates: list[float],
     measured: dict[tuple[str, str, int], list[base.Row]],
     analyzer: list[PerfAnalyzerRow],
+    summary: dict[str, list[str]],
 ) -> None:
     def spread(values: list[float], digits: int = 0) -> str:
         return (
@@ -478,6 +488,10 @@ def report(
             f"| {row.images_per_s:,.0f} | {row.images_per_s / row.batch:,.0f} | {row.p50_ms:.2f} "
             f"| {row.p99_ms:.2f} | - | {row.note or '-'} |"
         )
+    if summary:
+        print("\nprofile (py-spy on the server processes, a pass after the rounds, share of samples):")
+        for name, lines in summary.items():
+            print(f"  {name}: " + "; ".join(lines))
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -491,6 +505,7 @@ def report(
                         f"{s} {k} {c}": [asdict(r) for r in found] for (s, k, c), found in measured.items()
                     },
                     "perf_analyzer": [asdict(r) for r in analyzer],
+                    "profile": summary,
                 },
                 indent=2,
             )
