@@ -300,16 +300,20 @@ def test_unload_drains_in_flight_requests(
     start_server: Any, model_repository: Any, tensors: np.ndarray
 ) -> None:
     """Requests queued when the model is unloaded are answered; requests after it get 503; load restores."""
-    server = start_server(model_repository, http_port=0, batch_wait="fixed", max_queue_delay_us=300_000)
+    server = start_server(model_repository, http_port=0, batch_wait="fixed", max_queue_delay_us=1_000_000)
     url = f"{server.http_url}/v2/models/{MODEL}/infer"
     request = {
         "inputs": [
             {"name": "input", "datatype": "FP32", "shape": [1, 28, 28, 1], "data": tensors[:1].tolist()}
         ]
     }
+    batcher = server.server.registry.get(MODEL).batcher
     with ThreadPoolExecutor(4) as pool:
         in_flight = [pool.submit(post_json, url, request) for _ in range(3)]
-        time.sleep(0.1)  # queued, waiting for their batch (300 ms)
+        deadline = time.monotonic() + 30
+        while batcher.queued_images < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)  # all three queued, waiting for their batch (1 s)
+        assert batcher.queued_images == 3
         unloaded = pool.submit(post_json, f"{server.http_url}/v2/repository/models/{MODEL}/unload", {})
         results = [f.result(30) for f in in_flight]
         assert unloaded.result(30)[0] == 200
@@ -328,7 +332,7 @@ def test_classify_and_oip_requests_merge_into_one_batch(
     start_server: Any, model_repository: Any, digits: Any
 ) -> None:
     """A cnnserve.v1 Classify call and an OIP infer for the same model wait in the same batcher."""
-    server = start_server(model_repository, http_port=0, batch_wait="fixed", max_queue_delay_us=300_000)
+    server = start_server(model_repository, http_port=0, batch_wait="fixed", max_queue_delay_us=1_000_000)
     url = f"{server.http_url}/v2/models/{MODEL}/infer"
     request = {
         "inputs": [
