@@ -143,6 +143,9 @@ def test_not_found_unimplemented_and_shared_hooks(stub: Any, served: Any, tensor
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     channel.close()
     # The same call hooks as cnnserve.v1: Prometheus counts the protocol's calls by method.
-    before = served.metric("cnnserve_requests_total", {"model": MODEL, "rpc": "ModelInfer"})
+    before = served.metric("cnnserve_requests_total", {"model": MODEL, "version": "1", "rpc": "ModelInfer"})
     stub.ModelInfer(_request(raw=tensor.tobytes()))
-    assert served.metric("cnnserve_requests_total", {"model": MODEL, "rpc": "ModelInfer"}) == before + 1
+    assert (
+        served.metric("cnnserve_requests_total", {"model": MODEL, "version": "1", "rpc": "ModelInfer"})
+        == before + 1
+    )
