@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,9 +58,19 @@ def model_repository(trained_run: Path, tmp_path_factory: pytest.TempPathFactory
     return repo
 
 
+def _tool_folder(request: pytest.FixtureRequest, name: str) -> Path:
+    """A folder for a tool the tests build once: in pytest's cache folder, kept across runs (a session's
+    temporary folder when the cache is off, `-p no:cacheprovider`)."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir(name))
+    factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+    return factory.mktemp(name)
+
+
 def _triton_tool(request: pytest.FixtureRequest, tool: str) -> subprocess.CompletedProcess[str]:
     """Build (or reuse, from pytest's cache folder) one of bench/triton_tools.py's tools."""
-    folder = request.config.cache.mkdir(f"triton-{tool}")
+    folder = _tool_folder(request, f"triton-{tool}")
     return subprocess.run(
         [sys.executable, str(TRITON_TOOLS), tool, str(folder)],
         capture_output=True,
@@ -67,6 +78,12 @@ def _triton_tool(request: pytest.FixtureRequest, tool: str) -> subprocess.Comple
         timeout=600,
         check=False,
     )
+
+
+@pytest.fixture(scope="session")
+def tool_folder(request: pytest.FixtureRequest) -> Callable[[str], Path]:
+    """`tool_folder(name)`: where the tests keep something they download or build once (see _tool_folder)."""
+    return lambda name: _tool_folder(request, name)
 
 
 @pytest.fixture(scope="session")

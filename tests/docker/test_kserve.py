@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,9 @@ INFERENCE_SERVICE = KSERVE_DIR / "inferenceservice.yaml"
 
 
 @pytest.fixture(scope="module")
-def validator(request: pytest.FixtureRequest) -> jsonschema.protocols.Validator:
+def validator(tool_folder: Callable[[str], Path]) -> jsonschema.protocols.Validator:
     """KServe's InferenceService schema from the SDK wheel (downloaded once into pytest's cache folder)."""
-    folder = request.config.cache.mkdir("kserve-sdk")
+    folder = tool_folder("kserve-sdk")
     wheels = sorted(folder.glob("kserve-*.whl"))
     if not wheels:
         result = subprocess.run(
