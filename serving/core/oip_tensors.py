@@ -2,7 +2,7 @@
 
 Fixed-size datatypes are little-endian, row-major; a BYTES tensor is its elements one after another, each
 prefixed by its length as a 4-byte little-endian unsigned integer. Written once, for both transports.
-Reading never copies an FP32 tensor: the array is a view of the request's bytes.
+Reading an FP32 tensor copies nothing when its bytes start aligned (gRPC): the array is a view of them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from cnnserve.serving.core.oip import BYTES, DATATYPE_SIZES, FP32, InferInput, T
 from cnnserve.serving.errors import InvalidRequestError
 
 _LENGTH = struct.Struct("<I")
+ALIGNMENT = 16  # bytes (see `aligned`)
 _NUMPY = {"FP32": "<f4"}
 
 
@@ -84,10 +85,21 @@ def input_from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | 
             f"input {name!r}: shape {list(dims)} of {datatype} needs {count * size} bytes, the request holds "
             f"{len(raw)}"
         )
-    data: TensorData = (
-        np.frombuffer(raw, dtype=_NUMPY[datatype]).reshape(dims) if datatype in _NUMPY else np.empty(0)
-    )
-    return InferInput(name, datatype, dims, data)
+    if datatype not in _NUMPY:
+        return InferInput(name, datatype, dims, np.empty(0))  # the core names what the model takes
+    return InferInput(name, datatype, dims, aligned(np.frombuffer(raw, dtype=_NUMPY[datatype]).reshape(dims)))
+
+
+def aligned(array: np.ndarray) -> np.ndarray:
+    """The array itself when its data starts on an ALIGNMENT boundary, else an aligned copy.
+
+    Binary data after an HTTP request's JSON starts wherever the JSON ends, at any address; gRPC's bytes
+    start aligned. ONNX Runtime is handed both the same way (the copy costs ~20 us for 64 MNIST images)."""
+    if array.ctypes.data % ALIGNMENT == 0:
+        return array
+    copy = np.empty_like(array)  # numpy's allocations start on a 16-byte boundary
+    copy[...] = array
+    return copy
 
 
 def output_raw(datatype: str, data: TensorData) -> bytes:
