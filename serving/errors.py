@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from pathlib import Path
 
 
 class Status(enum.Enum):
@@ -38,6 +39,23 @@ class Status(enum.Enum):
 
 
 INTERNAL_MESSAGE = "internal error; the server log has the details"
+# How much of a name a client sent is echoed back in a message (a 1 MB model name must not come back).
+ECHO_CHARS = 64
+
+
+def shown(name: str, limit: int = ECHO_CHARS) -> str:
+    """A name a client sent, quoted for a message: cut to `limit` characters, saying how long it was."""
+    if len(name) <= limit:
+        return repr(name)
+    return f"{name[:limit]!r}… ({len(name):,} characters)"
+
+
+def without_root(text: str, root: Path) -> str:
+    """A message about files under `root` (a model repository) with the paths relative to it: what a client
+    may read, where the server's log keeps the absolute paths."""
+    for prefix in {str(root.resolve()), str(root)}:
+        text = text.replace(prefix.rstrip("/") + "/", "")
+    return text
 
 
 class ServingError(Exception):

@@ -26,6 +26,13 @@ DEFAULT_GRACE_SECONDS = 30.0
 DEFAULT_MAX_IMAGES = 256  # images per request
 # Pixel count beyond which an image is refused from its header, before its pixels are decoded.
 DEFAULT_MAX_PIXELS = 50_000_000
+# Pixels (declared by the images' headers) one request may hold, and one worker may decode at once across
+# requests; 0 = derived: at least twice --max-pixels per request and twice the request budget per worker.
+DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
+DEFAULT_MAX_DECODE_PIXELS = 200_000_000
+# A worker that died is restarted; one that dies more often than this within a minute makes the server
+# give up (exit 1) rather than crash-loop.
+DEFAULT_MAX_WORKER_RESTARTS = 5
 
 # -- dynamic batching (export writes these into each config; the server applies them when a config has none)
 DEFAULT_MAX_BATCH_SIZE = 64
@@ -78,10 +85,23 @@ class ServerSettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_images: int = DEFAULT_MAX_IMAGES
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_request_pixels: int = 0  # 0 = max(DEFAULT_MAX_REQUEST_PIXELS, 2 * max_pixels)
+    max_decode_pixels: int = 0  # 0 = max(DEFAULT_MAX_DECODE_PIXELS, 2 * request_pixels)
+    max_worker_restarts: int = DEFAULT_MAX_WORKER_RESTARTS  # within a minute, per worker
     grace_seconds: float = DEFAULT_GRACE_SECONDS
     echo: bool = False  # serve a no-work Classify: the transport benchmark
     access_log: bool = False  # one log line per call (see observability/calls.py)
     port_file: Path | None = None  # written with the bound port once every worker serves
+
+    @property
+    def request_pixels(self) -> int:
+        """The pixels one request's images may declare in all."""
+        return self.max_request_pixels or max(DEFAULT_MAX_REQUEST_PIXELS, 2 * self.max_pixels)
+
+    @property
+    def decode_pixels(self) -> int:
+        """The pixels one worker decodes at once, over every request in flight."""
+        return self.max_decode_pixels or max(DEFAULT_MAX_DECODE_PIXELS, 2 * self.request_pixels)
 
     def intra_op_threads(self, cpu_count: int | None = None) -> int:
         if self.threads > 0:
@@ -151,6 +171,9 @@ FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "max_message_bytes": ("CNNSERVE_MAX_MESSAGE_BYTES", _int(1024), "--max-message-bytes"),
     "max_images": ("CNNSERVE_MAX_IMAGES", _int(1), "--max-images"),
     "max_pixels": ("CNNSERVE_MAX_PIXELS", _int(1), "--max-pixels"),
+    "max_request_pixels": ("CNNSERVE_MAX_REQUEST_PIXELS", _int(0), "--max-request-pixels"),
+    "max_decode_pixels": ("CNNSERVE_MAX_DECODE_PIXELS", _int(0), "--max-decode-pixels"),
+    "max_worker_restarts": ("CNNSERVE_MAX_WORKER_RESTARTS", _int(0), "--max-worker-restarts"),
     "grace_seconds": ("CNNSERVE_GRACE_SECONDS", _float(0.0), "--grace-seconds"),
     "access_log": ("CNNSERVE_ACCESS_LOG", _bool, "--access-log"),
 }

@@ -64,6 +64,21 @@ def register(subparsers: Any) -> None:
     add("--max-message-bytes", help="largest request accepted (default 64 MiB) [CNNSERVE_MAX_MESSAGE_BYTES]")
     add("--max-images", help="images per request (default 256) [CNNSERVE_MAX_IMAGES]")
     add("--max-pixels", help="pixels per image, checked before decoding (default 50M) [CNNSERVE_MAX_PIXELS]")
+    add(
+        "--max-request-pixels",
+        help="pixels one request's images may hold in all, from their headers (default: 100M, at least twice "
+        "--max-pixels) [CNNSERVE_MAX_REQUEST_PIXELS]",
+    )
+    add(
+        "--max-decode-pixels",
+        help="pixels a worker decodes at once over all requests; the others wait their turn (default: 200M, "
+        "at least twice --max-request-pixels) [CNNSERVE_MAX_DECODE_PIXELS]",
+    )
+    add(
+        "--max-worker-restarts",
+        help="restarts of a crashed worker within a minute before the server gives up and exits 1 "
+        "(default 5) [CNNSERVE_MAX_WORKER_RESTARTS]",
+    )
     add("--grace-seconds", help="how long calls in flight may finish at shutdown (default 30)")
     add(
         "--access-log",
@@ -118,14 +133,15 @@ def run_serve(args: argparse.Namespace) -> int:
         settings.device,
         ", ".join(providers),
     )
-    if settings.workers > 1:
-        from cnnserve.serving.grpc.supervisor import run_supervisor
-
-        return run_supervisor(settings, tracing, resolve_log_format(getattr(args, "log_format", None)))
-    from cnnserve.serving.grpc.server import run_server
-
     try:
+        if settings.workers > 1:
+            from cnnserve.serving.grpc.supervisor import run_supervisor
+
+            log_format = resolve_log_format(getattr(args, "log_format", None))
+            return run_supervisor(settings, tracing, log_format)
+        from cnnserve.serving.grpc.server import run_server
+
         return run_server(settings, tracing)
-    except OSError as error:
+    except OSError as error:  # the port is taken, or cannot be bound
         print(f"error: {error}", file=sys.stderr)
         return 1

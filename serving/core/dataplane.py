@@ -15,21 +15,23 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from cnnserve.serving.core.decode_budget import DecodeBudget
 from cnnserve.serving.core.inputs import (
-    INLINE_DECODE_BYTES,
     ImageInput,
     RequestLimits,
     build_batch,
     build_big_batch,
     check_count,
-    encoded_bytes,
+    is_small,
+    open_headers,
     prepare_batch,
 )
 from cnnserve.serving.core.registry import LoadedModel, ModelRegistry, VersionStatus
-from cnnserve.serving.errors import InvalidRequestError, LayerNotFoundError
+from cnnserve.serving.errors import InvalidRequestError, LayerNotFoundError, shown
 from cnnserve.serving.insight.explainer import ExplainOptions, ExplainResult, FiltersResult, Insight
 from cnnserve.serving.insight.gradcam import explain_methods
 from cnnserve.serving.insight.rendering import activation_mosaic_png
@@ -75,6 +77,21 @@ def check_top_k(top_k: int, num_classes: int) -> int:
     return top_k
 
 
+def check_finite_outputs(values: np.ndarray, what: str) -> np.ndarray:
+    """The model's outputs per image (first axis), if finite: a NaN or infinity is never an answer. Only an
+    input far outside the model's range (finite, e.g. 3e38) gets one from a sound model, so the caller is
+    told which image."""
+    finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if not finite.all():
+        index = int(np.flatnonzero(~finite)[0])
+        raise InvalidRequestError(
+            f"image {index}: the model's {what} for it is not finite (NaN or infinity); its values are "
+            "outside the range the model can compute with",
+            index,
+        )
+    return values
+
+
 def check_layers(model: LoadedModel, layers: Sequence[str]) -> list[str]:
     """The requested activation layers (empty = all of them), validated."""
     available = list(model.runtime.activation_outputs)
@@ -83,7 +100,7 @@ def check_layers(model: LoadedModel, layers: Sequence[str]) -> list[str]:
     for layer in layers:
         if layer not in model.runtime.activation_outputs:
             raise LayerNotFoundError(
-                f"model {model.name!r} version {model.version} has no activation layer {layer!r}; "
+                f"model {model.name!r} version {model.version} has no activation layer {shown(layer)}; "
                 f"activation layers: {', '.join(available) or 'none'}"
             )
     return list(dict.fromkeys(layers))
@@ -98,13 +115,16 @@ class DataPlane:
         executor: Executor,
         limits: RequestLimits,
         decode_on_loop: bool = False,
+        decode_budget: DecodeBudget | None = None,
     ) -> None:
         """`decode_on_loop`: a worker with at most one core decodes big requests on its event loop in
-        slices rather than in the executor (a thread would add GIL hand-offs, not a core)."""
+        slices rather than in the executor (a thread would add GIL hand-offs, not a core), bar images too
+        big to slice. `decode_budget`: the pixels this worker decodes at once (None: no bound)."""
         self.registry = registry
         self.executor = executor
         self.limits = limits
         self.decode_executor: Executor | None = None if decode_on_loop else executor
+        self.decode_budget = decode_budget
         self.insight = Insight(registry.session_options)
 
     # -- Classify ----------------------------------------------------------------------------------------
@@ -131,18 +151,23 @@ class DataPlane:
         """Class probabilities (N, classes) of a request's images through the version's dynamic batcher:
         what Classify ranks and the Open Inference Protocol answers, so both merge into the same batches."""
         check_count(images, self.limits)
-        if encoded_bytes(images) <= INLINE_DECODE_BYTES:
+        opened, pixels = open_headers(images, self.limits)
+        if is_small(images, pixels):
             # Small: decoded on the loop when its batch starts, back to back with the batch's other images
             # while the decoder's code and tables are still in the CPU's caches.
-            prepare = functools.partial(build_batch, images, loaded.spec, self.limits)
-            return await loaded.batcher.submit_deferred(prepare, len(images), deadline)
-        call = current_call()  # noted for tracing and the access log, when either is on
-        decoding = time.monotonic() if call is not None else 0.0
-        with loaded.batcher.expecting():
-            batch = await build_big_batch(images, loaded.spec, self.limits, self.decode_executor)
-        if call is not None:
-            call.note_decode(decoding, time.monotonic())
-        return await loaded.batcher.submit(batch, deadline)
+            prepare = functools.partial(build_batch, opened, loaded.spec, self.limits)
+            probs = await loaded.batcher.submit_deferred(prepare, len(images), deadline)
+        else:
+            call = current_call()  # noted for tracing and the access log, when either is on
+            decoding = time.monotonic() if call is not None else 0.0
+            with loaded.batcher.expecting():
+                batch = await build_big_batch(
+                    opened, pixels, loaded.spec, self.limits, self.decode_executor, **self._decoding(deadline)
+                )
+            if call is not None:
+                call.note_decode(decoding, time.monotonic())
+            probs = await loaded.batcher.submit(batch, deadline)
+        return check_finite_outputs(probs, "output")
 
     # -- activations -------------------------------------------------------------------------------------
 
@@ -158,11 +183,16 @@ class DataPlane:
         `mosaic` a feature-map picture per layer of the first image; the session runs in the executor."""
         loaded = self.registry.get(model, version)
         names = check_layers(loaded, layers)
-        batch = await prepare_batch(images, loaded.spec, self.limits, self.decode_executor)
+        batch = await prepare_batch(
+            images, loaded.spec, self.limits, self.decode_executor, **self._decoding()
+        )
 
         def compute() -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
             outputs = loaded.runtime.activations(batch, names)
-            values = {name: np.asarray(value, dtype=np.float32) for name, value in outputs.items()}
+            values = {
+                name: check_finite_outputs(np.asarray(value, dtype=np.float32), f"activation of layer {name}")
+                for name, value in outputs.items()
+            }
             mosaics = (
                 {name: activation_mosaic_png(value[0]) for name, value in values.items()} if mosaic else {}
             )
@@ -209,14 +239,16 @@ class DataPlane:
         copies sent through the version's dynamic batcher chunk by chunk (each chunk carries the deadline,
         so an expired explanation stops being computed), or Grad-CAM's gradient graph."""
         loaded = self.registry.get(model, version)
-        batch = await prepare_batch([image], loaded.spec, self.limits, self.decode_executor)
+        batch = await prepare_batch(
+            [image], loaded.spec, self.limits, self.decode_executor, **self._decoding(deadline)
+        )
 
         async def classify(chunk: np.ndarray) -> np.ndarray:
             # A chunk is a ready-made batch: it may compute beside another one rather than wait to merge.
             return await loaded.batcher.submit(chunk, deadline, bulk=len(chunk) > 1)
 
         settings = loaded.batcher.settings
-        return await self.insight.explain_async(
+        result = await self.insight.explain_async(
             loaded.model,
             batch[0],
             options,
@@ -225,3 +257,15 @@ class DataPlane:
             self.executor,
             chunks_in_flight=settings.max_concurrent_batches if settings.enabled else 1,
         )
+        if not (np.isfinite(result.heatmap).all() and np.isfinite(result.target_score)):
+            raise InvalidRequestError(
+                "the explanation is not finite (NaN or infinity): the image's values or the occlusion fill "
+                f"value ({options.fill_value:g}) are outside the range the model can compute with",
+                0,
+            )
+        return result
+
+    def _decoding(self, deadline: float | None = None) -> dict[str, Any]:
+        """How a big request is decoded here: its turn of the worker's budget, its deadline, and where
+        images too big to slice go when the rest is decoded on the loop."""
+        return {"budget": self.decode_budget, "deadline": deadline, "offload": self.executor}

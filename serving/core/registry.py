@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnserve.serving.batching.batcher import BatchObserver, BatchSettings, DynamicBatcher
-from cnnserve.serving.errors import ModelNotFoundError, ModelUnavailableError, RepositoryError, ServingError
+from cnnserve.serving.errors import (
+    ModelNotFoundError,
+    ModelUnavailableError,
+    RepositoryError,
+    ServingError,
+    shown,
+    without_root,
+)
 from cnnserve.serving.model import repository
 from cnnserve.serving.model.preprocessing import PreprocessSpec
 from cnnserve.serving.model.repository import ModelVersion
@@ -152,7 +159,8 @@ class ModelRegistry:
         state = self._models.get(name)
         if state is None:
             raise ModelNotFoundError(
-                f"unknown model {name!r}; available models: {', '.join(self.available_models()) or 'none'}"
+                f"unknown model {shown(name)}; available models: "
+                f"{', '.join(self.available_models()) or 'none'}"
             )
         if version == 0:
             if state.loaded:
@@ -190,7 +198,11 @@ class ModelRegistry:
             state = self._models[name]
             versions = {v: VersionStatus(v, AVAILABLE) for v in state.loaded}
             for version, (_, reason) in state.failed.items():
-                versions.setdefault(version, VersionStatus(version, UNAVAILABLE, reason))
+                if version in versions:  # its files changed on disk and no longer load
+                    reason = f"serving the copy loaded earlier; the files on disk do not load: {reason}"
+                    versions[version] = VersionStatus(version, AVAILABLE, reason)
+                else:
+                    versions[version] = VersionStatus(version, UNAVAILABLE, reason)
             if not versions and (state.error or state.unloaded):
                 versions[0] = VersionStatus(0, UNAVAILABLE, self._model_reason(name, state))
             result[name] = [versions[v] for v in sorted(versions)]
@@ -278,7 +290,7 @@ class ModelRegistry:
         except RepositoryError as error:
             if str(error) != state.error:
                 LOG.error("model %s is unavailable: %s%s", name, error, self._keeping(state))
-                state.error = str(error)
+                state.error = without_root(str(error), self.repo)
                 self._changed()
             return
         if state.error:
@@ -287,9 +299,9 @@ class ModelRegistry:
         versions = repository.list_versions(model_dir)
         wanted = repository.live_versions(config, versions)
         if not wanted:
-            if state.error != f"no version folder in {model_dir}":
-                state.error = f"no version folder in {model_dir}"
-                LOG.warning("model %s has %s%s", name, state.error, self._keeping(state))
+            if state.error != f"no version folder in {name}/":
+                state.error = f"no version folder in {name}/"
+                LOG.warning("model %s has no version folder in %s%s", name, model_dir, self._keeping(state))
             return
         config_print = (_stat(model_dir / repository.CONFIG_FILENAME), labels)
         all_loaded = True
@@ -305,6 +317,17 @@ class ModelRegistry:
             loaded = await self._load(name, version, fingerprint, state)
             if loaded is None:
                 all_loaded = False
+                if current is not None and not current.model.model_file.is_file():
+                    # Its model file was deleted: the version is gone, not served from memory.
+                    LOG.warning(
+                        "model %s version %d: %s was removed; unloading it",
+                        name,
+                        version,
+                        current.model.model_file,
+                    )
+                    state.loaded = {v: m for v, m in state.loaded.items() if v != version}
+                    await self._unload_all([current])
+                    self._changed()
                 continue
             old = state.loaded.get(version)
             state.loaded = {**state.loaded, version: loaded}
@@ -343,9 +366,8 @@ class ModelRegistry:
                 self.executor, self._load_blocking, name, version, fingerprint
             )
         except (ServingError, OSError) as error:
-            reason = str(error)
-            LOG.error("model %s version %d failed to load: %s%s", name, version, reason, self._keeping(state))
-            state.failed[version] = (fingerprint, reason)
+            LOG.error("model %s version %d failed to load: %s%s", name, version, error, self._keeping(state))
+            state.failed[version] = (fingerprint, without_root(str(error), self.repo))
             self._event(name, version, "load_failure")
             self._changed()
             return None

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -137,7 +138,9 @@ def metadata_response(meta: ModelMetadata) -> inference_pb2.ModelMetadataRespons
         labels=list(loaded.labels),
         activation_layers=list(config.activation_layers),
         execution_providers=list(loaded.runtime.providers),
-        parity_json=json.dumps(loaded.model.parity, sort_keys=True) if loaded.model.parity else "",
+        parity_json=json.dumps(without_paths(loaded.model.parity), sort_keys=True)
+        if loaded.model.parity
+        else "",
         max_batch_size=loaded.batcher.settings.max_batch_size,
         preprocessing=config.preprocessing,
         weight_layers=[w.layer for w in config.layer_weights],
@@ -234,3 +237,15 @@ def explain_response(result: ExplainResult) -> inference_pb2.ExplainResponse:
         heatmap=tensor_proto(result.heatmap),
         overlay_png=result.overlay_png,
     )
+
+
+def without_paths(record: Any) -> Any:
+    """Export's parity record as a client may read it: absolute paths of the machine that exported it (the
+    training run's folder) cut to their last component."""
+    if isinstance(record, dict):
+        return {key: without_paths(value) for key, value in record.items()}
+    if isinstance(record, list):
+        return [without_paths(value) for value in record]
+    if isinstance(record, str) and record.startswith("/"):
+        return PurePosixPath(record).name
+    return record

@@ -13,7 +13,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -25,6 +26,8 @@ LOG = logging.getLogger(__name__)
 GRPC_CODES: dict[Status, grpc.StatusCode] = {status: grpc.StatusCode[status.name] for status in Status}
 
 R = TypeVar("R")
+# A client hammering malformed bodies costs one log line per this many seconds, not one per call.
+MALFORMED_LOG_INTERVAL_S = 60.0
 
 
 def deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -69,3 +72,84 @@ class CallRunner:
             LOG.error("%s %s for model %r failed", self.protocol, call.method, call.model, exc_info=error)
         await context.abort(GRPC_CODES[status], message)
         raise AssertionError("context.abort returned")  # it raises to end the call
+
+
+class RateLimitedLog:
+    """One warning per `interval_s` at most; the next one says how many were held back meanwhile."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._next = 0.0
+        self._held = 0
+
+    def warning(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._held += 1
+            return
+        held, self._held, self._next = self._held, 0, now + self.interval_s
+        suffix = f" ({held} more since the last such line)" if held else ""
+        self.logger.warning(message + suffix, *args)
+
+
+@dataclass(frozen=True)
+class _Malformed:
+    """What a request body that does not parse becomes, so that the handler can refuse it."""
+
+    reason: str
+
+
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    """A request body that does not parse is answered INVALID_ARGUMENT, naming the message type.
+
+    Left to itself gRPC answers UNKNOWN, with the parser's exception class in the message, and logs a
+    traceback per call. Here each unary method's deserializer is wrapped so that it never raises: a body
+    that fails to parse reaches the handler wrapper as `_Malformed`, which aborts the call, and one log line
+    a minute says how many came (a client sending garbage cannot flood the log). It serves every service on
+    the server; the wrapped handlers are made once per method.
+    """
+
+    def __init__(self, log_interval_s: float = MALFORMED_LOG_INTERVAL_S) -> None:
+        self._wrapped: dict[int, grpc.RpcMethodHandler] = {}
+        self._log = RateLimitedLog(LOG, log_interval_s)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or getattr(handler, "unary_unary", None) is None:
+            return handler
+        wrapped = self._wrapped.get(id(handler))
+        if wrapped is None:
+            wrapped = self._wrap(handler, handler_call_details.method)
+            self._wrapped[id(handler)] = wrapped
+        return wrapped
+
+    def _wrap(self, handler: Any, method: str) -> Any:
+        deserialize = handler.request_deserializer
+        behaviour = handler.unary_unary
+        if deserialize is None or not asyncio.iscoroutinefunction(behaviour):
+            return handler
+        descriptor = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+        type_name = descriptor.full_name if descriptor is not None else f"request of {method}"
+
+        def tolerant(data: bytes) -> Any:
+            try:
+                return deserialize(data)
+            except Exception as error:  # whatever the parser raises, the body is the client's fault
+                return _Malformed(str(error))
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Malformed):
+                self._log.warning(
+                    "malformed %s body answered INVALID_ARGUMENT: %s", type_name, request.reason[:200]
+                )
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"the request body is not a valid {type_name}"
+                )
+            return await behaviour(request, context)
+
+        return handler._replace(request_deserializer=tolerant, unary_unary=unary_unary)

@@ -3,7 +3,10 @@
 `InferenceServer` is what the tests start in-process; `run_server` is one worker of `cnnserve serve`
 (the supervisor in `supervisor.py` runs several, all bound to the same port with SO_REUSEPORT).
 Shutdown: health flips to NOT_SERVING, new calls are refused with UNAVAILABLE, calls in flight finish
-(up to the grace period), then the batchers drain and the process exits 0.
+(up to the grace period), then the batchers drain and the process exits 0 -- from the running event loop
+and without gRPC's own shutdown, which would cancel (CANCELLED) the calls that reach it in the instant it
+starts: the connections close with the process instead, so such a call fails UNAVAILABLE, which clients
+retry. A server claims its ports first (`ports.claim_port`), so it refuses ones another process holds.
 """
 
 from __future__ import annotations
@@ -11,10 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,13 +32,16 @@ from cnnserve.protos import inference_pb2, inference_pb2_grpc, oip_pb2_grpc
 from cnnserve.serving.batching import loop_load
 from cnnserve.serving.core.calls import CallHooks, Drain
 from cnnserve.serving.core.dataplane import DataPlane
+from cnnserve.serving.core.decode_budget import DecodeBudget
 from cnnserve.serving.core.inputs import RequestLimits
 from cnnserve.serving.core.registry import AVAILABLE, BatchOverrides, ModelRegistry
 from cnnserve.serving.grpc import oip_servicer
-from cnnserve.serving.grpc.interceptors import CallRunner
+from cnnserve.serving.grpc.interceptors import CallRunner, MalformedRequestInterceptor
+from cnnserve.serving.grpc.ports import claim_port
 from cnnserve.serving.grpc.servicer import PROTOCOL, EchoServicer, InferenceServicer
 from cnnserve.serving.http.oip import EchoHttpEndpoints, OipHttpEndpoints, error_response
 from cnnserve.serving.http.server import HttpLimits, HttpServer
+from cnnserve.serving.memory import return_big_buffers_to_the_system
 from cnnserve.serving.model.runtime import SessionOptions
 from cnnserve.serving.observability import resources
 from cnnserve.serving.observability.calls import CallObservation
@@ -79,10 +89,17 @@ class InferenceServer:
     `tracing` traces its calls (None: off)."""
 
     def __init__(
-        self, settings: ServerSettings, cpu_count: int | None = None, tracing: Tracing | None = None
+        self,
+        settings: ServerSettings,
+        cpu_count: int | None = None,
+        tracing: Tracing | None = None,
+        claim: bool = True,
     ) -> None:
+        """`claim`: claim the ports before binding (False: a supervisor holds them for its workers)."""
         self.settings = settings
         self.tracing = tracing
+        self.claim = claim
+        self._claimed: list[socket.socket] = []
         self.metrics = ServingMetrics()
         self.statistics = StatisticsBook()
         threads = settings.intra_op_threads(cpu_count)
@@ -109,8 +126,9 @@ class InferenceServer:
         self.dataplane = DataPlane(
             self.registry,
             self.executor,
-            RequestLimits(settings.max_images, settings.max_pixels),
+            RequestLimits(settings.max_images, settings.max_pixels, settings.request_pixels),
             decode_on_loop=one_core,
+            decode_budget=DecodeBudget(settings.decode_pixels),
         )
         # What every call of every protocol goes through (see core/calls.py): tracing and the access log when
         # either is on (first, so they see every other hook's work), metrics, then the drain gate.
@@ -167,7 +185,13 @@ class InferenceServer:
         """Bind, load the repository, then answer (health NOT_SERVING until a model loads); the port."""
         load = loop_load.for_loop(asyncio.get_running_loop())
         self.registry.load = None if load is None else load.busy
-        server = grpc.aio.server(options=grpc_options(self.settings))
+        port, http_port = self.settings.port, self.settings.http_port
+        if self.claim:
+            port = self._claim(port)
+            http_port = None if http_port is None else self._claim(http_port)
+        server = grpc.aio.server(
+            options=grpc_options(self.settings), interceptors=[MalformedRequestInterceptor()]
+        )
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(self.servicer, server)
         oip_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.oip_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -180,7 +204,7 @@ class InferenceServer:
             ),
             server,
         )
-        address = f"{self.settings.host}:{self.settings.port}"
+        address = f"{self.settings.host}:{port}"
         self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {address}")
@@ -196,8 +220,8 @@ class InferenceServer:
         await server.start()
         self._server = server
         LOG.info("gRPC server listening on %s:%d", self.settings.host, self.port)
-        if self.http is not None and self.settings.http_port is not None:
-            self.http_port = await self.http.start(self.settings.host, self.settings.http_port)
+        if self.http is not None and http_port is not None:
+            self.http_port = await self.http.start(self.settings.host, http_port)
             LOG.info(
                 "Open Inference Protocol over HTTP on http://%s:%d/v2", self.settings.host, self.http_port
             )
@@ -211,6 +235,11 @@ class InferenceServer:
         self._polling = asyncio.get_running_loop().create_task(self._poll_loop())
         self._sampling = asyncio.get_running_loop().create_task(self._sample_loop())
         return self.port
+
+    def _claim(self, port: int) -> int:
+        claimed = claim_port(self.settings.host, port)
+        self._claimed.append(claimed)
+        return int(claimed.getsockname()[1])
 
     def _model_event(self, name: str, version: int, event: str) -> None:
         self.metrics.model_event(name, version, event)
@@ -284,8 +313,11 @@ class InferenceServer:
         await self._set_health(SERVICE_NAME, overall)
         await self._set_health(oip_servicer.SERVICE_NAME, overall)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Graceful stop: NOT_SERVING, refuse new calls, let calls in flight finish, unload."""
+    async def stop(self, grace: float | None = None, *, close_transport: bool = True) -> None:
+        """Graceful stop: NOT_SERVING, refuse new calls, let calls in flight finish, unload.
+
+        `close_transport=False` leaves the gRPC server as it is, for a process about to exit: its
+        connections then close with the process (see the module doc)."""
         if self._stopping:
             return
         self._stopping = True
@@ -308,10 +340,13 @@ class InferenceServer:
             await self._sampling
         if self._gpus is not None:
             self._gpus.close()
-        if self._server is not None:
+        if self._server is not None and close_transport:
             await self._server.stop(STOP_GRACE_SECONDS)
         await self.registry.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
+        if close_transport:
+            for claimed in self._claimed:
+                claimed.close()
         LOG.info("server stopped")
 
 
@@ -328,14 +363,17 @@ async def serve(
     settings: ServerSettings,
     ready: Callable[[int], None] | None = None,
     tracing_settings: TracingSettings | None = None,
+    claim: bool = True,
 ) -> int:
-    """Run one server until SIGTERM or SIGINT, then stop gracefully; the exit code (0)."""
+    """Run one server until SIGTERM or SIGINT, stop gracefully, then end the process (exit code 0) from the
+    running event loop, without gRPC's own shutdown (see the module doc): up to the last instant, a call
+    that arrives is refused UNAVAILABLE, and the connections close with the process."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     tracing = start_tracing(tracing_settings) if tracing_settings is not None else None
-    server = InferenceServer(settings, tracing=tracing)
+    server = InferenceServer(settings, tracing=tracing, claim=claim)
     try:
         port = await server.start()
     except Exception:
@@ -349,10 +387,10 @@ async def serve(
     if ready is not None:
         ready(port)
     await stop.wait()
-    await server.stop()
+    await server.stop(close_transport=False)
     if tracing is not None:
         tracing.shutdown()  # exports the spans still buffered
-    return 0
+    exit_closing_connections(0)
 
 
 def write_port_file(path: Path, port: int) -> None:
@@ -365,7 +403,21 @@ def run_server(
     settings: ServerSettings,
     tracing_settings: TracingSettings | None = None,
     ready: Callable[[int], None] | None = None,
+    claim: bool = True,
 ) -> int:
-    """One server process until it is stopped; `tracing_settings` from the OTEL_* variables (None: off)."""
+    """One server process until it is stopped: the process then ends (this only returns, or raises, when
+    the server fails to start); `tracing_settings` from the OTEL_* variables (None: off); `claim`: claim
+    the ports first (False: a supervisor holds them)."""
+    return_big_buffers_to_the_system()
     with asyncio.Runner(loop_factory=loop_load.new_event_loop) as runner:  # a loop that meters its load
-        return runner.run(serve(settings, ready, tracing_settings))
+        return runner.run(serve(settings, ready, tracing_settings, claim))
+
+
+def exit_closing_connections(code: int) -> NoReturn:
+    """End the process now: the kernel closes every connection, so a call still arriving fails UNAVAILABLE,
+    which clients retry (gRPC's own shutdown cancels such calls: CANCELLED, measured on one in two SIGTERMs
+    under load). Logs and standard streams are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

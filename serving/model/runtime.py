@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnserve.protos import model_config_pb2
-from cnnserve.serving.errors import DeviceUnavailableError, LayerNotFoundError, ModelLoadError
+from cnnserve.serving.errors import DeviceUnavailableError, LayerNotFoundError, ModelLoadError, shown
 from cnnserve.serving.model.repository import ModelVersion
 from cnnserve.serving.settings import DEFAULT_MAX_BATCH_SIZE
 
@@ -187,7 +187,7 @@ class ModelRuntime:
         unknown = [layer for layer in layers if layer not in self.activation_outputs]
         if unknown:
             raise LayerNotFoundError(
-                f"model {self.model.name!r} has no activation layer {unknown[0]!r}; "
+                f"model {self.model.name!r} has no activation layer {shown(unknown[0])}; "
                 f"layers: {', '.join(self.activation_outputs)}"
             )
         if self._activation_session is None:

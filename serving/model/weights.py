@@ -21,6 +21,7 @@ from cnnserve.serving.errors import (
     LayerNotFoundError,
     WeightsReadError,
     WeightsUnavailableError,
+    shown,
 )
 from cnnserve.serving.model.repository import ModelVersion
 
@@ -64,7 +65,8 @@ class WeightStore:
                 f"weights; layers with weights: {', '.join(self.layers) or 'none'}"
             )
         raise LayerNotFoundError(
-            f"{self._where} has no layer {layer!r}; layers with weights: {', '.join(self.layers) or 'none'}"
+            f"{self._where} has no layer {shown(layer)}; "
+            f"layers with weights: {', '.join(self.layers) or 'none'}"
         )
 
     def _load(self) -> dict[str, np.ndarray]:

@@ -558,7 +558,7 @@ class KillResult:
 
 
 def read_output_paths(output: Path) -> list[str]:
-    from cnnserve.serving.batch_output import read_table
+    from cnnserve.serving.jobs.sinks import read_table
 
     return [str(row["path"]) for row in read_table(output)]
 
@@ -570,24 +570,31 @@ def kill_job_until_done(
     kills: int,
     rng: random.Random,
     log_path: Path,
-    first_delay: tuple[float, float] = (1.5, 4.0),
-    next_delay: tuple[float, float] = (0.05, 1.5),
+    watch: Path | None = None,
+    delay: tuple[float, float] = (0.0, 0.2),
     timeout: float = 300.0,
 ) -> KillResult:
-    """Run the job, SIGKILL it `kills` times at random moments (each rerun resumes), let the last run
-    finish, then compare the output's rows with `files`."""
+    """Run the job and SIGKILL it `kills` times, each at a random moment (`delay` seconds) after the run
+    appended its first rows to `watch` (the file the rows go to: the output, or a Parquet job's journal),
+    so every kill lands in the middle of the work; each rerun resumes. The last run finishes; then the
+    output's rows are compared with `files`."""
+    watch = watch or output
     codes: list[int] = []
     done_kills = 0
     runs = 0
     with open(log_path, "ab") as log:
         while True:
             runs += 1
+            size = watch.stat().st_size if watch.exists() else 0
             process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT)
             if done_kills < kills:
-                low, high = first_delay if done_kills == 0 else next_delay
-                try:
-                    process.wait(rng.uniform(low, high))
-                except subprocess.TimeoutExpired:
+                deadline = time.monotonic() + timeout
+                while process.poll() is None and time.monotonic() < deadline:
+                    if watch.exists() and watch.stat().st_size > size:
+                        break
+                    time.sleep(0.002)
+                time.sleep(rng.uniform(*delay))
+                if process.poll() is None:
                     process.kill()
                     process.wait(30)
                     done_kills += 1
@@ -625,8 +632,8 @@ class LocalClassifier:
     def __init__(self, model_dir: Path, version: int = 1) -> None:
         import onnxruntime
 
-        from cnnserve.serving.preprocessing import PreprocessSpec
-        from cnnserve.serving.repository import read_model_config
+        from cnnserve.serving.model.preprocessing import PreprocessSpec
+        from cnnserve.serving.model.repository import read_model_config
 
         config = read_model_config(model_dir)
         self.spec = PreprocessSpec.from_model_config(config)
@@ -636,11 +643,12 @@ class LocalClassifier:
         self.input = config.input.name
 
     def top1(self, data: bytes) -> int | None:
-        from cnnserve.serving.preprocessing import ImageDecodeError, preprocess_encoded
+        from cnnserve.serving.errors import InvalidRequestError
+        from cnnserve.serving.model.preprocessing import preprocess_encoded
 
         try:
             array = preprocess_encoded(data, self.spec)
-        except ImageDecodeError:
+        except InvalidRequestError:
             return None
         (probabilities,) = self.session.run(None, {self.input: array[np.newaxis]})[:1]
         return int(np.argmax(probabilities[0]))

@@ -72,9 +72,9 @@ def test_big_requests_in_flight_share_the_worker_budget(serve, model_repository:
 
 
 def test_an_image_larger_than_the_worker_budget_is_refused(serve, model_repository: Path) -> None:
-    server = serve(model_repository, "--workers", "1", "--max-decode-pixels", "1000")
+    server = serve(model_repository, "--workers", "1", "--max-decode-pixels", "1000000")
     stub = harness.stub(server.address)
-    request = harness.classify_request(inference_pb2.Image(encoded=harness.big_png(40, 40)))
+    request = harness.classify_request(inference_pb2.Image(encoded=harness.big_png(1200, 1200)))
     code, message = harness.status_of(stub.Classify, request, timeout=30)
     assert code == "INVALID_ARGUMENT" and "--max-decode-pixels" in message, (code, message)
 

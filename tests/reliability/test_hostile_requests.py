@@ -73,15 +73,15 @@ def test_a_megabyte_name_is_echoed_truncated(shared_server, field: str) -> None:
     name = "m" * 1_000_000
     image = harness.tensor_image(finite_tensor())
     if field == "model":
-        code, message = harness.status_of(stub.Classify, harness.classify_request(image, model=name))
+        first = harness.status_of(stub.Classify, harness.classify_request(image, model=name))
         filters = harness.status_of(stub.GetFilters, inference_pb2.FiltersRequest(model=name, layer="conv1"))
     else:
         request = inference_pb2.ActivationsRequest(model=harness.MODEL, images=[image], layers=[name])
-        code, message = harness.status_of(stub.GetActivations, request)
+        first = harness.status_of(stub.GetActivations, request)
         filters = harness.status_of(
             stub.GetFilters, inference_pb2.FiltersRequest(model=harness.MODEL, layer=name)
         )
-    for code, message in ((code, message), filters):
+    for code, message in (first, filters):
         assert code in ("NOT_FOUND", "INVALID_ARGUMENT"), (code, message[:200])
         assert len(message) < 1000 and "mmmm" in message, message[:200]
 

@@ -3,15 +3,19 @@
 One row per file: `path`, the top-k predictions (`label`, `index`, `score` for the best class, then
 `label_2`, `index_2`, `score_2`, ...), `model`, `version` and `error` (empty when the file was
 classified). Rows are appended batch by batch and flushed, so a crash keeps every batch written before
-it. Reopening an output repairs a torn last line (a SIGKILL in the middle of a write) and returns the
-paths already done, which the job then skips: every file ends up in the table exactly once. Each format
+it. Reopening an output repairs a torn last line (a SIGKILL in the middle of a write) and drops rows
+that are malformed or not valid UTF-8 (a damaged file), and returns the paths already done, which the job
+then skips: every file ends up in the table exactly once. A write that fails (a full disk) leaves no part
+of its batch in the file and stops the job with an OutputError naming the file; the rerun resumes. Each format
 is one sink (csv.py, jsonl.py, parquet.py); `open_sink` picks it from the output's extension.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,6 +108,21 @@ def truncate_torn_tail(path: Path) -> int:
     return size - keep
 
 
+# What a byte that is not UTF-8 becomes when a file is read with errors="surrogateescape".
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def read_text(path: Path) -> str:
+    """A result file's text; bytes that are not UTF-8 (a damaged file) survive as lone surrogates, which
+    `is_damaged` finds, rather than stopping the job with a UnicodeDecodeError."""
+    return path.read_bytes().decode("utf-8", errors="surrogateescape")
+
+
+def is_damaged(text: str) -> bool:
+    """Whether a row's text held bytes that are not UTF-8 (the sinks only ever write UTF-8)."""
+    return _UNDECODABLE.search(text) is not None
+
+
 def rewrite(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.rewrite")
     temporary.write_text(text, encoding="utf-8", newline="")
@@ -111,26 +130,39 @@ def rewrite(path: Path, text: str) -> None:
 
 
 class LineWriter:
-    """Appends text lines to a file; flushes each batch, fsyncs at most once a second and at close."""
+    """Appends text lines to a file, a batch per write; fsyncs at most once a second and at close.
+
+    Unbuffered: a batch is in the file when `write_text` returns, or -- when the write fails (a full disk) --
+    none of it is (the file is cut back to its size before the batch), so a rerun finds whole rows only.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._handle = open(path, "a", encoding="utf-8", newline="")  # noqa: SIM115 (closed in close())
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._last_sync = time.monotonic()
 
     def write_text(self, text: str, force_sync: bool = False) -> None:
-        self._handle.write(text)
-        self._handle.flush()
+        data = memoryview(text.encode("utf-8"))
+        size = os.fstat(self._fd).st_size
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)
+            raise
         now = time.monotonic()
         if force_sync or now - self._last_sync >= FSYNC_INTERVAL_S:
-            os.fsync(self._handle.fileno())
+            os.fsync(self._fd)
             self._last_sync = now
 
     def close(self) -> None:
-        if not self._handle.closed:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 class Sink:
@@ -192,10 +224,23 @@ class Sink:
         """Append one batch of rows in one write, then flush it."""
         if not rows:
             return
-        self._writer.write_text(self._text(rows))
+        try:
+            self._writer.write_text(self._text(rows))
+        except OSError as error:
+            raise self.write_error(error) from error
         self.done.update(row.path for row in rows)
         self.rows_written += len(rows)
 
+    def write_error(self, error: OSError) -> OutputError:
+        """The job's error for a failed write: the file, the reason, and that a rerun resumes."""
+        return OutputError(
+            f"cannot write {self.path}: {error.strerror or error}; the rows written so far are kept: fix "
+            "this (free some space) and rerun the same command to resume"
+        )
+
     def close(self, finished: bool = True) -> None:
         """Flush and sync; `finished`: the job classified everything (a Parquet sink then writes its file)."""
-        self._writer.close()
+        try:
+            self._writer.close()
+        except OSError as error:
+            raise self.write_error(error) from error

@@ -8,7 +8,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cnnserve.serving.jobs.sinks.base import LOG, LineWriter, ResultRow, Sink, rewrite, truncate_torn_tail
+from cnnserve.serving.jobs.sinks.base import (
+    LOG,
+    LineWriter,
+    ResultRow,
+    Sink,
+    is_damaged,
+    read_text,
+    rewrite,
+    truncate_torn_tail,
+)
 
 
 class CsvSink(Sink):
@@ -18,13 +27,20 @@ class CsvSink(Sink):
         path = self.path
         if path.exists() and path.stat().st_size > 0:
             truncate_torn_tail(path)
-            text = path.read_text(encoding="utf-8")
+            text = read_text(path)
             rows = list(csv.reader(io.StringIO(text, newline="")))
             if rows:
                 self.check_columns(rows[0], path)
-                good = [row for row in rows[1:] if len(row) == len(self.columns)]
+                damaged = [row for row in rows[1:] if any(is_damaged(cell) for cell in row)]
+                good = [row for row in rows[1:] if len(row) == len(self.columns) and row not in damaged]
                 if len(good) != len(rows) - 1:
-                    LOG.warning("repaired %s: dropped %d malformed rows", path, len(rows) - 1 - len(good))
+                    LOG.warning(
+                        "repaired %s: dropped %d malformed rows (%d of them not valid UTF-8); their files "
+                        "are classified again",
+                        path,
+                        len(rows) - 1 - len(good),
+                        len(damaged),
+                    )
                     rewrite(path, _csv_lines([self.columns, *good]))
                 if good:
                     self.check_model(dict(zip(self.columns, good[0], strict=True)), path)

@@ -12,6 +12,8 @@ from cnnserve.serving.jobs.sinks.base import (
     LineWriter,
     ResultRow,
     Sink,
+    is_damaged,
+    read_text,
     rewrite,
     row_record,
     truncate_torn_tail,
@@ -30,8 +32,11 @@ class JsonlSink(Sink):
         if path.exists() and path.stat().st_size > 0:
             truncate_torn_tail(path)
             good: list[str] = []
-            bad = 0
-            for line in path.read_text(encoding="utf-8").splitlines():
+            bad = damaged = 0
+            for line in read_text(path).splitlines():
+                if is_damaged(line):
+                    damaged += 1
+                    continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
@@ -45,8 +50,14 @@ class JsonlSink(Sink):
                     self.check_model(record, path)
                 good.append(line)
                 self.done.add(record["path"])
-            if bad:
-                LOG.warning("repaired %s: dropped %d malformed lines", path, bad)
+            if bad or damaged:
+                LOG.warning(
+                    "repaired %s: dropped %d malformed lines (%d of them not valid UTF-8); their files are "
+                    "classified again",
+                    path,
+                    bad + damaged,
+                    damaged,
+                )
                 rewrite(path, "".join(f"{line}\n" for line in good))
         return LineWriter(path)
 

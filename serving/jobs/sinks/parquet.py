@@ -61,7 +61,10 @@ class ParquetSink(JsonlSink):
     def close(self, finished: bool = True) -> None:
         super().close(finished)
         if finished:
-            self._journal_to_parquet()
+            try:
+                self._journal_to_parquet()
+            except OSError as error:
+                raise self.write_error(error) from error
 
     def _journal_to_parquet(self) -> None:
         pa = self.pa

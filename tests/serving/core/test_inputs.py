@@ -12,7 +12,7 @@ import pytest
 from cnnserve.serving.batching import loop_load
 from cnnserve.serving.core import inputs
 from cnnserve.serving.core.inputs import RequestLimits, build_batch, prepare_batch
-from cnnserve.serving.errors import InvalidRequestError
+from cnnserve.serving.errors import DeadlineExpiredError, InvalidRequestError
 from cnnserve.serving.grpc.server import InferenceServer
 from cnnserve.serving.model.preprocessing import PreprocessSpec
 from cnnserve.serving.model.repository import open_model_version
@@ -99,3 +99,39 @@ def test_a_server_on_a_metered_loop_hands_its_batchers_the_loop_load(model_repos
     load = batcher.policy.load  # type: ignore[attr-defined]
     assert load is not None and 0.0 <= load() <= 1.0
     assert batcher.settings.inline_compute_s > 0  # one core, a CPU session: quick batches on the loop
+
+
+def test_a_request_whose_deadline_passed_is_not_decoded(digits, spec: PreprocessSpec) -> None:
+    """The last image's header is sound but its pixel data broken: had the images been decoded, the
+    answer would name it."""
+    broken = bytearray(digits.png[0])
+    broken[-30:-14] = bytes(16)
+    images = [*_big_request(digits), bytes(broken)]
+
+    async def scenario(executor: ThreadPoolExecutor | None) -> None:
+        past = asyncio.get_running_loop().time() - 1
+        await prepare_batch(images, spec, RequestLimits(), executor, deadline=past)
+
+    for executor in (None, ThreadPoolExecutor(1)):
+        with pytest.raises(DeadlineExpiredError):
+            asyncio.run(scenario(executor))
+
+
+def test_non_finite_tensors_are_refused_naming_the_image(spec: PreprocessSpec) -> None:
+    good = np.zeros(spec.input_dims, dtype=np.float32)
+    bad = good.copy()
+    bad.flat[3] = np.nan
+    with pytest.raises(InvalidRequestError, match="image 1: the tensor holds 1 values that are not finite"):
+        build_batch([good, bad], spec, RequestLimits())
+
+
+def test_a_request_over_its_pixel_budget_is_refused_from_the_headers(spec: PreprocessSpec) -> None:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (1000, 1000)).save(buffer, format="PNG")
+    limits = RequestLimits(max_pixels=1_000_000, max_request_pixels=2_500_000)
+    with pytest.raises(InvalidRequestError, match=r"declare 3,000,000 pixels in all.*--max-request-pixels"):
+        asyncio.run(prepare_batch([buffer.getvalue()] * 3, spec, limits, None))

@@ -105,3 +105,49 @@ def test_jsonl_rows_are_plain_json(tmp_path: Path) -> None:
         "version": 2,
         "error": "",
     }
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl"])
+def test_a_row_with_bytes_that_are_not_utf8_is_dropped_and_redone(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / name
+    table = open_sink(path, top_k=1, model="m", version=1)
+    table.write([ResultRow(f"{i}.png", (Prediction("0", 0, 1.0),)) for i in range(5)])
+    table.close()
+    damaged = bytearray(path.read_bytes())
+    damaged[damaged.index(b"2.png")] = 0xFF  # one byte of row 2 damaged on disk
+    path.write_bytes(bytes(damaged))
+
+    table = open_sink(path, top_k=1, model="m", version=1)
+
+    assert table.done == {"0.png", "1.png", "3.png", "4.png"}
+    assert "not valid UTF-8" in caplog.text
+    table.write([ResultRow("2.png", (Prediction("0", 0, 1.0),))])
+    table.close()
+    assert sorted(r["path"] for r in read_table(path)) == [f"{i}.png" for i in range(5)]
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl"])
+def test_a_failed_write_leaves_no_part_of_its_batch(tmp_path: Path, name: str) -> None:
+    """A real write error (the file over RLIMIT_FSIZE, as a full disk would fail it) keeps the rows written
+    before and none of the failing batch; the error names the file."""
+    import resource
+    import signal
+
+    path = tmp_path / name
+    table = open_sink(path, top_k=1, model="m", version=1)
+    table.write([ResultRow(f"{i}.png", (Prediction("0", 0, 1.0),)) for i in range(3)])
+    before = path.read_bytes()
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 40, limits[1]))
+    try:
+        with pytest.raises(OutputError, match=f"cannot write {path}"):
+            table.write([ResultRow(f"big-{i}.png", (Prediction("0", 0, 1.0),)) for i in range(50)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    table.close()
+    assert path.read_bytes() == before
+    assert open_sink(path, top_k=1, model="m", version=1).done == {"0.png", "1.png", "2.png"}
