@@ -120,6 +120,15 @@ def check_finite(array: np.ndarray, index: int) -> np.ndarray:
     return array
 
 
+def check_finite_batch(batch: np.ndarray) -> np.ndarray:
+    """A batch of tensors (first axis: images), if every value is finite; else the first bad image named."""
+    finite = np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)
+    if not finite.all():
+        index = int(np.flatnonzero(~finite)[0])
+        check_finite(batch[index], index)
+    return batch
+
+
 def open_image_header(image: bytes, index: int, max_pixels: int) -> OpenedImage:
     try:
         opened = open_header(bytes(image), max_pixels)

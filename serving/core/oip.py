@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnnserve.serving.core.dataplane import DataPlane
-from cnnserve.serving.core.inputs import check_count, prepare_batch
+from cnnserve.serving.core.dataplane import DataPlane, check_finite_outputs
+from cnnserve.serving.core.inputs import check_count, check_finite_batch, prepare_batch
 from cnnserve.serving.core.registry import AVAILABLE, LoadedModel, ModelRegistry, VersionStatus
 from cnnserve.serving.errors import InvalidRequestError, ModelNotFoundError, ServingError
 from cnnserve.serving.model.runtime import CPU, top_k
@@ -398,7 +398,7 @@ async def _compute(
         batch = await prepare_batch(images, loaded.spec, dataplane.limits, dataplane.decode_executor)
     else:
         assert isinstance(tensor.data, np.ndarray)
-        batch = tensor.data
+        batch = check_finite_batch(tensor.data)
     probs: asyncio.Future[np.ndarray] | None = None
     if wants_probabilities:
         probs = asyncio.ensure_future(loaded.batcher.submit(batch, deadline))
@@ -411,7 +411,9 @@ async def _compute(
             )
     finally:
         result = None if probs is None else await probs
-    return result, activations
+    for name, values in activations.items():
+        check_finite_outputs(np.asarray(values), f"activation of layer {name}")
+    return (None if result is None else check_finite_outputs(result, "output")), activations
 
 
 def _output(
