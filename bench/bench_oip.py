@@ -283,6 +283,7 @@ def run_perf_analyzer(
     args = [*command, "-m", model, "-u", url, "-i", protocol, "-b", str(batch)]
     args += ["--concurrency-range", str(concurrency), "--measurement-interval", str(int(seconds * 1000))]
     args += ["--max-trials", "5", "--stability-percentage", "200", "--percentile", "99"]
+    args += ["--input-data", "zero"]  # its default random bytes hold NaNs, which the server refuses
     out = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
     text = out.stdout + out.stderr
     throughput = re.search(r"Throughput: ([\d.]+) infer/sec", text)
