@@ -8,7 +8,6 @@ The batch job and the command line catch `ServingError` to report any failure as
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from pathlib import Path
 
@@ -69,6 +68,8 @@ def status_of(error: BaseException) -> tuple[Status, str]:
     anything else is INTERNAL with a fixed message."""
     if isinstance(error, ServingError):
         return error.status, str(error)
+    import asyncio  # here, not at the top: the health probe imports this module and must start fast
+
     if isinstance(error, asyncio.CancelledError):
         return Status.CANCELLED, "the call was cancelled"
     return Status.INTERNAL, INTERNAL_MESSAGE

@@ -22,6 +22,20 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # requests and responses, server a
 DEFAULT_POLL_INTERVAL = 5.0
 DEFAULT_GRACE_SECONDS = 30.0
 
+# -- limits against abuse (per connection, per call, per client); none of them binds a well-behaved client
+DEFAULT_MAX_STREAMS_PER_CONNECTION = 128  # concurrent calls on one HTTP/2 connection; more wait client-side
+# Connections are closed after this long (calls in flight get the grace period more), so that clients
+# balancing per call over a headless Service re-resolve and spread onto replicas added since they connected.
+DEFAULT_MAX_CONNECTION_AGE_S = 300.0
+DEFAULT_MAX_CONNECTION_AGE_GRACE_S = 30.0
+DEFAULT_KEEPALIVE_TIME_S = 120.0  # the server pings a connection quiet this long, to find dead peers
+DEFAULT_KEEPALIVE_TIMEOUT_S = 20.0  # ... and closes it when the ping goes unanswered this long
+DEFAULT_MIN_PING_INTERVAL_S = 10.0  # a client pinging more often than this is disconnected
+DEFAULT_MAX_METADATA_BYTES = 16 * 1024  # request headers (metadata) per call
+DEFAULT_MAX_IN_FLIGHT_PER_CLIENT = (
+    256  # calls in flight per authenticated client; over it: RESOURCE_EXHAUSTED
+)
+
 # -- requests ------------------------------------------------------------------------------------------
 DEFAULT_MAX_IMAGES = 256  # images per request
 # Pixel count beyond which an image is refused from its header, before its pixels are decoded.
@@ -89,6 +103,21 @@ class ServerSettings:
     max_decode_pixels: int = 0  # 0 = max(DEFAULT_MAX_DECODE_PIXELS, 2 * request_pixels)
     max_worker_restarts: int = DEFAULT_MAX_WORKER_RESTARTS  # within a minute, per worker
     grace_seconds: float = DEFAULT_GRACE_SECONDS
+    # security: TLS (both files), mutual TLS (a client CA), tokens and scopes (a token file)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_tokens: Path | None = None
+    reflection: bool = True
+    health_port: int | None = None  # a plaintext port serving grpc.health.v1 only (probes under TLS)
+    max_streams_per_connection: int = DEFAULT_MAX_STREAMS_PER_CONNECTION
+    max_connection_age_s: float = DEFAULT_MAX_CONNECTION_AGE_S
+    max_connection_age_grace_s: float = DEFAULT_MAX_CONNECTION_AGE_GRACE_S
+    keepalive_time_s: float = DEFAULT_KEEPALIVE_TIME_S
+    keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S
+    min_ping_interval_s: float = DEFAULT_MIN_PING_INTERVAL_S
+    max_metadata_bytes: int = DEFAULT_MAX_METADATA_BYTES
+    max_in_flight_per_client: int = DEFAULT_MAX_IN_FLIGHT_PER_CLIENT
     echo: bool = False  # serve a no-work Classify: the transport benchmark
     access_log: bool = False  # one log line per call (see observability/calls.py)
     port_file: Path | None = None  # written with the bound port once every worker serves
@@ -102,6 +131,15 @@ class ServerSettings:
     def decode_pixels(self) -> int:
         """The pixels one worker decodes at once, over every request in flight."""
         return self.max_decode_pixels or max(DEFAULT_MAX_DECODE_PIXELS, 2 * self.request_pixels)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether callers must prove who they are (a token file, or client certificates)."""
+        return self.auth_tokens is not None or self.tls_client_ca is not None
 
     def intra_op_threads(self, cpu_count: int | None = None) -> int:
         if self.threads > 0:
@@ -176,6 +214,28 @@ FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "max_worker_restarts": ("CNNSERVE_MAX_WORKER_RESTARTS", _int(0), "--max-worker-restarts"),
     "grace_seconds": ("CNNSERVE_GRACE_SECONDS", _float(0.0), "--grace-seconds"),
     "access_log": ("CNNSERVE_ACCESS_LOG", _bool, "--access-log"),
+    "tls_cert": ("CNNSERVE_TLS_CERT", Path, "--tls-cert"),
+    "tls_key": ("CNNSERVE_TLS_KEY", Path, "--tls-key"),
+    "tls_client_ca": ("CNNSERVE_TLS_CLIENT_CA", Path, "--tls-client-ca"),
+    "auth_tokens": ("CNNSERVE_AUTH_TOKENS", Path, "--auth-tokens"),
+    "reflection": ("CNNSERVE_REFLECTION", _bool, "--reflection"),
+    "health_port": ("CNNSERVE_HEALTH_PORT", _int(0, 65535), "--health-port"),
+    "max_streams_per_connection": (
+        "CNNSERVE_MAX_STREAMS_PER_CONNECTION",
+        _int(1),
+        "--max-streams-per-connection",
+    ),
+    "max_connection_age_s": ("CNNSERVE_MAX_CONNECTION_AGE", _float(1.0), "--max-connection-age"),
+    "max_connection_age_grace_s": (
+        "CNNSERVE_MAX_CONNECTION_AGE_GRACE",
+        _float(0.0),
+        "--max-connection-age-grace",
+    ),
+    "keepalive_time_s": ("CNNSERVE_KEEPALIVE_TIME", _float(1.0), "--keepalive-time"),
+    "keepalive_timeout_s": ("CNNSERVE_KEEPALIVE_TIMEOUT", _float(1.0), "--keepalive-timeout"),
+    "min_ping_interval_s": ("CNNSERVE_MIN_PING_INTERVAL", _float(0.0), "--min-ping-interval"),
+    "max_metadata_bytes": ("CNNSERVE_MAX_METADATA_BYTES", _int(1024), "--max-metadata-bytes"),
+    "max_in_flight_per_client": ("CNNSERVE_MAX_IN_FLIGHT_PER_CLIENT", _int(0), "--max-in-flight-per-client"),
 }
 
 
@@ -209,4 +269,17 @@ def resolve(
     for name in ("echo", "port_file"):
         if flags.get(name) is not None:
             values[name] = flags[name]
+    _check_tls(values)
     return ServerSettings(**values)
+
+
+def _check_tls(values: Mapping[str, Any]) -> None:
+    if ("tls_cert" in values) != ("tls_key" in values):
+        raise SettingsError(
+            "TLS needs both the certificate and its key: give --tls-cert and --tls-key "
+            "(CNNSERVE_TLS_CERT, CNNSERVE_TLS_KEY)"
+        )
+    if "tls_client_ca" in values and "tls_cert" not in values:
+        raise SettingsError(
+            "--tls-client-ca (mutual TLS) needs TLS itself: give --tls-cert and --tls-key too"
+        )

@@ -1,4 +1,5 @@
-"""The serving subcommands: `serve`, `classify`, `activations`, `classify-folder`, `filters`, `explain`.
+"""The serving subcommands: `serve`, `classify`, `activations`, `classify-folder`, `filters`, `explain`,
+`token`.
 
 Each module imports only the standard library at import time and loads gRPC, numpy and ONNX Runtime in its
 handlers, so `cnnserve --help` stays fast.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cnnserve.serving.cli import insight, jobs, predict, serve
+from cnnserve.serving.cli import insight, jobs, predict, serve, tokens
 
 
 def register(subparsers: Any) -> None:
@@ -17,3 +18,4 @@ def register(subparsers: Any) -> None:
     predict.register(subparsers)
     jobs.register(subparsers)
     insight.register(subparsers)
+    tokens.register(subparsers)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnserve.serving.security import client_credentials
 from cnnserve.serving.settings import DEFAULT_INSIGHT_TIMEOUT_S
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ def _add_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_INSIGHT_TIMEOUT_S, help="with --server: seconds per call"
     )
+    client_credentials.add_arguments(parser)
 
 
 class CommandError(Exception):
@@ -162,7 +164,8 @@ def _filters_from_repo(args: argparse.Namespace) -> FiltersResult:
 def _filters_from_server(args: argparse.Namespace) -> FiltersResult:
     from cnnserve.serving.grpc.client import CnnserveClient
 
-    with CnnserveClient(args.server, timeout=args.timeout) as client:
+    security = client_credentials.from_args(args)
+    with CnnserveClient(args.server, timeout=args.timeout, security=security) as client:
         return client.filters(
             args.model,
             args.layer,
@@ -288,7 +291,9 @@ class _ServerExplainer:
 
         self.args = args
         self.options = options
-        self.client = CnnserveClient(args.server, timeout=args.timeout)
+        self.client = CnnserveClient(
+            args.server, timeout=args.timeout, security=client_credentials.from_args(args)
+        )
 
     def explain(self, data: bytes) -> ExplainResult:
         return self.client.explain(data, self.args.model, self.options, version=self.args.version)

@@ -10,6 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
+from cnnserve.serving.security import client_credentials
+
 LOG = logging.getLogger(__name__)
 
 
@@ -103,6 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="progress bar (terminal), log lines, or nothing (default: auto)",
     )
+    client_credentials.add_arguments(parser)
     parser.set_defaults(handler=handle_classify_folder)
 
 
@@ -111,12 +114,18 @@ def handle_classify_folder(args: argparse.Namespace) -> int:
     from cnnserve.serving.jobs.job import JobConfig, run_job
     from cnnserve.serving.settings import DEFAULT_MAX_PIXELS
 
+    try:
+        security = client_credentials.from_args(args) if args.server else None
+    except ServingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     config = JobConfig(
         folder=args.folder,
         output=args.output,
         model=args.model,
         repo=args.repo,
         server=args.server,
+        security=security,
         version=args.model_version,
         engine=args.engine,
         ray_address=args.ray_address,

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cnnserve.serving.security import client_credentials
 from cnnserve.serving.settings import DEFAULT_CLIENT_TIMEOUT_S
 
 
@@ -30,6 +31,7 @@ def _add_client_options(parser: argparse.ArgumentParser, server_required: bool =
         help="seconds per call (default: %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
+    client_credentials.add_arguments(parser)
 
 
 def _register_classify(subparsers: Any) -> None:
@@ -106,11 +108,12 @@ def run_classify(args: argparse.Namespace) -> int:
 
     result: ClassifyResult
     try:
+        security = client_credentials.from_args(args)
         if args.url is not None:
             from cnnserve.serving.http.client import HttpServerError, OipHttpClient
 
             try:
-                client = OipHttpClient(args.url, timeout=args.timeout)
+                client = OipHttpClient(args.url, timeout=args.timeout, security=security)
                 result = client.classify(images, args.model, top_k=args.top_k, version=args.version)
             except (HttpServerError, ValueError) as error:
                 print(f"error: {error}", file=sys.stderr)
@@ -118,10 +121,10 @@ def run_classify(args: argparse.Namespace) -> int:
         elif args.protocol == "v2":
             from cnnserve.serving.grpc.oip_client import OipGrpcClient
 
-            with OipGrpcClient(args.server, timeout=args.timeout) as oip_client:
+            with OipGrpcClient(args.server, timeout=args.timeout, security=security) as oip_client:
                 result = oip_client.classify(images, args.model, top_k=args.top_k, version=args.version)
         else:
-            with CnnserveClient(args.server, timeout=args.timeout) as cnnserve_client:
+            with CnnserveClient(args.server, timeout=args.timeout, security=security) as cnnserve_client:
                 result = cnnserve_client.classify(images, args.model, top_k=args.top_k, version=args.version)
     except ServerError as error:
         print(f"error: {error.code.name}: {error.message}", file=sys.stderr)
@@ -154,16 +157,21 @@ def run_activations(args: argparse.Namespace) -> int:
     images = _read_images([args.image])
     if images is None:
         return 2
+    from cnnserve.serving.errors import ServingError
     from cnnserve.serving.grpc.client import CnnserveClient, ServerError
 
     try:
-        with CnnserveClient(args.server, timeout=args.timeout) as client:
+        security = client_credentials.from_args(args)
+        with CnnserveClient(args.server, timeout=args.timeout, security=security) as client:
             result = client.activations(
                 images, args.model, layers=args.layers, version=args.version, mosaic=args.png is not None
             )
     except ServerError as error:
         print(f"error: {error.code.name}: {error.message}", file=sys.stderr)
         return 1
+    except ServingError as error:  # the TLS files or the token cannot be read
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     written: dict[str, str] = {}
     if args.png is not None:
         for layer, path in _png_paths(args.png, list(result.layers)).items():

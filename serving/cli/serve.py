@@ -87,6 +87,91 @@ def register(subparsers: Any) -> None:
         help="log one line per call: method, model, version, images, status, latency, queue and compute "
         "time, batch size, peer, client, trace id (default off) [CNNSERVE_ACCESS_LOG=true]",
     )
+    security = parser.add_argument_group(
+        "security", "TLS, mutual TLS and token authentication (see README, Securing the server)"
+    )
+    sec = security.add_argument
+    sec(
+        "--tls-cert",
+        metavar="PEM",
+        help="PEM certificate chain: serve TLS (re-read when it changes) [CNNSERVE_TLS_CERT]",
+    )
+    sec("--tls-key", metavar="PEM", help="PEM private key of --tls-cert [CNNSERVE_TLS_KEY]")
+    sec(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="PEM CA: require client certificates it signed (mutual TLS) [CNNSERVE_TLS_CLIENT_CA]",
+    )
+    sec(
+        "--auth-tokens",
+        metavar="FILE",
+        help="token file (`cnnserve token add`): every call needs a token or a named client certificate "
+        "with its method's scope; re-read when it changes [CNNSERVE_AUTH_TOKENS]",
+    )
+    sec(
+        "--no-reflection",
+        dest="reflection",
+        action="store_const",
+        const="false",
+        help="do not serve gRPC server reflection [CNNSERVE_REFLECTION=false]",
+    )
+    sec(
+        "--health-port",
+        metavar="PORT",
+        help="also answer grpc.health.v1 (only) in plaintext on this port, for probes that cannot do TLS "
+        "(default: off) [CNNSERVE_HEALTH_PORT]",
+    )
+    limits = parser.add_argument_group("limits", "per connection, per call and per client")
+    lim = limits.add_argument
+    lim(
+        "--max-streams-per-connection",
+        metavar="N",
+        help="concurrent calls on one connection; more wait client-side (default 128) "
+        "[CNNSERVE_MAX_STREAMS_PER_CONNECTION]",
+    )
+    lim(
+        "--max-connection-age",
+        metavar="SECONDS",
+        dest="max_connection_age_s",
+        help="seconds before a connection is closed so clients rebalance (default 300) "
+        "[CNNSERVE_MAX_CONNECTION_AGE]",
+    )
+    lim(
+        "--max-connection-age-grace",
+        metavar="SECONDS",
+        dest="max_connection_age_grace_s",
+        help="seconds calls in flight get after that (default 30) [CNNSERVE_MAX_CONNECTION_AGE_GRACE]",
+    )
+    lim(
+        "--keepalive-time",
+        metavar="SECONDS",
+        dest="keepalive_time_s",
+        help="seconds of quiet before the server pings a connection (default 120) [CNNSERVE_KEEPALIVE_TIME]",
+    )
+    lim(
+        "--keepalive-timeout",
+        metavar="SECONDS",
+        dest="keepalive_timeout_s",
+        help="seconds an unanswered ping keeps a connection (default 20) [CNNSERVE_KEEPALIVE_TIMEOUT]",
+    )
+    lim(
+        "--min-ping-interval",
+        metavar="SECONDS",
+        dest="min_ping_interval_s",
+        help="clients pinging more often than this many seconds are disconnected (default 10) "
+        "[CNNSERVE_MIN_PING_INTERVAL]",
+    )
+    lim(
+        "--max-metadata-bytes",
+        metavar="BYTES",
+        help="call metadata (headers) size (default 16 KiB) [CNNSERVE_MAX_METADATA_BYTES]",
+    )
+    lim(
+        "--max-in-flight-per-client",
+        metavar="N",
+        help="calls in flight per authenticated client, 0 = no cap; over it: RESOURCE_EXHAUSTED "
+        "(default 256) [CNNSERVE_MAX_IN_FLIGHT_PER_CLIENT]",
+    )
     add("--port-file", type=Path, help="write the bound port to this file once serving")
     add(
         "--echo",
@@ -106,6 +191,13 @@ def run_serve(args: argparse.Namespace) -> int:
     flags["port_file"] = args.port_file
     try:
         settings = resolve(flags)
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from cnnserve.serving.security.startup import check_security_files
+
+    try:
+        check_security_files(settings)
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,12 +23,20 @@ LOG = logging.getLogger(__name__)
 
 
 class CallSource(Protocol):
-    """Where a call's metadata and peer come from: a gRPC ServicerContext, or an HTTP request's adapter.
-    Read only when a hook asks (fetching gRPC metadata costs microseconds per call)."""
+    """Where a call's metadata, peer and TLS identity come from: a gRPC ServicerContext, or an HTTP
+    request's adapter. Read only when a hook asks (fetching gRPC metadata costs microseconds per call)."""
 
     def invocation_metadata(self) -> Sequence[tuple[str, Any]] | None: ...
 
     def peer(self) -> str: ...
+
+    def auth_context(self) -> Mapping[str, Sequence[bytes]]:
+        """What TLS verified, gRPC's way: `x509_subject` (RFC 4514) and `x509_subject_alternative_name`
+        of a client certificate under mutual TLS; empty without one."""
+        ...
+
+
+Certificate = tuple[str | None, tuple[str, ...]]  # a verified client certificate's subject and SANs
 
 
 @dataclass(slots=True)
@@ -47,6 +55,7 @@ class Call:
     message: str = ""  # the error message the caller got, when it failed
     attributes: dict[str, Any] = field(default_factory=dict)  # e.g. queue and compute time, batch size
     _metadata: tuple[tuple[str, Any], ...] | None = None
+    _certificate: Certificate | None = None
 
     @property
     def metadata(self) -> tuple[tuple[str, Any], ...]:
@@ -58,6 +67,19 @@ class Call:
     @property
     def peer(self) -> str:
         return self.source.peer() if self.source is not None else ""
+
+    @property
+    def certificate(self) -> Certificate:
+        """The client certificate TLS verified (mutual TLS): its subject and SANs; (None, ()) without one."""
+        if self._certificate is None:
+            auth = self.source.auth_context() if self.source is not None else {}
+            subjects = auth.get("x509_subject") or ()
+            sans = auth.get("x509_subject_alternative_name") or ()
+            self._certificate = (
+                subjects[0].decode("utf-8", "replace") if subjects else None,
+                tuple(san.decode("utf-8", "replace") for san in sans),
+            )
+        return self._certificate
 
     def metadata_value(self, key: str) -> str | None:
         """The first value of a metadata key (lower-case), as text."""

@@ -4,6 +4,10 @@
         result = client.classify([png_bytes], model="mnist_cnn", top_k=3)
         result.predictions[0][0].label
 
+    # a server with TLS (or mutual TLS) and tokens:
+    with CnnserveClient("cnnserve.example.com:8500", tls_ca="ca.crt", token=os.environ["CNNSERVE_TOKEN"]):
+        ...
+
 Errors come back as `ServerError` carrying the gRPC status code and the server's message. The command-line
 clients, the batch job's remote engine and the benchmarks all use this one client.
 """
@@ -23,9 +27,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cnnserve.protos import inference_pb2, inference_pb2_grpc
 from cnnserve.serving.errors import ServingError, Status
-from cnnserve.serving.grpc import converters
+from cnnserve.serving.grpc import converters, credentials
 from cnnserve.serving.insight.explainer import ExplainOptions, ExplainResult, FiltersResult
 from cnnserve.serving.observability.tracing import trace_metadata
+from cnnserve.serving.security.client_credentials import ClientSecurity, client_security
 from cnnserve.serving.settings import DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_MAX_MESSAGE_BYTES
 
 ImageLike = bytes | np.ndarray | Path
@@ -115,10 +120,25 @@ class CnnserveClient:
         address: str,
         timeout: float = DEFAULT_CLIENT_TIMEOUT_S,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        security: ClientSecurity | None = None,
+        *,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        token: str | None = None,
     ) -> None:
+        """`security` (what the command-line clients build from their flags), or the files and token
+        themselves: `tls_ca` trusts that CA (TLS), `tls_cert`/`tls_key` present a client certificate (mutual
+        TLS), `token` is sent as `authorization: Bearer <token>` with every call."""
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=channel_options(max_message_bytes))
+        if security is None and any(v is not None for v in (tls_ca, tls_cert, tls_key, token)):
+            security = client_security(
+                tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token, environ={}
+            )
+        self.security = security
+        self._metadata = () if security is None else security.metadata()
+        self.channel = credentials.channel(address, security, options=channel_options(max_message_bytes))
         self.stub = inference_pb2_grpc.InferenceServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
@@ -134,8 +154,9 @@ class CnnserveClient:
         self.channel.close()
 
     def _call(self, method: grpc.UnaryUnaryMultiCallable, request: object, timeout: float | None) -> object:
-        # The active span's W3C trace context, so the server's span of this call joins the caller's trace.
-        metadata = trace_metadata() or None
+        # The token (when there is one) and the active span's W3C trace context, so the server's span of
+        # this call joins the caller's trace.
+        metadata = (*self._metadata, *trace_metadata()) or None
         try:
             return method(request, timeout=self.timeout if timeout is None else timeout, metadata=metadata)
         except grpc.RpcError as error:

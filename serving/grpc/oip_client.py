@@ -17,7 +17,9 @@ import grpc
 
 from cnnserve.protos import oip_pb2, oip_pb2_grpc
 from cnnserve.serving.core import oip, oip_tensors
+from cnnserve.serving.grpc import credentials
 from cnnserve.serving.grpc.client import ClassifyResult, Prediction, ServerError
+from cnnserve.serving.security.client_credentials import ClientSecurity
 from cnnserve.serving.settings import DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_MAX_MESSAGE_BYTES
 
 
@@ -50,10 +52,14 @@ class OipGrpcClient:
         address: str,
         timeout: float = DEFAULT_CLIENT_TIMEOUT_S,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        security: ClientSecurity | None = None,
     ) -> None:
+        """`security`: TLS, a client certificate and a bearer token for a secured server."""
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
+        self._metadata = None if security is None else security.metadata() or None
+        self.channel = credentials.channel(
             address,
+            security,
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -75,7 +81,7 @@ class OipGrpcClient:
 
     def _call(self, method: grpc.UnaryUnaryMultiCallable, request: object) -> object:
         try:
-            return method(request, timeout=self.timeout)
+            return method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise ServerError(error.code(), error.details() or "") from None
 

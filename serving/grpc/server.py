@@ -30,12 +30,13 @@ from grpc_reflection.v1alpha import reflection
 
 from cnnserve.protos import inference_pb2, inference_pb2_grpc, oip_pb2_grpc
 from cnnserve.serving.batching import loop_load
-from cnnserve.serving.core.calls import CallHooks, Drain
+from cnnserve.serving.core.calls import CallHook, CallHooks, Drain
 from cnnserve.serving.core.dataplane import DataPlane
 from cnnserve.serving.core.decode_budget import DecodeBudget
 from cnnserve.serving.core.inputs import RequestLimits
 from cnnserve.serving.core.registry import AVAILABLE, BatchOverrides, ModelRegistry
 from cnnserve.serving.grpc import oip_servicer
+from cnnserve.serving.grpc.credentials import server_credentials
 from cnnserve.serving.grpc.interceptors import CallRunner, MalformedRequestInterceptor
 from cnnserve.serving.grpc.ports import claim_port
 from cnnserve.serving.grpc.servicer import PROTOCOL, EchoServicer, InferenceServicer
@@ -55,6 +56,9 @@ from cnnserve.serving.observability.metrics import (
 )
 from cnnserve.serving.observability.statistics import BatchObservers, StatisticsBook, StatisticsHook
 from cnnserve.serving.observability.tracing import Tracing, TracingSettings, start_tracing
+from cnnserve.serving.security.gate import Gate, GatePolicy
+from cnnserve.serving.security.tls import TlsWatcher, server_ssl_context, tls_files
+from cnnserve.serving.security.tokens import TokenStore
 from cnnserve.serving.settings import ServerSettings, available_cpus
 
 LOG = logging.getLogger(__name__)
@@ -72,15 +76,32 @@ INLINE_COMPUTE_S = 0.001
 
 
 def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """The transport's limits: message and metadata sizes, streams per connection, connection age,
+    keepalive (the server's pings, and how often a client may ping)."""
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Soft and hard limit alike: over it, every call is refused (between the two gRPC refuses some).
+        ("grpc.max_metadata_size", settings.max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", settings.max_metadata_bytes),
         ("grpc.so_reuseport", 1),
-        # Close connections after a few minutes (calls in flight get 30 s more) so that clients balancing
-        # per call over a headless Service re-resolve and spread onto replicas added since they connected.
-        ("grpc.max_connection_age_ms", 5 * 60 * 1000),
-        ("grpc.max_connection_age_grace_ms", 30 * 1000),
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+        ("grpc.max_connection_age_ms", round(settings.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", round(settings.max_connection_age_grace_s * 1000)),
+        ("grpc.keepalive_time_ms", round(settings.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", round(settings.keepalive_timeout_s * 1000)),
+        # Clients may ping (also between calls) at most this often; after 2 strikes: GOAWAY too_many_pings.
+        ("grpc.http2.min_ping_interval_without_data_ms", round(settings.min_ping_interval_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", 2),
     ]
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 class InferenceServer:
@@ -130,23 +151,36 @@ class InferenceServer:
             decode_on_loop=one_core,
             decode_budget=DecodeBudget(settings.decode_pixels),
         )
-        # What every call of every protocol goes through (see core/calls.py): tracing and the access log when
-        # either is on (first, so they see every other hook's work), metrics, then the drain gate.
-        self.drain = Drain()
-        self.hooks = CallHooks(
-            [
-                CallMetrics(self.metrics, self.registry.known.__contains__),
-                StatisticsHook(self.statistics),
-                self.drain,
-            ]
+        # TLS material and the token file are read (and checked) now: a bad file stops the server at once.
+        self.tls = None if settings.tls_cert is None else TlsWatcher(tls_files(settings))
+        self.gate = (
+            Gate(
+                GatePolicy(
+                    tokens=None if settings.auth_tokens is None else TokenStore(settings.auth_tokens),
+                    mutual_tls=settings.tls_client_ca is not None,
+                    max_in_flight_per_client=settings.max_in_flight_per_client,
+                ),
+                on_refused=lambda client, method, code: self.metrics.refused.labels(
+                    client, method, code
+                ).inc(),
+            )
+            if settings.authenticates
+            else None
         )
+        # What every call of every protocol goes through (see core/calls.py): tracing and the access log when
+        # either is on (first, so they see every other hook's work, the client's name included), metrics,
+        # authentication (when configured), then the drain gate.
+        self.drain = Drain()
+        hooks: list[CallHook] = [CallMetrics(self.metrics, self.registry.known.__contains__)]
+        if self.gate is not None:
+            hooks.append(self.gate)  # before the statistics: a refused call is no inference of the model's
+        self.hooks = CallHooks([*hooks, StatisticsHook(self.statistics), self.drain])
         access_log = enable_access_log() if settings.access_log else None
         if tracing is not None or access_log is not None:
             self.hooks.hooks = (CallObservation(tracing, access_log), *self.hooks.hooks)
+        self.runner = CallRunner(self.hooks, PROTOCOL)
         self.servicer: InferenceServicer | EchoServicer = (
-            EchoServicer()
-            if settings.echo
-            else InferenceServicer(self.dataplane, CallRunner(self.hooks, PROTOCOL))
+            EchoServicer() if settings.echo else InferenceServicer(self.dataplane, self.runner)
         )
         self.oip_servicer: oip_servicer.OipServicer | oip_servicer.OipEchoServicer = (
             oip_servicer.OipEchoServicer()
@@ -168,7 +202,9 @@ class InferenceServer:
         self.http_port = 0
         self.health = HealthServicer()
         self.port = 0
+        self.health_port = 0
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._stop_polling = asyncio.Event()
         self._polling: asyncio.Task[None] | None = None
         self._sampling: asyncio.Task[None] | None = None
@@ -185,27 +221,32 @@ class InferenceServer:
         """Bind, load the repository, then answer (health NOT_SERVING until a model loads); the port."""
         load = loop_load.for_loop(asyncio.get_running_loop())
         self.registry.load = None if load is None else load.busy
-        port, http_port = self.settings.port, self.settings.http_port
+        port, http_port, health_port = self.settings.port, self.settings.http_port, self.settings.health_port
         if self.claim:
             port = self._claim(port)
             http_port = None if http_port is None else self._claim(http_port)
+            health_port = None if health_port is None else self._claim(health_port)
         server = grpc.aio.server(
             options=grpc_options(self.settings), interceptors=[MalformedRequestInterceptor()]
         )
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(self.servicer, server)
         oip_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.oip_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                oip_servicer.SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        if self.settings.reflection:
+            reflection.enable_server_reflection(
+                (
+                    SERVICE_NAME,
+                    oip_servicer.SERVICE_NAME,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                server,
+            )
         address = f"{self.settings.host}:{port}"
-        self.port = server.add_insecure_port(address)
+        if self.tls is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, server_credentials(self.tls))
         if self.port == 0:
             raise OSError(f"cannot bind gRPC port {address}")
         await self._set_health("", NOT_SERVING)
@@ -219,11 +260,25 @@ class InferenceServer:
             await self.poll()
         await server.start()
         self._server = server
-        LOG.info("gRPC server listening on %s:%d", self.settings.host, self.port)
+        if health_port is not None:  # like the main port: listening once loaded, not before
+            await self._start_health_port(health_port)
+        LOG.info("gRPC server listening on %s:%d (%s)", self.settings.host, self.port, self._security())
         if self.http is not None and http_port is not None:
-            self.http_port = await self.http.start(self.settings.host, http_port)
+            # The HTTP port has the same TLS (and rotation) as the gRPC port, and the same call hooks.
+            ssl_context = None if self.tls is None else server_ssl_context(self.tls)
+            self.http_port = await self.http.start(self.settings.host, http_port, ssl_context)
             LOG.info(
-                "Open Inference Protocol over HTTP on http://%s:%d/v2", self.settings.host, self.http_port
+                "Open Inference Protocol over HTTP on %s://%s:%d/v2",
+                "http" if ssl_context is None else "https",
+                self.settings.host,
+                self.http_port,
+            )
+        if not is_loopback(self.settings.host) and not (self.settings.tls or self.settings.authenticates):
+            LOG.warning(
+                "listening on %s:%d with neither TLS nor tokens: anyone who can reach the port can read "
+                "every image and call every method (see --tls-cert, --tls-key, --auth-tokens)",
+                self.settings.host,
+                self.port,
             )
         if self.settings.echo:
             return self.port
@@ -273,6 +328,28 @@ class InferenceServer:
                 LOG.exception("reading the process's resources failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_polling.wait(), RESOURCE_INTERVAL_S)
+
+    def _security(self) -> str:
+        settings = self.settings
+        transport = "plaintext" if not settings.tls else "mutual TLS" if settings.tls_client_ca else "TLS"
+        tokens = f", tokens from {settings.auth_tokens}" if settings.auth_tokens is not None else ""
+        return transport + tokens
+
+    async def _start_health_port(self, port: int) -> None:
+        """A second, plaintext server answering grpc.health.v1 only: Kubernetes' gRPC probes cannot do TLS."""
+        health = grpc.aio.server(
+            options=[("grpc.so_reuseport", 1), ("grpc.max_receive_message_length", 4096)]
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, health)
+        address = f"{self.settings.host}:{port}"
+        self.health_port = health.add_insecure_port(address)
+        if self.health_port == 0:
+            raise OSError(f"cannot bind the health port {address}")
+        await health.start()
+        self._health_server = health
+        LOG.info(
+            "health checks (grpc.health.v1 only, plaintext) on %s:%d", self.settings.host, self.health_port
+        )
 
     async def poll(self) -> None:
         """Poll the repository once and bring health in step."""
@@ -342,6 +419,8 @@ class InferenceServer:
             self._gpus.close()
         if self._server is not None and close_transport:
             await self._server.stop(STOP_GRACE_SECONDS)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         await self.registry.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
         if close_transport:

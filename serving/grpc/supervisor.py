@@ -110,11 +110,17 @@ class Supervisor:
             None if settings.http_port is None else claim_port(settings.host, settings.http_port)
         )
         self.http_port = None if self.claimed_http is None else self.claimed_http.getsockname()[1]
+        # The plaintext health port (probes under TLS), claimed the same way so every worker answers on it.
+        self.claimed_health = (
+            None if settings.health_port is None else claim_port(settings.host, settings.health_port)
+        )
+        self.health_port = None if self.claimed_health is None else self.claimed_health.getsockname()[1]
         self.threads = settings.intra_op_threads()
         self.worker_settings = dataclasses.replace(
             settings,
             port=self.port,
             http_port=self.http_port,
+            health_port=self.health_port,
             threads=self.threads,
             metrics_port=None,
             port_file=None,
@@ -195,6 +201,8 @@ class Supervisor:
             self.claimed.close()
             if self.claimed_http is not None:
                 self.claimed_http.close()
+            if self.claimed_health is not None:
+                self.claimed_health.close()
             self.ready.close()
 
     def _serve_metrics(self) -> None:

@@ -11,10 +11,13 @@ answer comes from the classification extension; `cnnserve classify --url` uses i
 from __future__ import annotations
 
 import json
+import ssl
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from cnnserve.serving.core import oip, oip_tensors
@@ -22,6 +25,7 @@ from cnnserve.serving.errors import ServerUnavailableError
 from cnnserve.serving.grpc.client import ClassifyResult
 from cnnserve.serving.grpc.oip_client import classify_result
 from cnnserve.serving.http.codec import HEADER_LENGTH_OUT
+from cnnserve.serving.security.client_credentials import ClientSecurity
 from cnnserve.serving.settings import DEFAULT_CLIENT_TIMEOUT_S
 
 
@@ -34,24 +38,48 @@ class HttpServerError(Exception):
         self.message = message
 
 
+def _ssl_context(security: ClientSecurity | None) -> ssl.SSLContext:
+    """TLS for https: the given CA (else the system's) and, for mutual TLS, the client certificate."""
+    ca = None if security is None or security.ca is None else security.ca.decode("ascii")
+    context = ssl.create_default_context(cadata=ca)
+    if security is not None and security.cert is not None and security.key is not None:
+        # OpenSSL loads a certificate chain from files only: a private, short-lived copy.
+        with tempfile.TemporaryDirectory(prefix="cnnserve-tls-") as folder:
+            cert, key = Path(folder) / "client.crt", Path(folder) / "client.key"
+            cert.write_bytes(security.cert)
+            key.touch(mode=0o600)
+            key.write_bytes(security.key)
+            context.load_cert_chain(cert, key)
+    return context
+
+
 class OipHttpClient:
     """Requests to one server's /v2 endpoints."""
 
-    def __init__(self, url: str, timeout: float = DEFAULT_CLIENT_TIMEOUT_S) -> None:
+    def __init__(
+        self, url: str, timeout: float = DEFAULT_CLIENT_TIMEOUT_S, security: ClientSecurity | None = None
+    ) -> None:
+        """`security`: TLS (https, trusting its CA, with a client certificate) and a bearer token."""
         parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"not an HTTP URL: {url!r}")
-        self.base = f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
+        scheme = "https" if security is not None and security.tls else parsed.scheme
+        self.base = f"{scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
         self.timeout = timeout
         self._input_names: dict[str, str] = {}
+        self._headers = dict(security.metadata()) if security is not None else {}
+        self._context = _ssl_context(security) if scheme == "https" else None
+        if security is not None and scheme == "http":
+            security.warn_if_exposed(parsed.netloc)
 
     def request(
         self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
     ) -> tuple[bytes, dict[str, str]]:
         """The body and headers of a 2xx answer; HttpServerError for any other."""
-        request = urllib.request.Request(self.base + path, data=body, method=method, headers=headers or {})
+        all_headers = {**self._headers, **(headers or {})}
+        request = urllib.request.Request(self.base + path, data=body, method=method, headers=all_headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self._context) as response:
                 return response.read(), {k.lower(): v for k, v in response.headers.items()}
         except urllib.error.HTTPError as error:
             payload = error.read()

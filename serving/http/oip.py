@@ -29,6 +29,7 @@ from cnnserve.serving.errors import Status, status_of
 from cnnserve.serving.http import codec
 from cnnserve.serving.http.server import HttpRequest, HttpResponse, Router, error_json, json_response
 from cnnserve.serving.observability.statistics import Duration, StatisticsBook, VersionStatistics
+from cnnserve.serving.security.gate import RefusedError
 
 LOG = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ def error_response(error: Exception) -> HttpResponse:
     status, message = status_of(error)
     if status is Status.INTERNAL:
         LOG.error("HTTP request failed", exc_info=error)
+    if isinstance(error, RefusedError):  # 401 says how to authenticate (WWW-Authenticate), 429 when to retry
+        return json_response(status.http_status, {"error": message}, tuple(error.http_headers.items()))
     return error_json(status.http_status, message)
 
 

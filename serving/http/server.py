@@ -22,12 +22,14 @@ import logging
 import re
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import unquote
 
 import httptools
+
+from cnnserve.serving.security.tls import auth_context
 
 LOG = logging.getLogger(__name__)
 
@@ -44,13 +46,19 @@ class HttpRequest:
     headers: Mapping[str, str]  # names lower-case
     body: bytes
     remote: str = ""  # the client's address, "host:port"
+    # Under mutual TLS, the client certificate as gRPC reports one (security.tls.auth_context).
+    tls_identity: Mapping[str, Sequence[bytes]] = field(default_factory=dict)
 
-    # The call hooks' view of a request (core.calls.CallSource): its headers as metadata, its peer.
+    # The call hooks' view of a request (core.calls.CallSource): its headers as metadata, its peer, and
+    # the client certificate TLS verified.
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return tuple(self.headers.items())
 
     def peer(self) -> str:
         return self.remote
+
+    def auth_context(self) -> Mapping[str, Sequence[bytes]]:
+        return self.tls_identity
 
 
 @dataclass(frozen=True)
@@ -174,6 +182,7 @@ class _Connection(asyncio.Protocol):
         self.can_write: asyncio.Event = asyncio.Event()
         self.can_write.set()
         self.peer = ""
+        self.tls_identity: dict[str, list[bytes]] = {}
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -191,6 +200,8 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
+        # A TLS connection's verified client certificate (mutual TLS), read once for all its requests.
+        self.tls_identity = auth_context(transport.get_extra_info("peercert"))
         self.server.connections.add(self)
         self._arm_idle_timer()
 
@@ -272,6 +283,7 @@ class _Connection(asyncio.Protocol):
             headers=self.headers,
             body=body,
             remote=self.peer,
+            tls_identity=self.tls_identity,
         )
         self._enqueue(request, self.parser.should_keep_alive())
 

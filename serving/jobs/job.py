@@ -22,6 +22,7 @@ from cnnserve.serving.jobs.progress import Progress
 from cnnserve.serving.jobs.sinks import ResultRow, open_sink, output_format
 from cnnserve.serving.observability.jobs import ChunkSpans
 from cnnserve.serving.observability.tracing import Tracing
+from cnnserve.serving.security.client_credentials import ClientSecurity
 from cnnserve.serving.settings import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_PIXELS
 
 LOG = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class JobConfig:
     model: str
     repo: Path | None = None
     server: str | None = None
+    security: ClientSecurity | None = None  # remote engine: TLS and token for the server
     version: int = 0  # 0 = the newest live version
     engine: str = "local"
     ray_address: str | None = None
@@ -156,6 +158,7 @@ def _open_engine(config: JobConfig) -> tuple[Engine, ModelInfo]:
             workers=config.workers,
             retries=config.retries,
             connect_timeout_s=config.connect_timeout_s,
+            security=config.security,
         )
         info = ModelInfo(remote.model_name, remote.model_version, remote.labels, remote.max_batch_size)
         return remote, info

@@ -82,6 +82,13 @@ class ServingMetrics:
             [*call, "code"],
             registry=r,
         )
+        self.refused = Counter(
+            "cnnserve_refused_calls",
+            "Calls refused before any work (UNAUTHENTICATED, PERMISSION_DENIED, or RESOURCE_EXHAUSTED for "
+            "a client over its in-flight cap), by client name, method and status code",
+            ["client", "method", "code"],
+            registry=r,
+        )
         self.latency = Histogram(
             "cnnserve_request_latency_seconds",
             "Time from receiving an RPC to answering it",

@@ -24,6 +24,7 @@ import grpc
 from cnnserve.serving.errors import JobError, ServerUnavailableError
 from cnnserve.serving.grpc.client import ClassifyResult, CnnserveClient, ServerError
 from cnnserve.serving.jobs.sinks.base import Prediction, ResultRow
+from cnnserve.serving.security.client_credentials import ClientSecurity
 from cnnserve.serving.settings import DEFAULT_MAX_BATCH_SIZE
 
 LOG = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class RemoteEngine:
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         retries: int = RETRIES,
         backoff_start_s: float = BACKOFF_START_S,
+        security: ClientSecurity | None = None,
     ) -> None:
         self.root = root
         self.address = address
@@ -71,7 +73,7 @@ class RemoteEngine:
         self.workers = workers or 4
         self.retries = retries
         self.backoff_start_s = backoff_start_s
-        self._client = CnnserveClient(address, timeout=CALL_TIMEOUT_S)
+        self._client = CnnserveClient(address, timeout=CALL_TIMEOUT_S, security=security)
         try:
             self._client.wait_until_serving(timeout=connect_timeout_s)
         except TimeoutError as error:
