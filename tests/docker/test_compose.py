@@ -115,3 +115,47 @@ def test_batch_job_is_a_valid_classify_folder_command_against_the_server(
     mounts = {target: mode for _, target, mode in map(volume, job["volumes"])}
     assert mounts.get(str(args.folder)) == "ro"
     assert mounts.get(str(args.output.parent)) == "rw"
+
+
+def merged(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """`docker compose -f base -f overlay`: mappings merge, an overlay's list or scalar wins."""
+    result = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def test_the_tls_overlay_secures_server_and_job(
+    compose: dict[str, Any], validator: jsonschema.protocols.Validator, cpu_dockerfile: Dockerfile
+) -> None:
+    """compose.tls.yaml: a valid Compose file once merged, whose paths the server and the job really read."""
+    from cnnserve.cli import build_parser
+    from cnnserve.serving.security.client_credentials import TLS_CA_ENV, TOKEN_FILE_ENV
+    from cnnserve.serving.settings import resolve
+
+    overlay = yaml.safe_load((DOCKER_DIR / "compose.tls.yaml").read_text(encoding="utf-8"))
+    full = merged(compose, overlay)
+    errors = sorted(validator.iter_errors(full), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+
+    def secret_paths(service: dict[str, Any]) -> dict[str, str]:
+        return {f"/run/secrets/{s['target']}": s["source"] for s in service["secrets"]}
+
+    server = full["services"]["server"]
+    environment = {key: interpolate(str(value)) for key, value in server["environment"].items()}
+    settings = resolve({}, {**cpu_dockerfile.final.env(), **environment})
+    assert settings.tls and settings.auth_tokens is not None
+    server_secrets = secret_paths(server)
+    for path in (settings.tls_cert, settings.tls_key, settings.auth_tokens):
+        assert str(path) in server_secrets, path
+
+    job = full["services"]["classify"]
+    job_secrets = secret_paths(job)
+    assert {job["environment"][TLS_CA_ENV], job["environment"][TOKEN_FILE_ENV]} <= set(job_secrets)
+    argv = [interpolate(arg) for arg in job["command"]]
+    build_parser().parse_args(cpu_dockerfile.final.exec_form("ENTRYPOINT")[1:] + argv)
+    for source in {*server_secrets.values(), *job_secrets.values()}:
+        assert interpolate(full["secrets"][source]["file"]).startswith("../secrets/")

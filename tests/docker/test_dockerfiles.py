@@ -79,7 +79,12 @@ def test_ports_volume_and_environment(dockerfile: Dockerfile) -> None:
     serving = dockerfile.final
     env = serving.env()
     exposed = {p.split("/")[0] for i in serving.all("EXPOSE") for p in i.arguments.split()}
-    assert exposed == {env["CNNSERVE_PORT"], env["CNNSERVE_METRICS_PORT"], env["CNNSERVE_HTTP_PORT"]}
+    assert exposed == {
+        env["CNNSERVE_PORT"],
+        env["CNNSERVE_METRICS_PORT"],
+        env["CNNSERVE_HTTP_PORT"],
+        env["CNNSERVE_HEALTH_PORT"],
+    }
     assert env["CNNSERVE_REPO"] == IMAGE_REPO
     assert serving.last("VOLUME").arguments == f'["{IMAGE_REPO}"]'
     assert env["CNNSERVE_HOST"] == "0.0.0.0"  # reachable from outside the container

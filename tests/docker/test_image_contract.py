@@ -139,6 +139,7 @@ def loopback(repo: Path, **extra: str) -> dict[str, str]:
         "CNNSERVE_PORT": str(free_port()),
         "CNNSERVE_METRICS_PORT": str(free_port()),
         "CNNSERVE_HTTP_PORT": str(free_port()),
+        "CNNSERVE_HEALTH_PORT": str(free_port()),
         **extra,
     }
 
@@ -186,6 +187,7 @@ def test_image_command_serves_classifies_reports_health_and_stops_cleanly(
         "CNNSERVE_PORT",
         "CNNSERVE_METRICS_PORT",
         "CNNSERVE_HTTP_PORT",
+        "CNNSERVE_HEALTH_PORT",
     }
     assert stage.env()["CNNSERVE_REPO"] == IMAGE_REPO
 

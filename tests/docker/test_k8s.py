@@ -118,11 +118,16 @@ def test_deployment_matches_the_image(
         assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
         assert container["image"].endswith("-gpu")
 
-    # Ports and the native gRPC probes on the image's gRPC port.
+    # Ports, and the native gRPC probes on the plaintext health-only port (they cannot do TLS).
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": settings.port, "metrics": settings.metrics_port, "http": settings.http_port}
+    assert ports == {
+        "grpc": settings.port,
+        "metrics": settings.metrics_port,
+        "http": settings.http_port,
+        "health": settings.health_port,
+    }
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["grpc"]["port"] == settings.port, probe
+        assert container[probe]["grpc"]["port"] == settings.health_port, probe
     assert container["readinessProbe"]["grpc"].get("service", "") == ""  # overall: models loaded
     liveness = container["livenessProbe"]["grpc"].get("service", "")
     assert liveness and container["startupProbe"]["grpc"]["service"] == liveness  # alive, models or not
@@ -138,6 +143,15 @@ def test_deployment_matches_the_image(
     assert "/tmp" in mounts
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+
+    # TLS and the token file from Secrets, mounted whole (a subPath mount would never see a renewal).
+    assert settings.tls and settings.auth_tokens is not None
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    for path in (settings.tls_cert, settings.tls_key, settings.auth_tokens):
+        assert path is not None
+        mount = mounts[str(path.parent)]
+        assert mount["readOnly"] is True and "subPath" not in mount and mount["name"] in secrets, path
+    assert secrets[mounts[str(settings.tls_cert.parent)]["name"]] == "cnnserve-tls"  # type: ignore[union-attr]
 
     # The model repository: mounted read-only where CNNSERVE_REPO points, from the PVC of pvc.yaml.
     assert str(settings.repo) == IMAGE_REPO
