@@ -11,9 +11,12 @@ Baselines (docs/benchmarks.md has the method), all on the same model file and th
 - floor: the notebooks' Keras `model.predict` on one image at a time (the zoo architecture, or a run's
   model.keras with --keras-model), briefly.
 The server is measured with 1, 8, 64 closed-loop clients sending one image per call and 8 clients sending
-64, with dynamic batching on and off. The load generator runs in its own process (grpc.aio, pre-serialised
-requests, responses left unparsed so the generator costs as little as it can); the same generator drives
-every system. Prints a table with ratios; `--json OUT` also writes the figures.
+64, with dynamic batching on and off. `--security` adds the same server (and echo) with TLS, and with TLS
+and a bearer token, at 64 x 1 and 8 x 64, each compared with its plaintext twin within each round;
+`--security-only` measures just that comparison, plus the server with gRPC's own transport limits in place
+of cnnserve's defaults (to show those cost nothing). The load generator runs in its own process (grpc.aio,
+pre-serialised requests, responses left unparsed so the generator costs as little as it can); the same
+generator drives every system. Prints a table with ratios; `--json OUT` also writes the figures.
 
 `--observability` measures instead what tracing and the access log cost: the same server with tracing off,
 tracing on at sampling ratios 0.01 and 1.0 (spans exported over OTLP/gRPC to a local sink that receives
@@ -148,19 +151,28 @@ def ort_rates(
 
 
 async def _load(
-    address: str, payload: bytes, clients: int, warmup: float, seconds: float, method: str = CLASSIFY
+    address: str,
+    payload: bytes,
+    clients: int,
+    warmup: float,
+    seconds: float,
+    method: str = CLASSIFY,
+    tls_ca: bytes | None = None,
+    token: str | None = None,
 ) -> dict:
     import grpc
 
+    # A local subchannel pool per channel: each gets its own TCP connection (gRPC would otherwise share
+    # one between channels to the same address), so SO_REUSEPORT spreads them over the server workers.
+    options = [("grpc.max_send_message_length", 256 << 20), ("grpc.use_local_subchannel_pool", 1)]
+    credentials = None if tls_ca is None else grpc.ssl_channel_credentials(root_certificates=tls_ca)
     channels = [
-        # A local subchannel pool per channel: each gets its own TCP connection (gRPC would otherwise share
-        # one between channels to the same address), so SO_REUSEPORT spreads them over the server workers.
-        grpc.aio.insecure_channel(
-            address,
-            options=[("grpc.max_send_message_length", 256 << 20), ("grpc.use_local_subchannel_pool", 1)],
-        )
+        grpc.aio.insecure_channel(address, options=options)
+        if credentials is None
+        else grpc.aio.secure_channel(address, credentials, options=options)
         for _ in range(min(clients, 16))
     ]
+    metadata = None if token is None else (("authorization", f"Bearer {token}"),)
     calls = [c.unary_unary(method, request_serializer=None, response_deserializer=None) for c in channels]
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -172,7 +184,7 @@ async def _load(
         while not stop:
             start = time.perf_counter()
             try:
-                await call(payload, timeout=30)
+                await call(payload, timeout=30, metadata=metadata)
             except grpc.aio.AioRpcError as error:
                 if measuring:
                     errors[error.code().name] = errors.get(error.code().name, 0) + 1
@@ -202,9 +214,20 @@ def load_main(argv: list[str]) -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--method", default=CLASSIFY, help="the gRPC method the payload is a request of")
+    parser.add_argument("--tls-ca", type=Path)
+    parser.add_argument("--token-file", type=Path)
     args = parser.parse_args(argv)
     result = asyncio.run(
-        _load(args.address, args.payload.read_bytes(), args.clients, args.warmup, args.duration, args.method)
+        _load(
+            args.address,
+            args.payload.read_bytes(),
+            args.clients,
+            args.warmup,
+            args.duration,
+            args.method,
+            tls_ca=None if args.tls_ca is None else args.tls_ca.read_bytes(),
+            token=None if args.token_file is None else args.token_file.read_text().strip(),
+        )
     )
     json.dump(result, sys.stdout)
     return 0
@@ -223,9 +246,17 @@ class Row:
     note: str = ""
 
 
-def run_load(address: str, payload: Path, clients: int, images: int, duration: float, system: str) -> Row:
+def run_load(
+    address: str,
+    payload: Path,
+    clients: int,
+    images: int,
+    duration: float,
+    system: str,
+    client_flags: list[str] | None = None,
+) -> Row:
     command = [sys.executable, __file__, "_load", "--address", address, "--payload", str(payload)]
-    command += ["--clients", str(clients), "--duration", str(duration)]
+    command += ["--clients", str(clients), "--duration", str(duration), *(client_flags or [])]
     out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120, check=True)
     result = json.loads(out.stdout)
     latencies = sorted(result["latencies"])
@@ -251,7 +282,9 @@ class Server:
         tmp: Path,
         name: str,
         env: dict[str, str] | None = None,
+        client_flags: list[str] | None = None,
     ) -> None:
+        self.client_flags = client_flags or []  # what the load generator needs to call it (TLS CA, token)
         self.port_file = tmp / f"{name}.port"
         self.port_file.unlink(missing_ok=True)
         self.log = (tmp / f"{name}.log").open("w")
@@ -386,6 +419,16 @@ def main(argv: list[str] | None = None) -> int:
         "--keras-model", type=Path, help="a run's model.keras for the floor (default: the zoo)"
     )
     parser.add_argument("--no-floor", action="store_true", help="skip the Keras floor")
+    parser.add_argument(
+        "--security",
+        action="store_true",
+        help="also measure cnnserve and echo with TLS, and cnnserve with TLS and a bearer token",
+    )
+    parser.add_argument(
+        "--security-only",
+        action="store_true",
+        help="only the TLS comparison: plaintext, TLS, TLS + token at 64 x 1 and 8 x 64 (no ceiling)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
         "--observability",
@@ -413,11 +456,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.duration:.0f} s per point, {args.rounds} rounds"
     )
     extra = [] if args.max_queue_delay_us is None else ["--max-queue-delay-us", str(args.max_queue_delay_us)]
-    plans = [
+    plans: list[tuple[str, list[str], list[tuple[int, int]]]] = [
         ("echo", ["--echo"], [(64, 1), (8, 64)]),
         ("cnnserve", extra, [(1, 1), (8, 1), (64, 1), (8, 64)]),
         ("cnnserve, batching off", [*extra, "--no-batching"], [(64, 1), (8, 64)]),
     ]
+    if args.security_only:
+        plans = [
+            ("echo", ["--echo"], SECURITY_POINTS),
+            ("cnnserve", extra, SECURITY_POINTS),
+            (GRPC_LIMITS, [*extra, *GRPC_DEFAULT_LIMITS], SECURITY_POINTS),
+        ]
+    security = args.security or args.security_only
     # Shared machines drift by 2x within minutes: every round measures the ceiling and then every server
     # point, each point's ratios are taken against its own round, and the medians over rounds are kept.
     ceilings: list[dict[str, float]] = []
@@ -431,17 +481,41 @@ def main(argv: list[str] | None = None) -> int:
             )
             payloads[count] = tmp / f"payload-{count}.bin"
             payloads[count].write_bytes(request.SerializeToString())
+        client_flags: dict[str, list[str]] = {}
+        if security:
+            server_tls, tls_client, token_flags = security_material(tmp)
+            plans += [
+                ("echo, TLS", ["--echo", *server_tls], SECURITY_POINTS),
+                ("cnnserve, TLS", [*extra, *server_tls], SECURITY_POINTS),
+                ("cnnserve, TLS + token", [*extra, *server_tls, *token_flags[0]], SECURITY_POINTS),
+            ]
+            client_flags = {
+                "echo, TLS": tls_client,
+                "cnnserve, TLS": tls_client,
+                "cnnserve, TLS + token": [*tls_client, *token_flags[1]],
+            }
         servers = {}
         try:
             for system, flags, _ in plans:  # all started up front; an idle server costs no CPU
-                name = system.replace(" ", "").replace(",", "-")
-                servers[system] = Server(args.repo, args.workers, flags, tmp, name)
+                name = system.replace(" ", "").replace(",", "-").replace("+", "")
+                servers[system] = Server(
+                    args.repo, args.workers, flags, tmp, name, client_flags=client_flags.get(system, [])
+                )
             for round_index in range(args.rounds):
-                ceilings.append(ceiling_figures(*measure_ceiling(args, cores)))
+                if not args.security_only:
+                    ceilings.append(ceiling_figures(*measure_ceiling(args, cores)))
                 for system, _, points in plans:
                     server = servers[system]
                     for clients, count in points:
-                        row = run_load(server.address, payloads[count], clients, count, args.duration, system)
+                        row = run_load(
+                            server.address,
+                            payloads[count],
+                            clients,
+                            count,
+                            args.duration,
+                            system,
+                            server.client_flags,
+                        )
                         measured.setdefault((system, clients, count), []).append(row)
                         print(
                             f"  round {round_index + 1}: {system:24s} {clients:3d} x {count:<3d} "
@@ -450,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                             flush=True,
                         )
             # Profiles come from a pass of their own: py-spy's sampling would slow the measured rounds.
-            for clients, count in ((64, 1), (8, 64)):
+            for clients, count in () if args.security_only else ((64, 1), (8, 64)):
                 server = servers["cnnserve"]
                 spies = profile(server.pids, args.duration, tmp / f"profile-{clients}x{count}")
                 run_load(server.address, payloads[count], clients, count, args.duration, "cnnserve")
@@ -461,10 +535,86 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
         summary = summarise_profiles(sorted(tmp.glob("profile-*.txt")), args.duration)
         floor = None
+        if security:
+            security_report(measured)
+        if args.security_only:
+            return 0
         if not args.no_floor:
             floor = keras_floor(args.model, args.keras_model, images, args.repo, min(args.duration, 3.0))
     report(args, cores, ceilings, measured, floor, summary)
     return 0
+
+
+SECURITY_POINTS = [(64, 1), (8, 64)]
+GRPC_LIMITS = "cnnserve, gRPC's default limits"
+# gRPC's own values for what cnnserve limits by default: streams per connection, server keepalive pings,
+# how often clients may ping, metadata size (its hard limit).
+GRPC_DEFAULT_LIMITS = [
+    "--max-streams-per-connection",
+    str(2**31 - 1),
+    "--keepalive-time",
+    "7200",
+    "--min-ping-interval",
+    "300",
+    "--max-metadata-bytes",
+    "16384",
+]
+
+
+def security_material(tmp: Path) -> tuple[list[str], list[str], tuple[list[str], list[str]]]:
+    """Certificates from the README's recipe (scripts/make-tls-certs.sh) and a token from `token add`:
+    the server's TLS flags, the load generator's TLS flags, and (server, client) flags for the token."""
+    certs = tmp / "certs"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make-tls-certs.sh"
+    subprocess.run(["bash", str(script), str(certs)], check=True, capture_output=True)
+    from cnnserve.serving.security.tokens import add_token
+
+    token_file = tmp / "tokens"
+    (tmp / "bench.token").write_text(add_token(token_file, "bench", ["infer"]))
+    server = ["--tls-cert", str(certs / "server.crt"), "--tls-key", str(certs / "server.key")]
+    return (
+        server,
+        ["--tls-ca", str(certs / "ca.crt")],
+        (
+            ["--auth-tokens", str(token_file)],
+            ["--token-file", str(tmp / "bench.token")],
+        ),
+    )
+
+
+def security_report(measured: dict[tuple[str, int, int], list[Row]]) -> None:
+    """Each secured system against its plaintext twin, the ratio taken within each round (median, range)."""
+    print("\nTLS and tokens against plaintext (images/s, ratio within each round: median (min-max)):")
+    print("| system | clients x images/call | images/s | p50 ms | p99 ms | errors | vs plaintext |")
+    print("|---|---|---|---|---|---|---|")
+    twins = {
+        "echo, TLS": "echo",
+        GRPC_LIMITS: "cnnserve",
+        "cnnserve, TLS": "cnnserve",
+        "cnnserve, TLS + token": "cnnserve",
+    }
+    for clients, count in SECURITY_POINTS:
+        for system in (
+            "echo",
+            "echo, TLS",
+            "cnnserve",
+            GRPC_LIMITS,
+            "cnnserve, TLS",
+            "cnnserve, TLS + token",
+        ):
+            rows = measured.get((system, clients, count))
+            if not rows:
+                continue
+            ratio = "-"
+            base = measured.get((twins.get(system, ""), clients, count))
+            if base:
+                ratios = [r.images_per_s / b.images_per_s for r, b in zip(rows, base, strict=True)]
+                ratio = f"{_median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+            print(
+                f"| {system} | {clients} x {count} | {_median([r.images_per_s for r in rows]):,.0f} | "
+                f"{_median([r.p50_ms for r in rows]):.2f} | {_median([r.p99_ms for r in rows]):.2f} | "
+                f"{sum(r.errors for r in rows)} | {ratio} |"
+            )
 
 
 def ceiling_figures(decode: float, ort: tuple[int, float], ort_procs: tuple[int, float]) -> dict[str, float]:
