@@ -129,7 +129,11 @@ def summary(name: str, version: int, version_dir: Path, parity: dict) -> str:
     if e2e:
         lines.append(
             "  end to end from image files (serving preprocessing + ONNX vs training preprocessing + Keras): "
-            + ", ".join(f"{fmt} top-1 {v['top1_agreement']:.2%}" for fmt, v in e2e.items())
+            + ", ".join(
+                f"{check} top-1 {v['top1_agreement']:.2%} (input tensors differ by at most "
+                f"{v['max_abs_input_difference']:.2g}, bound {v['bound']['max_input_difference']:g})"
+                for check, v in e2e.items()
+            )
         )
     overhead = parity.get("activation_outputs", {})
     if overhead:

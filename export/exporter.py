@@ -32,9 +32,17 @@ from cnnserve.export.convert import (
     layer_outputs,
 )
 from cnnserve.export.errors import ExportError, ParityError, RunInputError, VariantRejectedError
-from cnnserve.export.parity import compare_throughput, make_session
+from cnnserve.export.parity import make_session
 from cnnserve.export.publish import choose_version, publish_version
-from cnnserve.export.verify import Thresholds, edge_cases, verify_end_to_end, verify_graphs, write_image_files
+from cnnserve.export.throughput import compare_throughput
+from cnnserve.export.verify import (
+    Thresholds,
+    edge_cases,
+    end_to_end_checks,
+    verify_end_to_end,
+    verify_graphs,
+    write_image_files,
+)
 from cnnserve.protos import model_config_pb2
 
 LOG = logging.getLogger(__name__)
@@ -238,21 +246,16 @@ def export_run(run_dir: Path, repo: Path, options: ExportOptions | None = None) 
         )
         image_paths = write_image_files(raw_images, work / "images", (pre_proto.height, pre_proto.width))
         predict = keras_forward(model, [OUTPUT_NAME])
-        end_to_end = verify_end_to_end(
-            image_paths,
+        end_to_end, end_to_end_failures = verify_end_to_end(
+            end_to_end_checks(image_paths),
             lambda data: preprocess_encoded(data, spec),
             lambda path: datasets.load_image_for_training(path, run),
             class_session,
             lambda batch: predict(batch)[OUTPUT_NAME],
             kind_enum,
+            thresholds,
         )
-        for fmt, figures in end_to_end.items():
-            if figures["top1_agreement"] < thresholds.min_top1_agreement:
-                failures.append(
-                    f"end to end ({fmt} files): top-1 agreement {figures['top1_agreement']:.4f} between "
-                    f"serving preprocessing + ONNX and training preprocessing + Keras "
-                    f"(files {figures['disagreeing'][:10]})"
-                )
+        failures.extend(end_to_end_failures)
 
         parity: dict[str, Any] = {
             "model": name,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +19,80 @@ KerasForward = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
+class EndToEndBound:
+    """How far one end-to-end check may find serving's path from training's, and what set the figures.
+
+    `max_input_difference` bounds the largest absolute difference between the input tensor serving's
+    preprocessing makes from an image file and the one training's preprocessing makes (after scale and
+    offset). It is 0 where both pipelines decode, resize and scale alike: any difference there is skew. A
+    check whose pipelines legitimately differ (a decoder that scales while decoding, say) states the bound
+    it measured and how, in `basis`. `max_probability_difference` bounds the class probabilities, ONNX
+    Runtime on serving's tensor against Keras on training's; None means the conversion's own bound
+    (`Thresholds.max_abs_error`), all that is left when the inputs are identical.
+    """
+
+    max_input_difference: float
+    basis: str
+    max_probability_difference: float | None = None
+
+    def to_dict(self, max_abs_error: float) -> dict[str, Any]:
+        return {
+            "max_input_difference": self.max_input_difference,
+            "max_probability_difference": self.probability_bound(max_abs_error),
+            "basis": self.basis,
+        }
+
+    def probability_bound(self, max_abs_error: float) -> float:
+        if self.max_probability_difference is None:
+            return max_abs_error
+        return self.max_probability_difference
+
+
+SAME_PIPELINE = EndToEndBound(
+    max_input_difference=0.0,
+    basis="serving and training decode with Pillow, resize with the same filter and scale in float32 alike",
+)
+
+
+def _default_end_to_end() -> dict[str, EndToEndBound]:
+    return {"png": SAME_PIPELINE, "jpeg": SAME_PIPELINE}
+
+
+@dataclass(frozen=True)
 class Thresholds:
-    """What export enforces; every figure is also recorded in parity.json."""
+    """What export enforces; every figure is also recorded in parity.json.
+
+    A failure is a measured figure strictly beyond its bound: a difference equal to its bound passes.
+    """
 
     max_abs_error: float = 1e-4  # on class probabilities
     activation_max_rel_error: float = 1e-4  # per activation layer, relative to the layer's largest value
     min_top1_agreement: float = 1.0
     max_accuracy_drop: float = 1.0  # percentage points, for the fp16 / int8 variants
     gradcam_max_abs_error: float = 1e-3  # on the normalised Grad-CAM map
+    # One bound per end-to-end check (by name: the image format, or a named set of files).
+    end_to_end: Mapping[str, EndToEndBound] = field(default_factory=_default_end_to_end)
 
-    def to_dict(self) -> dict[str, float]:
+    def end_to_end_bound(self, check: str) -> EndToEndBound:
+        """The bound of one end-to-end check; a check without a stated bound is a programming error."""
+        try:
+            return self.end_to_end[check]
+        except KeyError:
+            raise ValueError(
+                f"no end-to-end bound is stated for the check {check!r} "
+                f"(bounds exist for: {', '.join(sorted(self.end_to_end)) or 'none'})"
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
         return {
             "max_abs_error": self.max_abs_error,
             "activation_max_rel_error": self.activation_max_rel_error,
             "min_top1_agreement": self.min_top1_agreement,
             "max_accuracy_drop_points": self.max_accuracy_drop,
             "gradcam_max_abs_error": self.gradcam_max_abs_error,
+            "end_to_end": {
+                check: bound.to_dict(self.max_abs_error) for check, bound in self.end_to_end.items()
+            },
         }
 
 
@@ -175,18 +233,39 @@ def write_image_files(raw: np.ndarray, folder: Path, model_hw: tuple[int, int]) 
     return paths
 
 
+def end_to_end_checks(paths: Sequence[Path]) -> dict[str, list[Path]]:
+    """The image files of the end-to-end check grouped into one check per format ("png", "jpeg")."""
+    checks: dict[str, list[Path]] = {}
+    for path in paths:
+        check = _FORMAT_OF_SUFFIX.get(path.suffix.lower())
+        if check is None:
+            raise ValueError(f"{path}: no end-to-end check takes {path.suffix!r} files")
+        checks.setdefault(check, []).append(path)
+    return checks
+
+
+_FORMAT_OF_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
+
+
 def verify_end_to_end(
-    paths: Sequence[Path],
+    checks: Mapping[str, Sequence[Path]],
     serving_preprocess: Callable[[bytes], np.ndarray],
     training_preprocess: Callable[[Path], np.ndarray],
     class_session,
     keras_predict: Callable[[np.ndarray], np.ndarray],
     output_kind: int,
-) -> dict[str, Any]:
-    """Image files → serving preprocessing → ONNX Runtime versus → training preprocessing → Keras."""
-    result: dict[str, Any] = {}
-    for fmt, suffix in (("png", ".png"), ("jpeg", ".jpg")):
-        chosen = [path for path in paths if path.suffix == suffix]
+    thresholds: Thresholds,
+) -> tuple[dict[str, Any], list[str]]:
+    """Image files → serving preprocessing → ONNX Runtime versus → training preprocessing → Keras.
+
+    Each check compares the two input tensors and the two sets of class probabilities against its stated
+    bound, and top-1 against `min_top1_agreement`; returns the report (one entry per check, recording the
+    measured differences beside their bounds) and the failures.
+    """
+    report: dict[str, Any] = {}
+    failures: list[str] = []
+    for check, chosen in checks.items():
+        bound = thresholds.end_to_end_bound(check)
         if not chosen:
             continue
         served = np.stack([serving_preprocess(path.read_bytes()) for path in chosen]).astype(np.float32)
@@ -200,11 +279,52 @@ def verify_end_to_end(
         top1.update(keras_probs, onnx_probs)
         prob_stats = TensorStats()
         prob_stats.update(keras_probs, onnx_probs)
-        result[fmt] = {
+        input_stats = TensorStats()
+        input_stats.update(trained, served)
+        input_difference = np.abs(served.astype(np.float64) - trained.astype(np.float64))
+        entry = {
             "images": len(chosen),
             "top1_agreement": top1.agreement,
             "disagreeing": [chosen[i].name for i in top1.disagreeing],
             "max_abs_probability_difference": prob_stats.max_abs,
-            "max_abs_input_difference": float(np.abs(served - trained).max()) if served.size else 0.0,
+            "max_abs_input_difference": input_stats.max_abs,
+            "mean_abs_input_difference": float(input_difference.mean()),
+            "worst_input_file": chosen[input_stats.worst_sample].name if input_stats.max_abs > 0 else None,
+            "bound": bound.to_dict(thresholds.max_abs_error),
         }
-    return result
+        problems = _end_to_end_failures(check, entry, chosen, prob_stats, bound, thresholds)
+        entry["passed"] = not problems
+        failures.extend(problems)
+        report[check] = entry
+    return report, failures
+
+
+def _end_to_end_failures(
+    check: str,
+    entry: Mapping[str, Any],
+    chosen: Sequence[Path],
+    prob_stats: TensorStats,
+    bound: EndToEndBound,
+    thresholds: Thresholds,
+) -> list[str]:
+    where = f"end to end ({check} files)"
+    failures = []
+    if entry["max_abs_input_difference"] > bound.max_input_difference:
+        difference = entry["max_abs_input_difference"]
+        failures.append(
+            f"{where}: serving's input tensor differs from training's by {difference:.3g} > "
+            f"{bound.max_input_difference:g} (file {entry['worst_input_file']}; bound: {bound.basis})"
+        )
+    probability_bound = bound.probability_bound(thresholds.max_abs_error)
+    if prob_stats.max_abs > probability_bound:
+        failures.append(
+            f"{where}: class probabilities differ by {prob_stats.max_abs:.3g} > {probability_bound:g} "
+            f"(file {chosen[prob_stats.worst_sample].name})"
+        )
+    if entry["top1_agreement"] < thresholds.min_top1_agreement:
+        failures.append(
+            f"{where}: top-1 agreement {entry['top1_agreement']:.4f} < {thresholds.min_top1_agreement:g} "
+            f"between serving preprocessing + ONNX and training preprocessing + Keras "
+            f"(files {entry['disagreeing'][:10]})"
+        )
+    return failures

@@ -11,9 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 TRAIN_EPOCHS = 2
@@ -107,6 +109,17 @@ def perf_analyzer_command(request: pytest.FixtureRequest) -> list[str]:
     if result.returncode != 0:
         pytest.fail(f"cannot set up perf_analyzer: {result.stderr.strip()}")
     return result.stdout.split()
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    """A seeded generator for a test's random choices; a failing test's report shows its seed.
+
+    The seed is fixed per test (from its id), so runs repeat; CNNSERVE_TEST_SEED=<n> replays or varies it.
+    """
+    seed = int(os.environ.get("CNNSERVE_TEST_SEED") or zlib.crc32(request.node.nodeid.encode()))
+    request.node.add_report_section("setup", "seed", f"CNNSERVE_TEST_SEED={seed}")
+    return np.random.default_rng(seed)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

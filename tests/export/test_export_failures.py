@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import shutil
@@ -24,6 +25,7 @@ from cnnserve.export.errors import (
 from cnnserve.export.exporter import export_run
 from cnnserve.export.verify import Thresholds
 from cnnserve.protos import model_config_pb2
+from cnnserve.serving import preprocessing
 
 # mnist_dense30 is the zoo's smallest model: these tests are about the failure paths, not the model.
 SMALL = "mnist_dense30"
@@ -118,6 +120,31 @@ def test_a_parity_failure_keeps_its_report_and_leaves_the_repository_untouched(
     assert any("output max abs error" in failure and "sample" in failure for failure in report["failures"])
     assert any("layer 'dense1'" in failure for failure in report["failures"])
     assert report["cases"]["held_out"]["output"]["worst_sample"] >= 0
+
+
+def test_serving_preprocessing_scaled_by_1_over_256_fails_the_export(
+    small_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A skew of 1/255 vs 1/256 moves no label yet; the end-to-end check gates on the tensors and sees it."""
+    run_dir = _fresh_copy(small_run, tmp_path / "run")
+    real = preprocessing.preprocess_image
+
+    def skewed(image, spec):
+        return real(image, dataclasses.replace(spec, scale=1 / 256))
+
+    monkeypatch.setattr(preprocessing, "preprocess_image", skewed)
+    with pytest.raises(
+        ParityError, match=r"end to end \(png files\): serving's input tensor differs"
+    ) as raised:
+        export_run(run_dir, tmp_path / "repo", fast_options(gradcam=False))
+    assert not (tmp_path / "repo").exists()
+    report = json.loads(Path(raised.value.report_path).read_text())
+    for check in ("png", "jpeg"):
+        entry = report["end_to_end"][check]
+        # The brightest pixel of the files decides: at most 255 * (1/255 - 1/256) = 1/256.
+        assert 0.0 < entry["max_abs_input_difference"] <= 1 / 256 + 1e-7
+        assert entry["passed"] is False and entry["bound"]["max_input_difference"] == 0.0
+    assert report["held_out"]["samples"] == 24 and report["output"]["max_abs_error"] <= 1e-4
 
 
 def test_versions_are_never_overwritten_without_force(small_run: Path, tmp_path: Path) -> None:

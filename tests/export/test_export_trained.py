@@ -60,8 +60,16 @@ def test_repository_holds_a_verified_version(model_repository: Path) -> None:
     assert parity["passed"] is True
     assert parity["held_out"]["samples"] == 256
     assert parity["output"]["max_abs_error"] <= 1e-4 and parity["output"]["top1_agreement"] == 1.0
-    for fmt in ("png", "jpeg"):
-        assert parity["end_to_end"][fmt]["top1_agreement"] == 1.0
+    # Serving and training preprocess alike: the tensors are identical, not merely close.
+    for check in ("png", "jpeg"):
+        end_to_end = parity["end_to_end"][check]
+        assert end_to_end["images"] == 8 and end_to_end["passed"] is True
+        assert end_to_end["top1_agreement"] == 1.0 and end_to_end["disagreeing"] == []
+        assert end_to_end["max_abs_input_difference"] == 0.0 and end_to_end["worst_input_file"] is None
+        assert end_to_end["max_abs_probability_difference"] <= 1e-4
+        assert end_to_end["bound"] == parity["thresholds"]["end_to_end"][check]
+        assert end_to_end["bound"]["max_input_difference"] == 0.0
+    assert parity["end_to_end"]["image_size"] == [43, 43]
     overhead = parity["activation_outputs"]
     assert overhead["separate_activations_graph"] == (overhead["overhead_pct"] > overhead["limit_pct"])
     assert bool(config.activations_filename) == overhead["separate_activations_graph"]
