@@ -32,8 +32,8 @@ from cnnserve.export.convert import (
     layer_outputs,
 )
 from cnnserve.export.errors import ExportError, ParityError, RunInputError, VariantRejectedError
-from cnnserve.export.parity import make_session
 from cnnserve.export.publish import choose_version, publish_version
+from cnnserve.export.sessions import make_session
 from cnnserve.export.throughput import compare_throughput
 from cnnserve.export.verify import (
     Thresholds,

@@ -22,7 +22,7 @@ import numpy as np
 
 from cnnserve.export.convert import INPUT_NAME, functional, input_dims, quiet_tf2onnx
 from cnnserve.export.errors import ConversionError
-from cnnserve.export.parity import make_session
+from cnnserve.export.sessions import make_session
 from cnnserve.protos import model_config_pb2
 
 LOG = logging.getLogger(__name__)

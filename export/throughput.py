@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnserve.export.parity import make_session
+from cnnserve.export.sessions import make_session
 
 
 def compare_throughput(

@@ -16,7 +16,8 @@ import onnx
 
 from cnnserve.export.convert import INPUT_NAME, OUTPUT_NAME
 from cnnserve.export.errors import ExportError
-from cnnserve.export.parity import TensorStats, Top1Stats, make_session, probabilities
+from cnnserve.export.parity import TensorStats, Top1Stats, probabilities
+from cnnserve.export.sessions import make_session
 from cnnserve.export.throughput import compare_throughput
 
 LOG = logging.getLogger(__name__)

@@ -99,11 +99,13 @@ class Thresholds:
 def edge_cases(
     held_out: np.ndarray, dims: Sequence[int], scale: float, offset: float, max_batch: int
 ) -> dict[str, np.ndarray]:
-    """All-black and all-white images (through the preprocessing's scale/offset), batches of 1 and of max."""
-    black = np.full((2, *dims), 0.0 * scale + offset, dtype=np.float32)
+    """All-black and all-white images (through the preprocessing's scale/offset), batches of 1 and of max.
+
+    `held_out` is not empty; the batch of max repeats its samples in order until it has `max_batch`.
+    """
+    black = np.full((2, *dims), offset, dtype=np.float32)  # pixel value 0: 0 * scale + offset
     white = np.full((2, *dims), 255.0 * scale + offset, dtype=np.float32)
-    repeats = -(-max_batch // max(len(held_out), 1))
-    full = np.concatenate([held_out] * repeats)[:max_batch] if len(held_out) else black[:0]
+    full = held_out[np.arange(max_batch) % len(held_out)]
     return {
         "all_black": black,
         "all_white": white,
@@ -160,7 +162,7 @@ def verify_graphs(
                 raw = acts[OUTPUT_NAME]
             ref_probs = probabilities(reference[OUTPUT_NAME], output_kind)
             onnx_probs = probabilities(raw, output_kind)
-            stats.raw_output.update(reference[OUTPUT_NAME], raw, start)
+            stats.raw_output.update(reference[OUTPUT_NAME], raw)  # only its largest difference is kept
             stats.output.update(ref_probs, onnx_probs, start)
             stats.top1.update(ref_probs, onnx_probs, start)
             for name in layer_names:
@@ -206,12 +208,10 @@ def verify_graphs(
 def _to_pil(image: np.ndarray):
     from PIL import Image
 
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        array = np.clip(array, 0, 255).astype(np.uint8)
+    array = np.asarray(image)  # uint8, as datasets load raw images
     if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    return Image.fromarray(array, "L" if array.ndim == 2 else "RGB")
+        array = array[..., 0]  # Pillow reads (H, W) as greyscale, (H, W, 3) as RGB
+    return Image.fromarray(array)
 
 
 def write_image_files(raw: np.ndarray, folder: Path, model_hw: tuple[int, int]) -> list[Path]:

@@ -194,6 +194,106 @@ def test_a_separate_activations_graph_is_checked_against_the_reference_too(
     assert len(graph_failures(float(np.nextafter(graph_output["max_rel_error"], 0.0)))) == 1
 
 
+def test_a_logits_head_is_compared_as_probabilities(tmp_path: Path, held_out: np.ndarray) -> None:
+    """The threshold is on probabilities (softmax of the logits); the raw difference is recorded beside it."""
+    logits = session(classifier(tmp_path / "logits.onnx", head="logits"))
+    reference = Reference(logits)
+    reference.shift(
+        held_out[5], OUTPUT_NAME, 0, 1.0
+    )  # every logit of sample 5 up by one would change nothing
+    report, _ = verify_graphs(
+        reference,
+        logits,
+        logits,
+        [DENSE],
+        model_config_pb2.LOGITS,
+        {"held_out": held_out},
+        MAX_BATCH,
+        Thresholds(),
+    )
+    raw = _onnx(logits, held_out)
+    shifted = raw.copy()
+    shifted[5, 0] += np.float32(1.0)
+
+    def softmax(x: np.ndarray) -> np.ndarray:
+        e = np.exp(x.astype(np.float64) - x.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    output = report["held_out"]["output"]
+    assert output["raw_max_abs_error"] == _max_abs(shifted, raw)
+    assert output["max_abs_error"] == pytest.approx(_max_abs(softmax(shifted), softmax(raw)), rel=1e-12)
+    assert output["max_abs_error"] < output["raw_max_abs_error"]
+    assert output["worst_sample"] == 5
+
+
+@pytest.mark.parametrize(("max_batch", "sizes"), [(4, [4, 4, 2]), (10, [10]), (0, [1] * 10)])
+def test_samples_reach_both_runtimes_in_batches_of_at_most_max_batch(
+    graph, held_out: np.ndarray, max_batch: int, sizes: list[int]
+) -> None:
+    seen: list[tuple[int, np.dtype]] = []
+    reference = Reference(graph)
+
+    def recording(batch: np.ndarray) -> dict[str, np.ndarray]:
+        seen.append((len(batch), batch.dtype))
+        return reference(batch)
+
+    # float64 samples are compared as the float32 the graph takes
+    cases = {"held_out": held_out.astype(np.float64)}
+    _, failures = verify_graphs(recording, graph, graph, [DENSE], SOFTMAX, cases, max_batch, Thresholds())
+    assert failures == []
+    assert seen == [(size, np.dtype(np.float32)) for size in sizes]
+
+
+def test_at_most_ten_disagreeing_samples_are_named(graph, rng: np.random.Generator) -> None:
+    held = (rng.integers(0, 256, (12, SIDE, SIDE, 1)) / 255.0).astype(np.float32)
+    probs = _onnx(graph, held)
+    reference = Reference(graph)
+    for index, image in enumerate(held):
+        reference.shift(image, OUTPUT_NAME, (int(probs[index].argmax()) + 1) % probs.shape[1], 2.0)
+    report, failures = _verify(graph, reference, {"held_out": held}, Thresholds(max_abs_error=math.inf))
+    assert report["held_out"]["output"]["top1_disagreeing_samples"] == list(range(12))
+    assert failures == ["held_out: top-1 agreement 0.0000 < 1 (samples [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])"]
+
+
+def test_thresholds_are_recorded_whole() -> None:
+    measured = EndToEndBound(
+        max_input_difference=0.002, basis="measured: bench/x.py", max_probability_difference=0.01
+    )
+    thresholds = Thresholds(
+        max_abs_error=1e-3,
+        activation_max_rel_error=2e-3,
+        min_top1_agreement=0.99,
+        max_accuracy_drop=0.5,
+        gradcam_max_abs_error=4e-3,
+        end_to_end={"png": SAME_PIPELINE, "large_jpeg": measured},
+    )
+    assert thresholds.to_dict() == {
+        "max_abs_error": 1e-3,
+        "activation_max_rel_error": 2e-3,
+        "min_top1_agreement": 0.99,
+        "max_accuracy_drop_points": 0.5,
+        "gradcam_max_abs_error": 4e-3,
+        "end_to_end": {
+            "png": {
+                "max_input_difference": 0.0,
+                "max_probability_difference": 1e-3,
+                "basis": SAME_PIPELINE.basis,
+            },
+            "large_jpeg": {
+                "max_input_difference": 0.002,
+                "max_probability_difference": 0.01,
+                "basis": "measured: bench/x.py",
+            },
+        },
+    }
+    assert thresholds.end_to_end_bound("large_jpeg") is measured
+    with pytest.raises(ValueError, match=r"check 'gif' \(bounds exist for: large_jpeg, png\)$"):
+        thresholds.end_to_end_bound("gif")
+    with pytest.raises(ValueError, match=r"check 'png' \(bounds exist for: none\)$"):
+        Thresholds(end_to_end={}).end_to_end_bound("png")
+    assert Thresholds().end_to_end == {"png": SAME_PIPELINE, "jpeg": SAME_PIPELINE}
+
+
 # --- the statistics ----------------------------------------------------------------------------------
 
 
@@ -218,9 +318,28 @@ def test_tensor_stats_of_all_zero_references_report_the_absolute_error() -> None
     stats = TensorStats()
     stats.update(np.zeros((2, 3)), np.full((2, 3), 0.125))
     assert stats.max_rel == stats.max_abs == 0.125
-    empty = TensorStats()
-    empty.update(np.zeros((0, 3)), np.zeros((0, 3)))
-    assert (empty.max_abs, empty.worst_sample, empty.count, empty.max_rel) == (0.0, -1, 0, 0.0)
+    stats.update(np.zeros((0, 3)), np.zeros((0, 3)))  # an empty batch changes nothing
+    assert (stats.max_abs, stats.worst_sample, stats.count) == (0.125, 0, 2)
+
+
+def test_tensor_stats_measure_float32_differences_exactly() -> None:
+    """1 - 1e-8 is not a float32: a difference taken in float32 would round it to 1."""
+    stats = TensorStats()
+    stats.update(np.array([[1.0]], dtype=np.float32), np.array([[1e-8]], dtype=np.float32))
+    assert stats.max_abs == 1.0 - float(np.float32(1e-8)) != 1.0
+
+
+def test_tensor_stats_reduce_every_axis_but_the_batch() -> None:
+    stats = TensorStats()
+    images = np.zeros((3, 2, 2, 1))
+    shifted = images.copy()
+    shifted[2, 1, 0, 0] = 0.5
+    shifted[0, 0, 1, 0] = 0.25
+    stats.update(images, shifted)
+    assert (stats.max_abs, stats.worst_sample, stats.count) == (0.5, 2, 3)
+    flat = TensorStats()
+    flat.update(np.array([0.0, 1.0, 2.0]), np.array([0.0, 1.0, 2.5]), first_index=7)
+    assert (flat.max_abs, flat.worst_sample) == (0.5, 9)
 
 
 def test_tensor_stats_refuse_different_shapes() -> None:
@@ -258,13 +377,14 @@ def test_edge_cases_are_black_white_one_and_a_full_batch() -> None:
     held = np.arange(3 * 2 * 2, dtype=np.float32).reshape(3, 2, 2, 1)
     cases = edge_cases(held, (2, 2, 1), scale=0.5, offset=-1.0, max_batch=7)
     assert list(cases) == ["all_black", "all_white", "batch_of_1", "batch_of_max"]
-    assert cases["all_black"].shape == (2, 2, 2, 1) and np.all(cases["all_black"] == -1.0)
-    assert np.all(cases["all_white"] == 126.5)  # 255 * 0.5 - 1
-    assert cases["all_white"].dtype == np.float32
+    for name, value in (("all_black", -1.0), ("all_white", 126.5)):  # 0 and 255, times 0.5, minus 1
+        assert cases[name].shape == (2, 2, 2, 1) and cases[name].dtype == np.float32
+        assert np.all(cases[name] == value)
     np.testing.assert_array_equal(cases["batch_of_1"], held[:1])
     np.testing.assert_array_equal(cases["batch_of_max"], held[[0, 1, 2, 0, 1, 2, 0]])
     assert cases["batch_of_max"].flags.c_contiguous
-    assert len(edge_cases(held[:0], (2, 2, 1), 1.0, 0.0, 4)["batch_of_max"]) == 0
+    one = edge_cases(held[:1], (2, 2, 1), 1.0, 0.0, max_batch=3)["batch_of_max"]
+    np.testing.assert_array_equal(one, held[[0, 0, 0]])
 
 
 # --- end to end from image files ---------------------------------------------------------------------
@@ -309,6 +429,25 @@ def _end_to_end(graph, paths, serving_scale=1 / 255, thresholds=None, predict=No
         SOFTMAX,
         thresholds or Thresholds(),
     )
+
+
+@pytest.mark.parametrize(("shape", "mode"), [((2, 4, 4), "L"), ((2, 4, 4, 1), "L"), ((2, 4, 4, 3), "RGB")])
+def test_image_files_are_the_raw_images_resized(
+    tmp_path: Path, rng: np.random.Generator, shape: tuple[int, ...], mode: str
+) -> None:
+    import io
+
+    raw = rng.integers(0, 256, shape, dtype=np.uint8)
+    paths = write_image_files(raw, tmp_path, (4, 4))
+    for index in range(2):
+        pixels = raw[index][..., 0] if shape[-1] == 1 else raw[index]
+        expected = Image.fromarray(pixels).resize((7, 7), Image.Resampling.BICUBIC)  # 4 * 3 // 2 + 1
+        with Image.open(paths[2 * index]) as png:
+            assert png.mode == mode
+            np.testing.assert_array_equal(np.asarray(png), np.asarray(expected))
+        jpeg = io.BytesIO()
+        expected.save(jpeg, format="JPEG", quality=92)
+        assert paths[2 * index + 1].read_bytes() == jpeg.getvalue()
 
 
 def test_image_files_come_as_png_and_jpeg_at_another_size(tmp_path: Path) -> None:
@@ -455,6 +594,44 @@ def test_end_to_end_top1_agreement_equal_to_its_minimum_passes(graph, image_file
     _, failures = _end_to_end(graph, image_files, thresholds=beyond, predict=disagree_on_first)
     assert failures[0].startswith("end to end (png files): top-1 agreement 0.6667 < 0.666667")
     assert "['sample-0000.png']" in failures[0] and len(failures) == 2
+
+
+def test_training_tensors_are_compared_as_the_float32_keras_receives(graph, image_files) -> None:
+    """A training pipeline that scales in float64 is compared after the cast Keras applies, not before."""
+
+    def training_float64(path: Path) -> np.ndarray:
+        return _pixels(path).astype(np.float64) / 255.0  # (H, W): no channel axis either
+
+    spec = _spec(1 / 255)
+    report, _ = verify_end_to_end(
+        end_to_end_checks(image_files),
+        lambda data: preprocess_encoded(data, spec),
+        training_float64,
+        graph,
+        lambda batch: _onnx(graph, batch),
+        SOFTMAX,
+        Thresholds(),
+    )
+    pngs = [p for p in image_files if p.suffix == ".png"]
+    expected = max(
+        _max_abs((_pixels(p).astype(np.float64) / 255.0).astype(np.float32), _training(p)[..., 0])
+        for p in pngs
+    )
+    assert report["png"]["max_abs_input_difference"] == expected
+
+
+def test_at_most_ten_disagreeing_files_are_named(graph, tmp_path: Path, rng: np.random.Generator) -> None:
+    paths = write_image_files(rng.integers(0, 256, (11, SIDE, SIDE), dtype=np.uint8), tmp_path, (SIDE, SIDE))
+
+    def disagree_on_all(batch: np.ndarray) -> np.ndarray:
+        return np.roll(_onnx(graph, batch), 1, axis=1)
+
+    loose = EndToEndBound(max_input_difference=0.0, basis="same", max_probability_difference=1.0)
+    thresholds = Thresholds(end_to_end={"png": loose, "jpeg": loose})
+    report, failures = _end_to_end(graph, paths, thresholds=thresholds, predict=disagree_on_all)
+    names = [f"sample-{i:04d}.png" for i in range(11)]
+    assert report["png"]["disagreeing"] == names
+    assert failures[0].endswith(f"(files {names[:10]})")
 
 
 def test_a_check_without_a_stated_bound_is_refused(graph, image_files) -> None:

@@ -15,15 +15,16 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from cnnserve.export.convert import OUTPUT_NAME, LayerOutput
-from cnnserve.export.parity import make_session, run_onnx
+from cnnserve.export.parity import run_onnx
+from cnnserve.export.sessions import make_session
 
 SIDE = 6
 CLASSES = 3
 DENSE = LayerOutput(name="dense", kind="dense", dims=(CLASSES,))
 
 
-def classifier(path: Path, seed: int = 0, bias_shift: float = 0.0) -> Path:
-    """input (N, 6, 6, 1) → flatten → dense (logits, an activation output) → softmax → output."""
+def classifier(path: Path, seed: int = 0, bias_shift: float = 0.0, head: str = "softmax") -> Path:
+    """input (N, 6, 6, 1) → flatten → dense (logits, an activation output) → softmax (or none) → output."""
     rng = np.random.default_rng(seed)
     weights = rng.normal(0.0, 1.0, (SIDE * SIDE, CLASSES)).astype(np.float32)
     bias = rng.normal(0.0, 0.1, CLASSES).astype(np.float32)
@@ -33,7 +34,9 @@ def classifier(path: Path, seed: int = 0, bias_shift: float = 0.0) -> Path:
             helper.make_node("Reshape", ["input", "flat_shape"], ["flat"]),
             helper.make_node("MatMul", ["flat", "weights"], ["matmul"]),
             helper.make_node("Add", ["matmul", "bias"], [DENSE.output_name]),
-            helper.make_node("Softmax", [DENSE.output_name], [OUTPUT_NAME], axis=1),
+            helper.make_node("Softmax", [DENSE.output_name], [OUTPUT_NAME], axis=1)
+            if head == "softmax"
+            else helper.make_node("Identity", [DENSE.output_name], [OUTPUT_NAME]),
         ],
         "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", SIDE, SIDE, 1])],
