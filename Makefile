@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= cpu,test,ray
 
-.PHONY: install demo test lint typecheck protos bench clean
+.PHONY: install demo test lint typecheck protos bench clean mutation
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ demo: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+# Mutation testing of the core modules: kill rate per module, surviving mutants listed (docs/mutation.md).
+# Not part of `make test`: it runs the guarding tests once per mutant. MUTATION_ARGS picks modules.
+mutation:
+	$(MAKE) install EXTRAS=$(EXTRAS),mutation
+	$(BIN)/python scripts/mutation.py $(MUTATION_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

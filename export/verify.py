@@ -281,7 +281,7 @@ def verify_end_to_end(
         prob_stats.update(keras_probs, onnx_probs)
         input_stats = TensorStats()
         input_stats.update(trained, served)
-        input_difference = np.abs(served.astype(np.float64) - trained.astype(np.float64))
+        input_difference = np.abs(np.subtract(served, trained, dtype=np.float64))
         entry = {
             "images": len(chosen),
             "top1_agreement": top1.agreement,

@@ -53,6 +53,11 @@ def _max_abs(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.max(np.abs(reference.astype(np.float64) - candidate.astype(np.float64))))
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
 def _verify(graph, reference, cases, thresholds=None, activation_graph=None):
     return verify_graphs(
         reference,
@@ -120,6 +125,7 @@ def test_every_case_and_the_overall_layer_figures_are_kept_apart(graph, held_out
     assert second["worst_sample"] == 4  # the case's own index: held_out[9] is the second case's fifth
     overall = report["layers"]["dense"]
     assert overall["max_abs_error"] == second["max_abs_error"] and overall["samples"] == 10
+    assert overall["worst_sample"] == 4  # an index within its case, as in the case's own figures
     assert len(failures) == 1 and failures[0].startswith("second: layer 'dense' max rel error")
     assert "sample 4" in failures[0]
 
@@ -182,6 +188,8 @@ def test_a_separate_activations_graph_is_checked_against_the_reference_too(
     graph_output = report["held_out"]["activations_graph_output"]
     expected = _max_abs(_onnx(graph, held_out), _onnx(other, held_out))
     assert graph_output["max_abs_error"] == expected > 0.0
+    per_sample = np.abs(_onnx(graph, held_out).astype(np.float64) - _onnx(other, held_out)).max(axis=1)
+    assert graph_output["worst_sample"] == int(per_sample.argmax())
     assert report["held_out"]["output"]["max_abs_error"] == 0.0  # classification used the class graph
     assert any(f"the activations graph's output differs by {expected:.3g}" in f for f in failures)
 
@@ -215,13 +223,9 @@ def test_a_logits_head_is_compared_as_probabilities(tmp_path: Path, held_out: np
     shifted = raw.copy()
     shifted[5, 0] += np.float32(1.0)
 
-    def softmax(x: np.ndarray) -> np.ndarray:
-        e = np.exp(x.astype(np.float64) - x.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-
     output = report["held_out"]["output"]
     assert output["raw_max_abs_error"] == _max_abs(shifted, raw)
-    assert output["max_abs_error"] == pytest.approx(_max_abs(softmax(shifted), softmax(raw)), rel=1e-12)
+    assert output["max_abs_error"] == pytest.approx(_max_abs(_softmax(shifted), _softmax(raw)), rel=1e-12)
     assert output["max_abs_error"] < output["raw_max_abs_error"]
     assert output["worst_sample"] == 5
 
@@ -438,7 +442,7 @@ def test_image_files_are_the_raw_images_resized(
     import io
 
     raw = rng.integers(0, 256, shape, dtype=np.uint8)
-    paths = write_image_files(raw, tmp_path, (4, 4))
+    paths = write_image_files(raw, tmp_path / "new" / "images", (4, 4))  # folders made as needed
     for index in range(2):
         pixels = raw[index][..., 0] if shape[-1] == 1 else raw[index]
         expected = Image.fromarray(pixels).resize((7, 7), Image.Resampling.BICUBIC)  # 4 * 3 // 2 + 1
@@ -632,6 +636,36 @@ def test_at_most_ten_disagreeing_files_are_named(graph, tmp_path: Path, rng: np.
     names = [f"sample-{i:04d}.png" for i in range(11)]
     assert report["png"]["disagreeing"] == names
     assert failures[0].endswith(f"(files {names[:10]})")
+
+
+def test_end_to_end_probabilities_of_a_logits_head(tmp_path: Path, image_files: list[Path]) -> None:
+    logits = session(classifier(tmp_path / "logits.onnx", head="logits"))
+
+    def shifted(batch: np.ndarray) -> np.ndarray:
+        raw = _onnx(logits, batch).copy()
+        raw[0, 0] += np.float32(1.0)
+        return raw
+
+    spec = _spec(1 / 255)
+    report, failures = verify_end_to_end(
+        end_to_end_checks(image_files),
+        lambda data: preprocess_encoded(data, spec),
+        _training,
+        logits,
+        shifted,
+        model_config_pb2.LOGITS,
+        Thresholds(),
+    )
+    pngs = np.stack([_training(p) for p in image_files if p.suffix == ".png"])
+    raw = _onnx(logits, pngs)
+    moved = raw.copy()
+    moved[0, 0] += np.float32(1.0)
+    expected = _max_abs(
+        probabilities(moved, model_config_pb2.LOGITS), probabilities(raw, model_config_pb2.LOGITS)
+    )
+    assert report["png"]["max_abs_probability_difference"] == pytest.approx(expected, rel=1e-12)
+    assert 0.0 < expected < 1.0
+    assert any(f.startswith("end to end (png files): class probabilities differ by") for f in failures)
 
 
 def test_a_check_without_a_stated_bound_is_refused(graph, image_files) -> None:
