@@ -4,7 +4,6 @@ activation layer, and end to end from real image files through both stages' prep
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,11 +223,9 @@ def write_image_files(raw: np.ndarray, folder: Path, model_hw: tuple[int, int]) 
     paths = []
     for index, image in enumerate(raw):
         pil = _to_pil(image).resize(size, Image.Resampling.BICUBIC)
-        for suffix, fmt, extra in ((".png", "PNG", {}), (".jpg", "JPEG", {"quality": 92})):
+        for suffix, options in ((".png", {}), (".jpg", {"quality": 92})):
             path = folder / f"sample-{index:04d}{suffix}"
-            buffer = io.BytesIO()
-            pil.save(buffer, format=fmt, **extra)
-            path.write_bytes(buffer.getvalue())
+            pil.save(path, **options)  # the format follows the suffix
             paths.append(path)
     return paths
 
