@@ -50,9 +50,11 @@ MODULES = (
 )
 
 # mutmut's exit codes of a mutant's test run, as in mutmut.stats.status_by_exit_code.
-_STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout"}
-_STATUS.update({code: "timeout" for code in (-24, 24, 152, 255)})
-_STATUS.update({code: "segfault" for code in (-11, -9)})
+_STATUS = {
+    **{1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"},
+    **{code: "timeout" for code in (36, -24, 24, 152, 255)},
+    **{code: "segfault" for code in (-11, -9)},
+}
 
 
 def stage(modules: list[Module]) -> None:
@@ -73,9 +75,9 @@ def stage(modules: list[Module]) -> None:
         "pytest_add_cli_args_test_selection": tests,
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-x"],
     }
-    config = "\n[tool.mutmut]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+    config = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    (STAGE / "pyproject.toml").write_text(text + config, encoding="utf-8")
+    (STAGE / "pyproject.toml").write_text(f"{text}\n[tool.mutmut]\n{config}", encoding="utf-8")
 
 
 def statuses(file: str) -> dict[str, str]:

@@ -25,7 +25,7 @@ from cnnserve.export.errors import (
 from cnnserve.export.exporter import export_run
 from cnnserve.export.verify import Thresholds
 from cnnserve.protos import model_config_pb2
-from cnnserve.serving import preprocessing
+from cnnserve.serving.model import preprocessing
 
 # mnist_dense30 is the zoo's smallest model: these tests are about the failure paths, not the model.
 SMALL = "mnist_dense30"

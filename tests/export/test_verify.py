@@ -28,7 +28,7 @@ from cnnserve.export.verify import (
     write_image_files,
 )
 from cnnserve.protos import model_config_pb2
-from cnnserve.serving.preprocessing import PreprocessSpec, preprocess_encoded
+from cnnserve.serving.model.preprocessing import PreprocessSpec, preprocess_encoded
 
 SOFTMAX = model_config_pb2.SOFTMAX
 MAX_BATCH = 4  # ten samples make batches of 4, 4 and 2: shifts in later batches test the sample offsets
