@@ -392,7 +392,8 @@ class DynamicBatcher:
         """`run(batch)`: on the event loop when it is expected to be quick enough (`inline_compute_s`),
         else in the executor; either way the CPU time it took feeds the next decision."""
         per_image = self._seconds_per_image
-        if per_image is not None and per_image * len(batch) <= self.settings.inline_compute_s:
+        inline_s = self.settings.inline_compute_s
+        if inline_s > 0 and per_image is not None and per_image * len(batch) <= inline_s:
             # Let callbacks already due run first: requests that arrived meanwhile are parsed and queued
             # for the next batch instead of waiting behind this one's compute.
             await asyncio.sleep(0)

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from cnnserve.serving.core.calls import Call, CallHooks
-from cnnserve.serving.errors import Status, status_of
+from cnnserve.serving.errors import DeadlineExpiredError, Status, status_of
 
 LOG = logging.getLogger(__name__)
 
@@ -34,6 +34,16 @@ def deadline(context: grpc.aio.ServicerContext) -> float | None:
     """The call's deadline in event-loop time (None: the client set none)."""
     remaining = context.time_remaining()
     return None if remaining is None else asyncio.get_running_loop().time() + remaining
+
+
+# A cancelled call whose deadline is this close (seconds) counts as expired: gRPC's timer and the
+# deadline it reports are kept on different clocks.
+DEADLINE_SLACK_S = 0.01
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= DEADLINE_SLACK_S
 
 
 class CallRunner:
@@ -58,7 +68,12 @@ class CallRunner:
         try:
             response = await handler(call)
         except BaseException as error:
-            call.status, call.message = status_of(error)
+            if isinstance(error, asyncio.CancelledError) and _deadline_passed(context):
+                # gRPC cancels a handler when its deadline passes: that is the call's deadline, not a
+                # client going away, and the failure metric says so.
+                call.status, call.message = status_of(DeadlineExpiredError("the call's deadline passed"))
+            else:
+                call.status, call.message = status_of(error)
             self.hooks.end(call)
             if not isinstance(error, Exception):
                 raise  # cancelled: the client went away, nobody to answer

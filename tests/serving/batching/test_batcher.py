@@ -1,4 +1,10 @@
-"""The dynamic batcher on its own (a real numpy function as the model) and inside a real server."""
+"""The dynamic batcher on its own (a real numpy function as the model) and inside a real server.
+
+Scenarios whose outcome depends on time run on a virtual clock (virtual_time.py): the event loop jumps
+from timer to timer and a batch "computes" for a stated number of virtual seconds, so each test asserts
+exact batches and waits, whatever the load on the machine. The tests about threads (which one runs a
+batch) use a real thread pool, and judge by CPU time, as the batcher does.
+"""
 
 from __future__ import annotations
 
@@ -9,188 +15,202 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from virtual_time import VirtualExecutor, run
 
 from cnnserve.serving.batching.batcher import BatchSettings, DynamicBatcher
-from cnnserve.serving.errors import DeadlineExpiredError, QueueFullError
+from cnnserve.serving.errors import DeadlineExpiredError, QueueFullError, ShuttingDownError
 from cnnserve.serving.grpc.client import CnnserveClient
 
 pytestmark = pytest.mark.timeout(120)
 
 
-class Recorder:
-    """Records batch sizes; the 'model' doubles its input and keeps row order."""
+class Model:
+    """A 'model' that adds 1 to its input; records each batch's first-column values (sorted) and the wait
+    every request of it had in the queue."""
 
     def __init__(self) -> None:
-        self.sizes: list[int] = []
-        self.dropped = 0
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        self.sizes.append(len(batch))
-        return batch * 2.0
-
-    def observe_batch(self, size, queue_seconds, compute_seconds) -> None:
-        assert len(queue_seconds) >= 1 and compute_seconds >= 0
-
-    def observe_dropped(self, count: int) -> None:
-        self.dropped += count
-
-
-def _batcher(recorder: Recorder, executor, **settings) -> DynamicBatcher:
-    values = {"max_batch_size": 8, "max_queue_delay_s": 0.05, "max_queue_images": 64, "adaptive": False}
-    values.update(settings)
-    return DynamicBatcher(recorder.run, BatchSettings(**values), executor, observer=recorder, name="test")
-
-
-class SlowModel:
-    """A 'model' that takes time (a sleep, or until `gate` opens): records each batch's values and the most
-    batches computing at once; it adds 1 to its input."""
-
-    def __init__(self, seconds: float = 0.05, gate: threading.Event | None = None) -> None:
-        self.seconds = seconds
-        self.gate = gate
         self.batches: list[list[float]] = []
-        self.most = 0
-        self._now = 0
-        self._lock = threading.Lock()
+        self.queued: list[list[float]] = []
+        self.dropped = 0
 
     @property
     def sizes(self) -> list[int]:
         return [len(batch) for batch in self.batches]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        with self._lock:
-            self._now += 1
-            self.most = max(self.most, self._now)
-            self.batches.append(sorted(float(v) for v in batch[:, 0]))
-        if self.gate is not None:
-            self.gate.wait(5)
-        else:
-            time.sleep(self.seconds)
-        with self._lock:
-            self._now -= 1
+        self.batches.append(sorted(float(v) for v in batch[:, 0]))
         return batch + 1.0
+
+    def observe_batch(self, size, queue_seconds, compute_seconds) -> None:
+        assert size == len(self.batches[-1]) and compute_seconds >= 0
+        self.queued.append([round(seconds, 9) for seconds in queue_seconds])
+
+    def observe_dropped(self, count: int) -> None:
+        self.dropped += count
+
+
+def _batcher(model: Model, executor, load=None, **settings) -> DynamicBatcher:
+    values = {"max_batch_size": 8, "max_queue_delay_s": 0.05, "max_queue_images": 64, "adaptive": False}
+    values.update(settings)
+    return DynamicBatcher(
+        model.run, BatchSettings(**values), executor, observer=model, name="test", load=load
+    )
+
+
+def _ones(count: int, value: float = 1.0) -> np.ndarray:
+    return np.full((count, 1), value, np.float32)
 
 
 def test_concurrent_requests_merge_in_order_and_split_back() -> None:
-    recorder = Recorder()
+    model = Model()
 
     async def scenario() -> None:
-        with ThreadPoolExecutor(2) as executor:
-            batcher = _batcher(recorder, executor)
-            inputs = [np.full((n, 3), float(i), np.float32) for i, n in enumerate([1, 2, 3, 1, 5, 4])]
-            results = await asyncio.gather(*(batcher.submit(x) for x in inputs))
-            for x, y in zip(inputs, results, strict=True):
-                np.testing.assert_array_equal(y, x * 2.0)
-            big = np.arange(20, dtype=np.float32).reshape(20, 1)  # more than max_batch_size: split
-            np.testing.assert_array_equal(await batcher.submit(big), big * 2.0)
-            await batcher.close()
+        batcher = _batcher(model, VirtualExecutor())
+        inputs = [np.full((n, 3), float(i), np.float32) for i, n in enumerate([1, 2, 3, 1, 5, 4])]
+        results = await asyncio.gather(*(batcher.submit(x) for x in inputs))
+        for x, y in zip(inputs, results, strict=True):
+            np.testing.assert_array_equal(y, x + 1.0)
+        big = np.arange(20, dtype=np.float32).reshape(20, 1)  # more than max_batch_size: split
+        np.testing.assert_array_equal(await batcher.submit(big), big + 1.0)
+        await batcher.close()
 
-    asyncio.run(scenario())
-    assert max(recorder.sizes) == 8 and sum(recorder.sizes) == 16 + 20
-    assert recorder.sizes[0] > 1  # the first batch merged several requests
+    run(scenario)
+    # [1, 2, 3, 1] fill 7 of 8; the 5 does not fit and nothing overtakes it; then 5, then 4; the 20 in 8s
+    assert model.sizes == [7, 5, 4, 8, 8, 4]
+
+
+def test_a_caller_cancelled_while_its_batch_computes_leaves_every_other_caller_its_own_rows() -> None:
+    """Three callers share a batch; the middle one goes away while it computes. The rows after its rows
+    still belong to the third caller: nobody is handed another caller's answer."""
+    model = Model()
+
+    async def scenario() -> None:
+        executor = VirtualExecutor(cost=lambda batch: 1.0)
+        batcher = _batcher(model, executor, max_batch_size=8)
+        first = asyncio.ensure_future(batcher.submit(_ones(2, 10.0)))
+        middle = asyncio.ensure_future(batcher.submit(_ones(3, 20.0)))
+        last = asyncio.ensure_future(batcher.submit(_ones(3, 30.0)))  # 8 images: full, runs at once
+        await asyncio.sleep(0.5)
+        assert executor.running == 1 and model.sizes == [8]
+        middle.cancel()
+        np.testing.assert_array_equal(await first, _ones(2, 11.0))
+        np.testing.assert_array_equal(await last, _ones(3, 31.0))
+        assert middle.cancelled()
+        await batcher.close()
+
+    run(scenario)
 
 
 def test_full_queue_expired_and_cancelled_requests() -> None:
-    recorder = Recorder()
+    model = Model()
 
     async def scenario() -> None:
-        with ThreadPoolExecutor(1) as executor:
-            batcher = _batcher(
-                recorder, executor, max_batch_size=64, max_queue_delay_s=0.2, max_queue_images=4
-            )
-            loop = asyncio.get_running_loop()
-            first = asyncio.ensure_future(batcher.submit(np.ones((3, 1), np.float32)))
-            await asyncio.sleep(0)
-            with pytest.raises(QueueFullError):
-                await batcher.submit(np.ones((2, 1), np.float32))
-            expired = asyncio.ensure_future(batcher.submit(np.ones((1, 1), np.float32), loop.time() + 0.01))
-            await asyncio.sleep(0.3)
-            with pytest.raises(DeadlineExpiredError):
-                await expired
-            assert (await first).shape == (3, 1)
-            cancelled = asyncio.ensure_future(batcher.submit(np.ones((2, 1), np.float32)))
-            await asyncio.sleep(0.01)
-            cancelled.cancel()
-            await asyncio.sleep(0.3)
-            assert batcher.queued_images == 0
-            await batcher.close()
+        batcher = _batcher(
+            model, VirtualExecutor(), max_batch_size=64, max_queue_delay_s=0.2, max_queue_images=4
+        )
+        loop = asyncio.get_running_loop()
+        first = asyncio.ensure_future(batcher.submit(_ones(3)))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError, match=r"queue of test is full \(3 images waiting, limit 4\)"):
+            await batcher.submit(_ones(2))
+        expired = asyncio.ensure_future(batcher.submit(_ones(1), loop.time() + 0.01))
+        with pytest.raises(DeadlineExpiredError, match=r"deadline passed after 0\.200 s in the queue"):
+            await expired
+        assert (await first).shape == (3, 1)
+        cancelled = asyncio.ensure_future(batcher.submit(_ones(2)))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        await asyncio.sleep(0.3)
+        assert batcher.queued_images == 0
+        await batcher.close()
+        with pytest.raises(ShuttingDownError, match="model test is being unloaded"):
+            await batcher.submit(_ones(1))
 
-    asyncio.run(scenario())
-    assert recorder.sizes == [3]  # the expired and the cancelled requests were never computed
-    assert recorder.dropped == 2
+    run(scenario)
+    assert model.sizes == [3]  # the expired and the cancelled requests were never computed
+    assert model.dropped == 2
 
 
 def test_batching_off_runs_each_request_alone() -> None:
-    recorder = Recorder()
+    model = Model()
 
     async def scenario() -> None:
-        with ThreadPoolExecutor(2) as executor:
-            batcher = _batcher(recorder, executor, enabled=False)
-            await asyncio.gather(*(batcher.submit(np.ones((2, 1), np.float32)) for _ in range(4)))
+        batcher = _batcher(model, VirtualExecutor(cost=lambda batch: 0.01), enabled=False)
+        await asyncio.gather(*(batcher.submit(_ones(2, float(i))) for i in range(4)))
+        assert batcher.queued_images == 0
 
-    asyncio.run(scenario())
-    assert recorder.sizes == [2, 2, 2, 2]
+    run(scenario)
+    assert model.batches == [[float(i)] * 2 for i in range(4)]
+    assert model.queued == [[0.0]] * 4
 
 
 def test_adaptive_lone_client_never_waits_for_the_queue_delay() -> None:
-    recorder = Recorder()
-    queued: list[float] = []
-    recorder.observe_batch = lambda size, queue_seconds, compute_seconds: queued.extend(queue_seconds)
+    model = Model()
 
     async def scenario() -> None:
-        with ThreadPoolExecutor(1) as executor:
-            batcher = _batcher(recorder, executor, max_queue_delay_s=1.0, adaptive=True)
-            for _ in range(5):
-                await batcher.submit(np.ones((1, 1), np.float32))
-            await batcher.close()
+        batcher = _batcher(
+            model, VirtualExecutor(cost=lambda batch: 0.01), max_queue_delay_s=1.0, adaptive=True
+        )
+        for _ in range(5):
+            await batcher.submit(_ones(1))
+        await batcher.close()
 
-    asyncio.run(scenario())
-    assert recorder.sizes == [1] * 5
-    assert max(queued) < 0.5  # none waited the 1 s delay
+    run(scenario)
+    assert model.sizes == [1] * 5
+    assert model.queued == [[0.0]] * 5  # none waited at all
 
 
 def test_adaptive_closed_loop_clients_run_as_soon_as_all_are_in() -> None:
     """Four clients that each send again once answered: every batch holds all four and starts when the
     fourth arrives -- nobody else can come, so waiting out the (long) delay would only add latency."""
-    model = SlowModel(0.01)
+    model = Model()
 
     async def client(batcher: DynamicBatcher, index: int) -> None:
         for _ in range(5):
-            result = await batcher.submit(np.full((1, 1), float(index), np.float32))
+            result = await batcher.submit(_ones(1, float(index)))
             assert result[0, 0] == index + 1.0
 
     async def scenario() -> float:
-        with ThreadPoolExecutor(2) as executor:
-            settings = BatchSettings(max_batch_size=64, max_queue_delay_s=1.0, max_queue_images=64)
-            batcher = DynamicBatcher(model.run, settings, executor, name="test")
-            start = time.perf_counter()
-            await asyncio.gather(*(client(batcher, i) for i in range(4)))
-            elapsed = time.perf_counter() - start
-            await batcher.close()
-            return elapsed
+        batcher = _batcher(
+            model,
+            VirtualExecutor(cost=lambda batch: 0.01),
+            max_batch_size=64,
+            max_queue_delay_s=1.0,
+            adaptive=True,
+        )
+        start = asyncio.get_running_loop().time()
+        await asyncio.gather(*(client(batcher, i) for i in range(4)))
+        elapsed = asyncio.get_running_loop().time() - start
+        await batcher.close()
+        return elapsed
 
-    elapsed = asyncio.run(scenario())
+    elapsed = run(scenario)
     assert model.sizes == [4] * 5
-    assert elapsed < 2.0  # waiting out the delay once would take 1 s, every round 5 s
+    assert elapsed == pytest.approx(5 * 0.01)  # five batches back to back: no wait at all
 
 
 def _staggered_after_concurrent(load) -> list[list[float]]:
     """Six requests at once, then six arriving 5 ms apart; the batches the model saw."""
-    model = SlowModel(0.001)
+    model = Model()
 
     async def late(batcher: DynamicBatcher, index: int) -> None:
         await asyncio.sleep(0.005 * index)
-        await batcher.submit(np.full((1, 1), 100.0 + index, np.float32))
+        await batcher.submit(_ones(1, 100.0 + index))
 
     async def scenario() -> None:
-        with ThreadPoolExecutor(2) as executor:
-            settings = BatchSettings(max_batch_size=64, max_queue_delay_s=0.2, max_queue_images=64)
-            batcher = DynamicBatcher(model.run, settings, executor, name="test", load=load)
-            await asyncio.gather(*(batcher.submit(np.full((1, 1), float(i), np.float32)) for i in range(6)))
-            await asyncio.gather(*(late(batcher, i) for i in range(6)))
-            await batcher.close()
+        batcher = _batcher(
+            model,
+            VirtualExecutor(cost=lambda batch: 0.001),
+            load=load,
+            max_batch_size=64,
+            max_queue_delay_s=0.2,
+            adaptive=True,
+        )
+        await asyncio.gather(*(batcher.submit(_ones(1, float(i))) for i in range(6)))
+        await asyncio.gather(*(late(batcher, i) for i in range(6)))
+        await batcher.close()
 
-    asyncio.run(scenario())
+    run(scenario)
     return model.batches
 
 
@@ -209,25 +229,30 @@ def test_adaptive_wait_is_scaled_away_on_a_worker_that_is_half_idle() -> None:
 
 def test_adaptive_batch_waits_for_a_request_still_being_decoded() -> None:
     """A request on its way (`expecting`) is waited for, up to the delay, even by a lone client's batch."""
-    model = SlowModel(0.001)
+    model = Model()
 
     async def decoding_then_submit(batcher: DynamicBatcher) -> None:
         with batcher.expecting():
             await asyncio.sleep(0.05)  # decoding a big request, in slices
-            submitted = batcher.submit(np.full((1, 1), 2.0, np.float32))
+            submitted = batcher.submit(_ones(1, 2.0))
         await submitted
 
     async def scenario() -> None:
-        with ThreadPoolExecutor(2) as executor:
-            settings = BatchSettings(max_batch_size=64, max_queue_delay_s=1.0, max_queue_images=64)
-            batcher = DynamicBatcher(model.run, settings, executor, name="test")
-            arriving = asyncio.ensure_future(decoding_then_submit(batcher))
-            await asyncio.sleep(0.01)
-            await asyncio.gather(batcher.submit(np.full((1, 1), 1.0, np.float32)), arriving)
-            await batcher.close()
+        batcher = _batcher(
+            model,
+            VirtualExecutor(cost=lambda batch: 0.001),
+            max_batch_size=64,
+            max_queue_delay_s=1.0,
+            adaptive=True,
+        )
+        arriving = asyncio.ensure_future(decoding_then_submit(batcher))
+        await asyncio.sleep(0.01)
+        await asyncio.gather(batcher.submit(_ones(1, 1.0)), arriving)
+        await batcher.close()
 
-    asyncio.run(scenario())
+    run(scenario)
     assert model.batches == [[1.0, 2.0]]
+    assert model.queued == [[0.04, 0.0]]  # the first waited for the second, not for the 1 s delay
 
 
 def test_server_merges_concurrent_clients_and_never_mixes_answers(
@@ -268,110 +293,102 @@ def test_server_merges_concurrent_clients_and_never_mixes_answers(
 
 
 def test_a_full_batch_runs_alongside_the_one_computing_but_never_more() -> None:
-    model = SlowModel()
+    model = Model()
+    executor = VirtualExecutor(cost=lambda batch: 0.05)
 
     async def scenario() -> None:
-        with ThreadPoolExecutor(4) as executor:
-            settings = BatchSettings(max_batch_size=4, max_queue_delay_s=0.0, max_queue_images=64)
-            batcher = DynamicBatcher(model.run, settings, executor, name="slow")
-            full = [batcher.submit(np.full((4, 1), i, np.float32)) for i in range(4)]
-            small = [batcher.submit(np.full((1, 1), 10 + i, np.float32)) for i in range(3)]
-            results = await asyncio.gather(*full, *small)
-            assert [float(r[0, 0]) for r in results] == [1, 2, 3, 4, 11, 12, 13]
-            await batcher.close()
+        batcher = _batcher(model, executor, max_batch_size=4, max_queue_delay_s=0.0, adaptive=True)
+        full = [batcher.submit(_ones(4, i)) for i in range(4)]
+        small = [batcher.submit(_ones(1, 10 + i)) for i in range(3)]
+        results = await asyncio.gather(*full, *small)
+        assert [float(r[0, 0]) for r in results] == [1, 2, 3, 4, 11, 12, 13]
+        await batcher.close()
 
-    asyncio.run(scenario())
-    assert model.most == 2
-    assert sorted(model.sizes) == [3, 4, 4, 4, 4]  # the three small requests merged into one batch
+    run(scenario)
+    assert executor.most == 2
+    assert model.sizes == [4, 4, 4, 4, 3]  # the three small requests merged into one batch
 
 
 def test_a_bulk_request_runs_alongside_without_being_full_and_small_ones_merge_into_it() -> None:
     """An explanation's chunk (bulk) starts beside a running batch although it is not full; Classify
     requests queued behind it ride in the same batch."""
 
-    async def scenario(model: SlowModel, bulk: bool) -> None:
-        with ThreadPoolExecutor(4) as executor:
-            settings = BatchSettings(max_batch_size=8, max_queue_delay_s=0.0, max_queue_images=64)
-            batcher = DynamicBatcher(model.run, settings, executor, name="slow")
-            first = asyncio.ensure_future(batcher.submit(np.zeros((3, 1), np.float32), bulk=bulk))
-            await asyncio.sleep(0.01)  # the first batch computes
-            second = batcher.submit(np.ones((3, 1), np.float32), bulk=bulk)
-            small = batcher.submit(np.full((1, 1), 5, np.float32))
-            results = await asyncio.gather(first, second, small)
-            assert [r[:, 0].tolist() for r in results] == [[1, 1, 1], [2, 2, 2], [6]]
-            await batcher.close()
+    async def scenario(model: Model, executor: VirtualExecutor, bulk: bool) -> None:
+        batcher = _batcher(model, executor, max_batch_size=8, max_queue_delay_s=0.0, adaptive=True)
+        first = asyncio.ensure_future(batcher.submit(_ones(3, 0.0), bulk=bulk))
+        await asyncio.sleep(0.01)  # the first batch computes
+        second = batcher.submit(_ones(3, 1.0), bulk=bulk)
+        small = batcher.submit(_ones(1, 5.0))
+        results = await asyncio.gather(first, second, small)
+        assert [r[:, 0].tolist() for r in results] == [[1, 1, 1], [2, 2, 2], [6]]
+        await batcher.close()
 
-    bulk = SlowModel()
-    asyncio.run(scenario(bulk, bulk=True))
-    assert bulk.most == 2 and bulk.sizes == [3, 4]
-    ordinary = SlowModel()
-    asyncio.run(scenario(ordinary, bulk=False))  # not full, not bulk: waits for the first batch, then merges
-    assert ordinary.most == 1 and ordinary.sizes == [3, 4]
+    bulk, bulk_executor = Model(), VirtualExecutor(cost=lambda batch: 0.05)
+    run(lambda: scenario(bulk, bulk_executor, bulk=True))
+    assert bulk_executor.most == 2 and bulk.sizes == [3, 4]
+    ordinary, executor = Model(), VirtualExecutor(cost=lambda batch: 0.05)
+    run(lambda: scenario(ordinary, executor, bulk=False))  # not full, not bulk: waits, then merges
+    assert executor.most == 1 and ordinary.sizes == [3, 4]
 
 
 def test_bulk_requests_waiting_together_are_not_merged_into_one_batch() -> None:
     """Two explanation chunks queued at once stay two batches (computed side by side), or an explanation
     would fall back to one lane: small requests still merge."""
-    model = SlowModel(seconds=0.01)
+    model = Model()
+    executor = VirtualExecutor(cost=lambda batch: 0.01)
 
     async def scenario() -> None:
-        with ThreadPoolExecutor(4) as executor:
-            settings = BatchSettings(max_batch_size=16, max_queue_delay_s=0.0, max_queue_images=64)
-            batcher = DynamicBatcher(model.run, settings, executor, name="bulk")
-            await asyncio.gather(
-                batcher.submit(np.zeros((3, 1), np.float32), bulk=True),
-                batcher.submit(np.zeros((3, 1), np.float32), bulk=True),
-            )
-            await asyncio.gather(*(batcher.submit(np.zeros((1, 1), np.float32)) for _ in range(3)))
-            await batcher.close()
+        batcher = _batcher(model, executor, max_batch_size=16, max_queue_delay_s=0.0, adaptive=True)
+        await asyncio.gather(
+            batcher.submit(_ones(3, 0.0), bulk=True), batcher.submit(_ones(3, 0.0), bulk=True)
+        )
+        await asyncio.gather(*(batcher.submit(_ones(1, 0.0)) for _ in range(3)))
+        await batcher.close()
 
-    asyncio.run(scenario())
-    sizes = model.sizes
-    assert sizes[:2] == [3, 3] and model.most == 2 and sum(sizes[2:]) == 3 and len(sizes) <= 4
+    run(scenario)
+    assert model.sizes == [3, 3, 3] and executor.most == 2  # the three small requests in one batch
 
 
 def test_small_requests_ride_past_queued_bulk_chunks() -> None:
     """Queue: bulk A (computing), bulk B, bulk C, classify x, classify y. The next batch is B + x + y:
     Classify calls do not wait behind C."""
-    gate = threading.Event()
-    model = SlowModel(gate=gate)
+    model = Model()
 
     async def scenario() -> None:
-        with ThreadPoolExecutor(4) as executor:
-            settings = BatchSettings(
-                max_batch_size=8, max_queue_delay_s=0.0, max_queue_images=64, max_concurrent_batches=1
-            )
-            batcher = DynamicBatcher(model.run, settings, executor, name="fair")
-            a = asyncio.ensure_future(batcher.submit(np.full((4, 1), 1, np.float32), bulk=True))
-            await asyncio.sleep(0.05)  # A computes; everything below queues
-            rest = [
-                batcher.submit(np.full((4, 1), 2, np.float32), bulk=True),
-                batcher.submit(np.full((4, 1), 3, np.float32), bulk=True),
-                batcher.submit(np.full((1, 1), 10, np.float32)),
-                batcher.submit(np.full((1, 1), 11, np.float32)),
-            ]
-            tasks = [asyncio.ensure_future(r) for r in rest]
-            await asyncio.sleep(0.05)
-            gate.set()
-            await asyncio.gather(a, *tasks)
-            await batcher.close()
+        batcher = _batcher(
+            model,
+            VirtualExecutor(cost=lambda batch: 1.0),
+            max_batch_size=8,
+            max_queue_delay_s=0.0,
+            adaptive=True,
+            max_concurrent_batches=1,
+        )
+        a = asyncio.ensure_future(batcher.submit(_ones(4, 1), bulk=True))
+        await asyncio.sleep(0.05)  # A computes; everything below queues
+        rest = [
+            batcher.submit(_ones(4, 2), bulk=True),
+            batcher.submit(_ones(4, 3), bulk=True),
+            batcher.submit(_ones(1, 10)),
+            batcher.submit(_ones(1, 11)),
+        ]
+        await asyncio.gather(a, *rest)
+        await batcher.close()
 
-    asyncio.run(scenario())
+    run(scenario)
     assert model.batches == [[1.0] * 4, [2.0] * 4 + [10.0, 11.0], [3.0] * 4]
 
 
 def test_take_keeps_order_for_ordinary_requests() -> None:
     """[6, 4, 1] with room for 8: the 6 goes, the 4 does not fit and the 1 behind it waits its turn."""
-    recorder = Recorder()
+    model = Model()
 
     async def scenario() -> None:
-        with ThreadPoolExecutor(2) as executor:
-            batcher = _batcher(recorder, executor, max_batch_size=8)
-            await asyncio.gather(*(batcher.submit(np.zeros((n, 1), np.float32)) for n in (6, 4, 1)))
-            await batcher.close()
+        batcher = _batcher(model, VirtualExecutor(cost=lambda batch: 0.01), max_batch_size=8)
+        await asyncio.gather(*(batcher.submit(_ones(n, float(n))) for n in (6, 4, 1)))
+        await batcher.close()
 
-    asyncio.run(scenario())
-    assert recorder.sizes == [6, 5]
+    run(scenario)
+    assert model.batches == [[6.0] * 6, [1.0] + [4.0] * 4]
 
 
 class ThreadRecorder:
@@ -441,7 +458,7 @@ def test_inline_compute_off_always_uses_the_executor_and_a_failure_still_reaches
 
 
 def test_deferred_requests_are_made_when_their_batch_starts_and_a_failure_stays_with_its_caller() -> None:
-    model = SlowModel(seconds=0.05)
+    model = Model()
     made: list[float] = []
 
     def prepare(value: float):
@@ -454,42 +471,43 @@ def test_deferred_requests_are_made_when_their_batch_starts_and_a_failure_stays_
         return make
 
     async def scenario() -> list[object]:
-        with ThreadPoolExecutor(2) as executor:
-            settings = BatchSettings(max_batch_size=8, max_queue_delay_s=0.0, max_queue_images=64)
-            batcher = DynamicBatcher(model.run, settings, executor, name="test")
-            first = asyncio.ensure_future(batcher.submit(np.zeros((1, 2), np.float32)))
-            await asyncio.sleep(0.01)  # the first batch computes; the rest queue behind it
-            assert batcher._running == 1
-            rest = [
-                asyncio.ensure_future(batcher.submit_deferred(prepare(v), 1)) for v in (1.0, 2.0, 3.0, 4.0)
-            ]
-            cancelled = asyncio.ensure_future(batcher.submit_deferred(prepare(5.0), 1))
-            await asyncio.sleep(0)
-            assert made == []  # nothing is decoded while it only waits
-            cancelled.cancel()
-            answers = await asyncio.gather(first, *rest, return_exceptions=True)
-            await batcher.close()
-            return answers
+        batcher = _batcher(
+            model,
+            VirtualExecutor(cost=lambda batch: 0.05),
+            max_batch_size=8,
+            max_queue_delay_s=0.0,
+            adaptive=True,
+        )
+        first = asyncio.ensure_future(batcher.submit(np.zeros((1, 2), np.float32)))
+        await asyncio.sleep(0.01)  # the first batch computes; the rest queue behind it
+        assert batcher._running == 1
+        rest = [asyncio.ensure_future(batcher.submit_deferred(prepare(v), 1)) for v in (1.0, 2.0, 3.0, 4.0)]
+        cancelled = asyncio.ensure_future(batcher.submit_deferred(prepare(5.0), 1))
+        await asyncio.sleep(0)
+        assert made == []  # nothing is decoded while it only waits
+        cancelled.cancel()
+        answers = await asyncio.gather(first, *rest, return_exceptions=True)
+        await batcher.close()
+        return answers
 
-    answers = asyncio.run(scenario())
+    answers = run(scenario)
     assert made == [1.0, 2.0, 3.0, 4.0]  # in order, when their batch started; the cancelled one never
     assert model.batches == [[0.0], [1.0, 2.0, 4.0]]  # the failed one left out, the others in one batch
     assert [float(np.asarray(a)[0, 0]) for i, a in enumerate(answers) if i != 3] == [1.0, 2.0, 3.0, 5.0]
-    assert isinstance(answers[3], ValueError) and "image 0" in str(answers[3])
+    assert isinstance(answers[3], ValueError) and str(answers[3]) == "image 0: cannot decode image"
 
 
 def test_deferred_request_bigger_than_a_batch_or_with_batching_off_is_made_at_once() -> None:
-    recorder = Recorder()
+    model = Model()
 
     async def scenario() -> list[np.ndarray]:
-        with ThreadPoolExecutor(1) as executor:
-            big = _batcher(recorder, executor, max_batch_size=2)
-            off = _batcher(recorder, executor, enabled=False)
-            return [
-                await big.submit_deferred(lambda: np.ones((5, 1), np.float32), 5),
-                await off.submit_deferred(lambda: np.ones((3, 1), np.float32), 3),
-            ]
+        big = _batcher(model, VirtualExecutor(), max_batch_size=2)
+        off = _batcher(model, VirtualExecutor(), enabled=False)
+        return [
+            await big.submit_deferred(lambda: np.ones((5, 1), np.float32), 5),
+            await off.submit_deferred(lambda: np.ones((3, 1), np.float32), 3),
+        ]
 
-    results = asyncio.run(scenario())
+    results = run(scenario)
     assert [len(r) for r in results] == [5, 3] and all(np.all(r == 2.0) for r in results)
-    assert recorder.sizes == [2, 2, 1, 3]
+    assert model.sizes == [2, 2, 1, 3]

@@ -131,6 +131,15 @@ def test_full_queue_and_expired_deadlines(strict, digits) -> None:
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         time.sleep(0.4)
         assert strict.metric("cnnserve_dropped_requests_total", {"model": MODEL, "version": "1"}) == 1
+        # The server's own answer, not the client's timeout: counted as DEADLINE_EXCEEDED.
+        codes = {
+            code: strict.metric(
+                "cnnserve_request_failures_total",
+                {"model": MODEL, "version": "1", "rpc": "Classify", "code": code},
+            )
+            for code in ("DEADLINE_EXCEEDED", "CANCELLED", "INTERNAL")
+        }
+        assert codes == {"DEADLINE_EXCEEDED": 1.0, "CANCELLED": 0.0, "INTERNAL": 0.0}
         assert strict.metric("cnnserve_batch_size_count", {"model": MODEL, "version": "1"}) == batches
         loaded = strict.server.registry.get(MODEL)
         assert loaded.batcher.queued_images == 0
@@ -145,4 +154,5 @@ def test_filters_and_explain_are_wired(served) -> None:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
             stub.GetFilters(inference_pb2.FiltersRequest(model="no_such_model", layer="conv1"), timeout=30)
-    assert caught.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no_such_model" in caught.value.details() and MODEL in caught.value.details()
