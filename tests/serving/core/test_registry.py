@@ -109,3 +109,94 @@ def test_polling_runs_on_its_own(start_server, repo_copy: Path, digits) -> None:
             assert time.monotonic() < deadline, "version 5 was never loaded"
             time.sleep(0.1)
         assert client.classify(digits.png[:1], MODEL).version == 5
+
+
+def test_a_model_folder_with_no_version_folder_is_unavailable_until_one_appears(
+    start_server, repo_copy: Path, digits
+) -> None:
+    model_dir = repo_copy / MODEL
+    shutil.move(model_dir / "1", repo_copy.parent / "version-1")
+    server = start_server(repo_copy)
+    with CnnserveClient(server.address) as client:
+        assert _states(client)[MODEL] == [(0, "UNAVAILABLE", f"no version folder in {model_dir}")]
+        assert client.health(MODEL) == "NOT_SERVING"
+        with pytest.raises(ServerError) as caught:
+            client.classify(digits.png[:1], MODEL)
+        assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+        assert caught.value.message == f"model {MODEL!r} is unavailable: no version folder in {model_dir}"
+        shutil.move(repo_copy.parent / "version-1", model_dir / "1")
+        server.poll()
+        assert _states(client)[MODEL] == [(1, "AVAILABLE", "")]
+        assert client.classify(digits.png[:1], MODEL).version == 1
+
+
+def test_a_failed_version_is_not_retried_until_its_files_change(
+    start_server, repo_copy: Path, digits, caplog: pytest.LogCaptureFixture
+) -> None:
+    model_dir = repo_copy / MODEL
+    caplog.set_level("INFO", logger="cnnserve.serving.core.registry")
+    server = start_server(repo_copy)
+    (model_dir / "2").mkdir()
+    (model_dir / "2" / "model.onnx").write_bytes(b"this is not an ONNX model")
+
+    def attempts() -> int:
+        return sum(r.getMessage() == f"loading model {MODEL} version 2" for r in caplog.records)
+
+    with CnnserveClient(server.address) as client:
+        for _ in range(3):
+            server.poll()
+        assert attempts() == 1  # polled three times, loaded once: the same broken files are not retried
+        assert _states(client)[MODEL][1][:2] == (2, "UNAVAILABLE")
+        assert client.classify(digits.png[:1], MODEL).version == 1  # the newest loadable version serves
+        shutil.copytree(model_dir / "1", model_dir / "2", dirs_exist_ok=True)  # repaired
+        server.poll()
+        assert attempts() == 2
+        assert _states(client)[MODEL] == [(2, "AVAILABLE", "")]
+        assert client.classify(digits.png[:1], MODEL).version == 2
+
+
+def test_a_live_version_reexported_with_force_is_reloaded_without_a_failed_call(
+    start_server, repo_copy: Path, digits
+) -> None:
+    """`cnnserve export --force` replaces the files of the version being served; the next poll loads them
+    while calls keep being answered, by the old files until the new ones are in."""
+    import threading
+
+    from cnnserve.export.publish import publish_version
+    from cnnserve.serving.model.repository import read_model_config
+
+    model_dir = repo_copy / MODEL
+    server = start_server(repo_copy)
+    renamed = [f"digit {i}" for i in range(10)]
+    errors: list[BaseException] = []
+    labels_seen: set[str] = set()
+    stop = threading.Event()
+
+    def keep_calling() -> None:
+        with CnnserveClient(server.address) as client:
+            while not stop.is_set():
+                try:
+                    labels_seen.add(client.classify(digits.png[:2], MODEL).predictions[0][0].label)
+                except BaseException as error:
+                    errors.append(error)
+                    return
+
+    with CnnserveClient(server.address) as client:
+        before = client.classify(digits.png[:4], MODEL)
+        caller = threading.Thread(target=keep_calling)
+        caller.start()
+        try:
+            staging = repo_copy.parent / "re-export"
+            shutil.copytree(model_dir / "1", staging)
+            files = {path.name: path for path in staging.iterdir()}
+            publish_version(repo_copy, read_model_config(model_dir), renamed, files, version=1, force=True)
+            server.poll()
+            after = client.classify(digits.png[:4], MODEL)
+        finally:
+            stop.set()
+            caller.join(30)
+        assert not errors, errors[0]
+        assert after.version == 1
+        assert [p[0].label for p in after.predictions] == [f"digit {p[0].index}" for p in before.predictions]
+        assert [p[0].index for p in after.predictions] == [p[0].index for p in before.predictions]
+        assert _states(client)[MODEL] == [(1, "AVAILABLE", "")]
