@@ -152,6 +152,6 @@ class Drain:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
-            LOG.warning("%d call(s) still in flight after %.0f s; cancelling them", self.in_flight, timeout)
+            LOG.warning("%d call(s) still in flight after %g s; cancelling them", self.in_flight, timeout)
             return False
         return True

@@ -3,11 +3,13 @@ workers on one port, metrics summed over the workers."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -26,6 +28,12 @@ def _request(digits, count: int = 2) -> inference_pb2.ClassifyRequest:
     )
 
 
+def _requests(metrics_port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    found = re.search(r'cnnserve_requests_total\{model="mnist_cnn",rpc="Classify"\} (\S+)', text)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_sigterm_finishes_calls_in_flight_and_exits_0(serve_subprocess, model_repository, digits) -> None:
     # Each request waits 1.5 s in the batch queue, so calls are surely in flight when SIGTERM arrives.
     server = serve_subprocess(
@@ -39,7 +47,10 @@ def test_sigterm_finishes_calls_in_flight_and_exits_0(serve_subprocess, model_re
         "1500000",
         "--batch-wait",
         "fixed",
+        "--metrics-port",
+        "0",
     )
+    metrics_port = int(re.search(r"on http://[^:]+:(\d+)/metrics", server.log()).group(1))
     with grpc.insecure_channel(server.address) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         watch = health_pb2_grpc.HealthStub(channel).Watch(
@@ -47,7 +58,10 @@ def test_sigterm_finishes_calls_in_flight_and_exits_0(serve_subprocess, model_re
         )
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         in_flight = [stub.Classify.future(_request(digits), timeout=60) for _ in range(3)]
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while _requests(metrics_port) < 3:  # all three have reached the server (however slow the machine)
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.02)
         server.signal(signal.SIGTERM)
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
         watch.cancel()
@@ -91,3 +105,28 @@ def test_two_workers_share_the_port_sum_metrics_and_stop_on_sigint(
     server.signal(signal.SIGINT)
     assert server.wait(60) == 0, server.log()
     assert server.log().count("server stopped") == 2
+
+
+def _worker_pids(supervisor_pid: int) -> list[int]:
+    """The supervisor's worker processes (spawned: their command line runs multiprocessing's spawn_main)."""
+    children = Path(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children").read_text().split()
+    return [
+        int(pid)
+        for pid in children
+        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+def test_a_worker_that_dies_takes_the_server_down_with_a_failing_exit(
+    serve_subprocess, model_repository, digits
+) -> None:
+    """A crashed worker is not left half-sized: the supervisor stops the other and exits 1, naming it."""
+    server = serve_subprocess("--repo", str(model_repository), "--workers", "2")
+    workers = _worker_pids(server.process.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[0], signal.SIGKILL)
+    assert server.wait(60) == 1, server.log()
+    log = server.log()
+    assert re.search(r"cnnserve-worker-\d exited with code -9", log), log
+    assert log.count("server stopped") == 1  # the surviving worker stopped gracefully
