@@ -124,7 +124,7 @@ class RayEngine:
         device: str = "auto",
         max_pixels: int = preprocessing.DEFAULT_MAX_PIXELS,
         address: str | None = None,
-        chunk_paths: int = CHUNK_PATHS,
+        chunk_paths: int | None = None,  # None: CHUNK_PATHS
     ) -> None:
         self.ray = import_ray()
         self.root = str(Path(root).resolve())
@@ -134,7 +134,7 @@ class RayEngine:
         self.device = device
         self.max_pixels = max_pixels
         self.address = address
-        self.chunk_paths = chunk_paths
+        self.chunk_paths = chunk_paths or CHUNK_PATHS
         self.spec = preprocessing.PreprocessSpec.from_model_config(model.config)
         self.workers = workers
         self._started_here = False

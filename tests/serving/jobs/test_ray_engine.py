@@ -45,7 +45,22 @@ def _folder(root: Path) -> Path:
 
 
 @pytest.mark.timeout(300)
-def test_ray_engine_gives_the_local_engines_rows(model_repository: Path, tmp_path: Path) -> None:
+def test_ray_engine_gives_the_local_engines_rows(
+    model_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over three Ray Datasets (chunks of 40 paths, gathered in whole batches of 16: 48, 48 and 7), the
+    rows still come back complete and in order."""
+    from cnnserve.serving.jobs.engines import ray as ray_engine
+
+    monkeypatch.setattr(ray_engine, "CHUNK_PATHS", 40)
+    chunks: list[int] = []
+    run_chunk = ray_engine.RayEngine._run_chunk
+
+    def counted(self, paths, batch_size):
+        chunks.append(len(paths))
+        return run_chunk(self, paths, batch_size)
+
+    monkeypatch.setattr(ray_engine.RayEngine, "_run_chunk", counted)
     folder = _folder(tmp_path / "digits")
     outputs = {}
     summaries = {}
@@ -77,3 +92,4 @@ def test_ray_engine_gives_the_local_engines_rows(model_repository: Path, tmp_pat
     assert sum(1 for row in on_ray if row["error"]) == 3
     assert summaries["ray"].report == summaries["local"].report  # labelled folder: same accuracy
     assert not ray.is_initialized()  # the local instance the job started is stopped again
+    assert chunks == [48, 48, 7]

@@ -151,3 +151,35 @@ def test_a_failed_write_leaves_no_part_of_its_batch(tmp_path: Path, name: str) -
     table.close()
     assert path.read_bytes() == before
     assert open_sink(path, top_k=1, model="m", version=1).done == {"0.png", "1.png", "2.png"}
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl", "out.parquet"])
+def test_malformed_rows_in_the_middle_of_a_resumed_output_are_dropped_and_redone(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row damaged in the middle of the table (not only a torn last line): resuming drops it, says so,
+    and leaves its file to be classified again, so every file still ends up in the table exactly once."""
+    path = tmp_path / name
+    rows = [ResultRow(f"{i}.png", (Prediction(str(i), i, 0.5),)) for i in range(5)]
+    table = open_sink(path, top_k=1, model="m", version=1)
+    table.write(rows)
+    table.close(finished=False)
+    lines_path = path if not name.endswith(".parquet") else tmp_path / ".out.parquet.partial.jsonl"
+    lines = lines_path.read_text().splitlines(keepends=True)
+    if name.endswith(".csv"):  # lines[0] is the header
+        lines[2] = "1.png,1,1\n"  # too few cells
+        lines[4] = lines[4].replace(",m,1,", ",m,1,,extra,")  # too many
+        damaged = ["1.png", "3.png"]
+    else:
+        lines[1] = '{"path": "1.png", "label": \n'  # not JSON
+        lines[3] = '["3.png"]\n'  # JSON, but not a row
+        damaged = ["1.png", "3.png"]
+    lines_path.write_text("".join(lines))
+
+    table = open_sink(path, top_k=1, model="m", version=1)
+    assert table.done == {"0.png", "2.png", "4.png"}
+    assert "dropped 2 malformed" in caplog.text
+    table.write([row for row in rows if row.path in damaged])
+    table.close()
+    assert [r["path"] for r in read_table(path)] == ["0.png", "2.png", "4.png", "1.png", "3.png"]
+    assert [str(r["label"]) for r in read_table(path)] == ["0", "2", "4", "1", "3"]
