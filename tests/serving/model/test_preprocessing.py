@@ -1,0 +1,200 @@
+"""Serving's preprocessing, value by value: every expected tensor here is worked out from the pixels the
+test wrote (numpy arithmetic in float32, as the config states it), never from the code under test."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnserve.protos import model_config_pb2 as pb
+from cnnserve.serving.errors import ImageDecodeError, ImageTooLargeError, RepositoryError
+from cnnserve.serving.model.preprocessing import (
+    PreprocessSpec,
+    open_image,
+    preprocess_encoded,
+    preprocess_image,
+)
+
+SCALE = np.float32(pb.Preprocessing(scale=1 / 255).scale)  # 1/255 as a config stores it (float32)
+
+
+def _spec(mode=pb.GRAYSCALE, size=(4, 6), scale=1 / 255, offset=0.0, resize=pb.BILINEAR, dims=None):
+    height, width = size
+    pre = pb.Preprocessing(
+        color_mode=mode, height=height, width=width, resize_filter=resize, scale=scale, offset=offset
+    )
+    channels = 1 if mode == pb.GRAYSCALE else 3
+    return PreprocessSpec.from_config(pre, dims or (height, width, channels))
+
+
+def _png(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    (Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares its size (8-bit greyscale) and holds no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+_NOISE_PNG = _png(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8))
+
+
+def _gradient(height: int = 4, width: int = 6) -> np.ndarray:
+    """Pixel values 0 .. 255 spread over the image, 255 included (where a scaling error is largest)."""
+    return np.linspace(0, 255, height * width).round().astype(np.uint8).reshape(height, width)
+
+
+def test_pixels_become_value_times_scale_plus_offset_in_float32() -> None:
+    pixels = _gradient()
+    tensor = preprocess_encoded(_png(pixels), _spec(offset=-0.5))
+    expected = pixels.astype(np.float32) * SCALE + np.float32(-0.5)
+    assert tensor.dtype == np.float32 and tensor.shape == (4, 6, 1)
+    np.testing.assert_array_equal(tensor[..., 0], expected)
+    assert tensor[..., 0].max() == np.float32(255) * SCALE - np.float32(0.5)
+
+
+def test_scaling_by_1_over_255_is_exact_and_1_over_256_would_show() -> None:
+    """The brightest pixel is 255 * float32(1/255), not 255/256: a one-step skew is visible in the tensor."""
+    tensor = preprocess_encoded(_png(_gradient()), _spec())
+    assert tensor.max() == np.float32(255) * SCALE
+    assert tensor.max() - np.float32(255) * np.float32(1 / 256) > 0.003
+
+
+def test_no_scale_in_the_config_means_raw_pixel_values() -> None:
+    pixels = _gradient()
+    spec = _spec(scale=0.0)
+    assert spec.scale == 1.0
+    np.testing.assert_array_equal(preprocess_encoded(_png(pixels), spec)[..., 0], pixels.astype(np.float32))
+    shifted = preprocess_encoded(_png(pixels), _spec(scale=1.0, offset=2.0))
+    np.testing.assert_array_equal(shifted[..., 0], pixels.astype(np.float32) + np.float32(2.0))
+
+
+def test_colour_images_are_converted_to_the_models_mode(rng: np.random.Generator) -> None:
+    rgb = rng.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    grey = preprocess_encoded(_png(rgb), _spec())
+    as_l = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.float32)  # ITU-R 601-2 luma, Pillow's own
+    np.testing.assert_array_equal(grey[..., 0], as_l * SCALE)
+    grey_pixels = rng.integers(0, 256, (4, 6), dtype=np.uint8)
+    colour = preprocess_encoded(_png(grey_pixels), _spec(mode=pb.RGB))
+    assert colour.shape == (4, 6, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(colour[..., channel], grey_pixels.astype(np.float32) * SCALE)
+    rgba = np.dstack([rgb, np.full((4, 6), 7, np.uint8)])  # the alpha channel is dropped, not blended
+    np.testing.assert_array_equal(
+        preprocess_encoded(_png(rgba), _spec(mode=pb.RGB)), rgb.astype(np.float32) * SCALE
+    )
+
+
+@pytest.mark.parametrize(
+    ("resize", "pillow"),
+    [
+        (pb.NEAREST, Image.Resampling.NEAREST),
+        (pb.BILINEAR, Image.Resampling.BILINEAR),
+        (pb.BICUBIC, Image.Resampling.BICUBIC),
+        (pb.LANCZOS, Image.Resampling.LANCZOS),
+        (pb.BOX, Image.Resampling.BOX),
+        (pb.HAMMING, Image.Resampling.HAMMING),
+    ],
+)
+def test_other_sizes_are_resized_with_the_configured_filter(rng: np.random.Generator, resize, pillow) -> None:
+    pixels = rng.integers(0, 256, (13, 9), dtype=np.uint8)
+    tensor = preprocess_encoded(_png(pixels), _spec(resize=resize))
+    resized = np.asarray(Image.fromarray(pixels).resize((6, 4), pillow), dtype=np.float32)
+    np.testing.assert_array_equal(tensor[..., 0], resized * SCALE)
+
+
+def test_an_unset_filter_resizes_bilinear(rng: np.random.Generator) -> None:
+    pixels = rng.integers(0, 256, (13, 9), dtype=np.uint8)
+    spec = _spec(resize=pb.RESIZE_FILTER_UNSPECIFIED)
+    resized = np.asarray(Image.fromarray(pixels).resize((6, 4), Image.Resampling.BILINEAR), dtype=np.float32)
+    np.testing.assert_array_equal(preprocess_encoded(_png(pixels), spec)[..., 0], resized * SCALE)
+
+
+def test_16_bit_greyscale_keeps_its_top_8_bits() -> None:
+    wide = np.array([[0, 255, 256, 65535, 4660, 40000]] * 4, dtype=np.uint16)
+    image = Image.fromarray(wide)  # mode I;16
+    assert image.mode.startswith("I;16")
+    tensor = preprocess_image(image, _spec(scale=1.0))
+    np.testing.assert_array_equal(tensor[0, :, 0], [0, 0, 1, 255, 18, 156])  # value >> 8
+    narrow = Image.fromarray(np.array([[0, 17, 255, 3, 4, 5]] * 4, dtype=np.uint16))
+    np.testing.assert_array_equal(preprocess_image(narrow, _spec(scale=1.0))[0, :, 0], [0, 17, 255, 3, 4, 5])
+
+
+def test_the_tensor_takes_the_models_input_dims() -> None:
+    tensor = preprocess_encoded(_png(_gradient()), _spec(dims=(24,)))
+    np.testing.assert_array_equal(tensor, _gradient().reshape(24).astype(np.float32) * SCALE)
+
+
+@pytest.mark.parametrize(
+    ("pre", "dims", "message"),
+    [
+        (pb.Preprocessing(height=4, width=6), (4, 6, 1), "no colour mode"),
+        (pb.Preprocessing(color_mode=pb.GRAYSCALE, height=0, width=6), (4, 6, 1), "no size"),
+        (pb.Preprocessing(color_mode=pb.GRAYSCALE, height=4, width=-1), (4, 6, 1), "no size"),
+        (
+            pb.Preprocessing(color_mode=pb.RGB, height=4, width=6),
+            (4, 6, 1),
+            r"\(4, 6, 1\) do not hold a 4x6x3",
+        ),
+    ],
+)
+def test_a_config_that_cannot_describe_an_image_is_refused(pre, dims, message: str) -> None:
+    with pytest.raises(RepositoryError, match=message):
+        PreprocessSpec.from_config(pre, dims)
+
+
+def test_the_spec_is_read_whole_from_the_config() -> None:
+    config = pb.ModelConfig(
+        input=pb.TensorSpec(dims=[4, 6, 3]),
+        preprocessing=pb.Preprocessing(
+            color_mode=pb.RGB, height=4, width=6, resize_filter=pb.LANCZOS, scale=0.5, offset=-1.0
+        ),
+    )
+    spec = PreprocessSpec.from_model_config(config)
+    assert spec == PreprocessSpec("RGB", 4, 6, Image.Resampling.LANCZOS, 0.5, -1.0, (4, 6, 3))
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "message"),
+    [
+        (b"", ImageDecodeError, r"^empty image \(0 bytes\)$"),
+        (b"definitely not an image", ImageDecodeError, "^cannot decode image: "),
+        (_NOISE_PNG[: len(_NOISE_PNG) // 2], ImageDecodeError, "^cannot decode image: "),
+        (
+            _png_header(100, 101),
+            ImageTooLargeError,
+            r"^image of 100x101 = 10100 pixels exceeds the limit of 10000$",
+        ),
+    ],
+)
+def test_bad_images_are_named_as_such(data: bytes, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message) as caught:
+        preprocess_encoded(data, _spec(), max_pixels=10_000)
+    assert type(caught.value) is error
+
+
+def test_an_image_at_the_pixel_limit_is_decoded() -> None:
+    assert open_image(_png(np.zeros((100, 100), np.uint8)), max_pixels=10_000).size == (100, 100)
+
+
+def test_an_oversize_image_is_refused_from_its_header() -> None:
+    """Headers claiming 64 and 2,500 megapixels over no pixel data: both refused before any decoding
+    (the second by Pillow's own decompression-bomb guard, still as ImageTooLargeError)."""
+    with pytest.raises(
+        ImageTooLargeError, match=r"^image of 8000x8000 = 64000000 pixels exceeds the limit of 50000000$"
+    ):
+        open_image(_png_header(8_000, 8_000))
+    with pytest.raises(ImageTooLargeError, match="2500000000 pixels"):
+        open_image(_png_header(50_000, 50_000))
