@@ -43,9 +43,33 @@ class Module:
 
 MODULES = (
     Module(
+        "batcher",
+        ("cnnserve/serving/batching/batcher.py", "cnnserve/serving/batching/policy.py"),
+        ("tests/serving/batching/test_batcher.py",),
+    ),
+    Module(
+        "preprocessing",
+        ("cnnserve/serving/model/preprocessing.py",),
+        ("tests/serving/model/test_preprocessing.py",),
+    ),
+    Module(
+        "status mapping",
+        ("cnnserve/serving/errors.py", "cnnserve/serving/grpc/interceptors.py"),
+        ("tests/serving/test_errors.py", "tests/serving/grpc/test_interceptors.py"),
+    ),
+    Module(
         "parity verification",
         ("cnnserve/export/verify.py", "cnnserve/export/parity.py"),
         ("tests/export/test_verify.py",),
+    ),
+    Module(
+        "batch-job resume",
+        (
+            "cnnserve/serving/jobs/sinks/base.py",
+            "cnnserve/serving/jobs/sinks/csv.py",
+            "cnnserve/serving/jobs/sinks/jsonl.py",
+        ),
+        ("tests/serving/jobs/test_sinks.py",),
     ),
 )
 

@@ -1,4 +1,5 @@
-"""The dynamic batcher on its own (a real numpy function as the model) and inside a real server.
+"""The dynamic batcher on its own, with a real numpy function as the model (inside a real server:
+test_server_batching.py).
 
 Scenarios whose outcome depends on time run on a virtual clock (virtual_time.py): the event loop jumps
 from timer to timer and a batch "computes" for a stated number of virtual seconds, so each test asserts
@@ -19,7 +20,6 @@ from virtual_time import VirtualExecutor, run
 
 from cnnserve.serving.batching.batcher import BatchSettings, DynamicBatcher
 from cnnserve.serving.errors import DeadlineExpiredError, QueueFullError, ShuttingDownError
-from cnnserve.serving.grpc.client import CnnserveClient
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -253,43 +253,6 @@ def test_adaptive_batch_waits_for_a_request_still_being_decoded() -> None:
     run(scenario)
     assert model.batches == [[1.0, 2.0]]
     assert model.queued == [[0.04, 0.0]]  # the first waited for the second, not for the 1 s delay
-
-
-def test_server_merges_concurrent_clients_and_never_mixes_answers(
-    start_server, model_repository, digits
-) -> None:
-    server = start_server(model_repository, max_queue_delay_us=20_000)
-    with CnnserveClient(server.address) as client:
-        expected = [p[0].index for p in client.classify(digits.png, "mnist_cnn").predictions]
-    errors: list[BaseException] = []
-
-    def worker(offset: int) -> None:
-        try:
-            with CnnserveClient(server.address) as client:
-                for step in range(6):
-                    picks = [
-                        (offset * 7 + step * 3 + j) % len(digits.png) for j in range(1 + (offset + step) % 3)
-                    ]
-                    result = client.classify([digits.png[i] for i in picks], "mnist_cnn")
-                    assert [p[0].index for p in result.predictions] == [expected[i] for i in picks]
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert not errors, errors[0]
-    labels = {"model": "mnist_cnn", "version": "1"}
-    batches = server.metric("cnnserve_batch_size_count", labels)
-    images = server.metric("cnnserve_batch_size_sum", labels)
-    assert images == 40 + sum(1 + (o + s) % 3 for o in range(16) for s in range(6))
-    assert batches < 1 + 16 * 6, "no request was merged with another"
-    assert server.metric("cnnserve_batch_size_bucket", {**labels, "le": "1.0"}) < batches
-    call = {"model": "mnist_cnn", "version": "1", "rpc": "Classify"}
-    assert server.metric("cnnserve_requests_total", call) == 1 + 16 * 6
-    assert server.metric("cnnserve_images_total", call) == images
 
 
 def test_a_full_batch_runs_alongside_the_one_computing_but_never_more() -> None:
