@@ -108,10 +108,25 @@ def test_a_failing_hook_does_not_hide_the_others(caplog: pytest.LogCaptureFixtur
     assert "call hook _Recording failed" in caplog.text
 
 
-def test_metadata_values_are_read_as_text() -> None:
-    call = Call("test", "Classify", "m", metadata=(("x-id", b"caf\xe9"), ("n", 3), ("x-id", "second")))
-    assert (call.metadata_value("x-id"), call.metadata_value("n"), call.metadata_value("y")) == (
-        "café",
-        "3",
-        None,
-    )
+class _Source:
+    """A transport's view of a call, as gRPC's servicer context gives it; counts how often it is asked."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def invocation_metadata(self):
+        self.asked += 1
+        return (("x-id", b"caf\xe9"), ("n", 3), ("x-id", "second"))
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:5555"
+
+
+def test_metadata_is_read_from_the_transport_once_and_as_text() -> None:
+    source = _Source()
+    call = Call("test", "Classify", "m", source)
+    assert source.asked == 0  # nothing read until a hook asks
+    values = (call.metadata_value("x-id"), call.metadata_value("n"), call.metadata_value("y"))
+    assert values == ("café", "3", None)
+    assert source.asked == 1 and call.peer == "ipv4:127.0.0.1:5555"
+    assert (Call("test", "Classify", "m").metadata, Call("test", "Classify", "m").peer) == ((), "")
