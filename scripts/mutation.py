@@ -7,9 +7,11 @@ killed / all mutants, and must reach TARGET. Survivors are listed with their dif
 why each one that remains is equivalent to the original or acceptable.
 
 mutmut imports the package from a copy of the source. cnnserve's packages live at the top of the
-repository and install beneath `cnnserve` (setuptools' package-dir mapping), so the copy is laid out as
-installed, `cnnserve/<package>/...`, in build/mutation/ (with the tests and pyproject.toml), and mutmut
-runs there; the working tree is never modified.
+repository and install beneath `cnnserve` (setuptools' package-dir mapping), so each module's copy is
+laid out as installed, `cnnserve/<package>/...`, in build/mutation/<module>/ (with the tests and
+pyproject.toml), and mutmut runs there; the working tree is never modified. Mutants run in processes
+forked from one that ran the tests once; a module whose tests start gRPC servers forks them from a clean
+fork server instead (gRPC's threads do not survive a fork).
 
 Usage: python scripts/mutation.py [MODULE ...]   (default: every module below; names as in the table)
 """
@@ -39,6 +41,11 @@ class Module:
     name: str
     files: tuple[str, ...]
     tests: tuple[str, ...]
+    isolation: str = "fork"  # or "forkserver", for tests that start gRPC
+
+    @property
+    def stage(self) -> Path:
+        return STAGE / self.name.replace(" ", "-")
 
 
 MODULES = (
@@ -56,6 +63,7 @@ MODULES = (
         "status mapping",
         ("cnnserve/serving/errors.py", "cnnserve/serving/grpc/interceptors.py"),
         ("tests/serving/test_errors.py", "tests/serving/grpc/test_interceptors.py"),
+        isolation="forkserver",
     ),
     Module(
         "parity verification",
@@ -81,38 +89,55 @@ _STATUS = {
 }
 
 
-def stage(modules: list[Module]) -> None:
+def stage(module: Module) -> None:
     """Copy the packages (laid out as installed), the tests and a pyproject.toml configuring mutmut."""
-    if STAGE.exists():
-        shutil.rmtree(STAGE)
-    STAGE.mkdir(parents=True)
+    if module.stage.exists():
+        shutil.rmtree(module.stage)
+    module.stage.mkdir(parents=True)
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for package, folder in pyproject["tool"]["setuptools"]["package-dir"].items():
-        shutil.copytree(ROOT / folder, STAGE / package.replace(".", "/"), ignore=ignore, dirs_exist_ok=True)
-    shutil.copytree(ROOT / "tests", STAGE / "tests", ignore=ignore)
-    files = [f for module in modules for f in module.files]
-    tests = sorted({t for module in modules for t in module.tests})
+        target = module.stage / package.replace(".", "/")
+        shutil.copytree(ROOT / folder, target, ignore=ignore, dirs_exist_ok=True)
+    shutil.copytree(ROOT / "tests", module.stage / "tests", ignore=ignore)
     settings = {
         "source_paths": ["cnnserve"],
-        "only_mutate": files,
-        "pytest_add_cli_args_test_selection": tests,
+        "only_mutate": list(module.files),
+        "pytest_add_cli_args_test_selection": list(module.tests),
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-x"],
+        "process_isolation": module.isolation,
     }
     config = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    (STAGE / "pyproject.toml").write_text(f"{text}\n[tool.mutmut]\n{config}", encoding="utf-8")
+    (module.stage / "pyproject.toml").write_text(f"{text}\n[tool.mutmut]\n{config}", encoding="utf-8")
 
 
-def statuses(file: str) -> dict[str, str]:
+def run(module: Module, jobs: int | None) -> float:
+    """Stage the module and let mutmut test every mutant; the seconds it took."""
+    stage(module)
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "mutmut", "run"]
+    if jobs:
+        command += ["--max-children", str(jobs)]
+    result = subprocess.run(command, cwd=module.stage, stdout=subprocess.DEVNULL, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"mutmut run failed for {module.name} with exit code {result.returncode}")
+    return time.perf_counter() - started
+
+
+def statuses(module: Module, file: str) -> dict[str, str]:
     """Mutant name → status, from the results mutmut keeps next to each mutated file."""
-    meta = json.loads((STAGE / "mutants" / f"{file}.meta").read_text(encoding="utf-8"))
+    meta = json.loads((module.stage / "mutants" / f"{file}.meta").read_text(encoding="utf-8"))
     return {name: _STATUS.get(code, "suspicious") for name, code in meta["exit_code_by_key"].items()}
 
 
-def diff(name: str) -> str:
+def diff(module: Module, name: str) -> str:
     shown = subprocess.run(
-        [sys.executable, "-m", "mutmut", "show", name], cwd=STAGE, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "mutmut", "show", name],
+        cwd=module.stage,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     lines = [
         line for line in shown.stdout.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))
@@ -120,30 +145,31 @@ def diff(name: str) -> str:
     return "\n".join(f"      {line.strip()}" for line in lines)
 
 
-def report(modules: list[Module]) -> bool:
+def report(modules: list[Module], seconds: dict[str, float]) -> bool:
     """Print each module's kill rate and its survivors; True when every module reaches TARGET."""
-    print(f"\n{'module':<24} {'mutants':>8} {'killed':>7} {'survived':>9} {'timeout':>8}  kill rate")
-    survivors: list[tuple[str, str]] = []
+    header = f"{'module':<22} {'mutants':>8} {'killed':>7} {'survived':>9} {'timeout':>8}  kill rate"
+    print(f"\n{header}  {'time':>6}")
+    survivors: list[tuple[Module, str, str]] = []
     passed = True
     for module in modules:
         counts: Counter[str] = Counter()
         for file in module.files:
-            for name, status in statuses(file).items():
+            for name, status in statuses(module, file).items():
                 counts[status] += 1
                 if status not in ("killed", "timeout"):
-                    survivors.append((name, status))
+                    survivors.append((module, name, status))
         total = sum(counts.values())
         detected = counts["killed"] + counts["timeout"]
         rate = detected / total if total else 1.0
         passed = passed and rate >= TARGET
         print(
-            f"{module.name:<24} {total:>8} {counts['killed']:>7} {total - detected:>9} {counts['timeout']:>8}"
-            f"  {rate:6.1%}{'' if rate >= TARGET else f'  (below {TARGET:.0%})'}"
+            f"{module.name:<22} {total:>8} {counts['killed']:>7} {total - detected:>9} {counts['timeout']:>8}"
+            f"  {rate:8.1%}  {seconds[module.name]:5.0f}s{'' if rate >= TARGET else f'  below {TARGET:.0%}'}"
         )
     if survivors:
         print(f"\n{len(survivors)} surviving mutants (docs/mutation.md says why each is acceptable):")
-        for name, status in survivors:
-            print(f"  {name} ({status})\n{diff(name)}")
+        for module, name, status in survivors:
+            print(f"  {name} ({status})\n{diff(module, name)}")
     return passed
 
 
@@ -157,17 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown module(s) {unknown}; choose from {sorted(by_name)}")
     modules = [by_name[name] for name in args.modules] if args.modules else list(MODULES)
-    stage(modules)
-    started = time.perf_counter()
-    command = [sys.executable, "-m", "mutmut", "run"]
-    if args.jobs:
-        command += ["--max-children", str(args.jobs)]
-    run = subprocess.run(command, cwd=STAGE, stdout=subprocess.DEVNULL, check=False)
-    if run.returncode != 0:
-        print(f"mutmut run failed with exit code {run.returncode}", file=sys.stderr)
-        return run.returncode
-    print(f"mutmut ran in {time.perf_counter() - started:.0f} s")
-    return 0 if report(modules) else 1
+    seconds = {}
+    for module in modules:
+        print(f"mutating {module.name}: {', '.join(module.files)}", flush=True)
+        seconds[module.name] = run(module, args.jobs)
+    return 0 if report(modules, seconds) else 1
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from status_table import CODES, EXPECTED, make
 
 from cnnserve.serving.core.calls import Call, CallHooks, Drain
 from cnnserve.serving.errors import INTERNAL_MESSAGE
-from cnnserve.serving.grpc.interceptors import CallRunner
+from cnnserve.serving.grpc.interceptors import DEADLINE_SLACK_S, CallRunner, _deadline_passed, deadline
 from cnnserve.serving.observability.metrics import CallMetrics, ServingMetrics
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,6 +34,11 @@ class ErrorService:
                 return b"fine"
             if name == "sleep":
                 await asyncio.sleep(30)
+            if name == "deadline":
+                until = deadline(context)
+                return (
+                    b"none" if until is None else f"{until - asyncio.get_running_loop().time():.0f}".encode()
+                )
             if name == "RuntimeError":
                 raise RuntimeError("broke at /srv/models/m/1/model.onnx, object at 0x7f3a2c")
             error_type = next(cls for cls in EXPECTED if cls.__name__ == name)
@@ -42,10 +47,35 @@ class ErrorService:
         return await self.runner.run(context, "Raise", "m", handler)
 
 
-async def _serve(metrics: ServingMetrics, drain: Drain | None = None) -> tuple[grpc.aio.Server, str]:
-    hooks = [CallMetrics(metrics, lambda model: model == "m")]
+class Recorder:
+    """A hook that keeps what it saw of each call; `refuse` makes its begin raise (a failing hook)."""
+
+    def __init__(self, refuse: BaseException | None = None) -> None:
+        self.refuse = refuse
+        self.seen: list[tuple[str, str, str, str | None, str, str]] = []
+        self.messages: list[str] = []
+
+    def begin(self, call: Call) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+
+    def end(self, call: Call) -> None:
+        status = call.status.name if call.status else "OK"
+        peer = "ipv4:127.0.0.1" if call.peer.startswith("ipv4:127.0.0.1:") else call.peer
+        self.seen.append(
+            (call.protocol, call.method, call.model, call.metadata_value("x-test"), peer, status)
+        )
+        self.messages.append(call.message)
+
+
+async def _serve(
+    metrics: ServingMetrics, drain: Drain | None = None, recorder: Recorder | None = None
+) -> tuple[grpc.aio.Server, str]:
+    hooks: list = [CallMetrics(metrics, lambda model: model == "m")]
     if drain is not None:
         hooks.append(drain)
+    if recorder is not None:
+        hooks.append(recorder)
     service = ErrorService(CallRunner(CallHooks(hooks), "test"))
     server = grpc.aio.server()
     handler = grpc.unary_unary_rpc_method_handler(service.raise_)
@@ -140,3 +170,82 @@ def test_a_call_past_its_deadline_counts_as_deadline_exceeded_and_one_cancelled_
     assert code == "DEADLINE_EXCEEDED"
     assert (_failures(metrics, "DEADLINE_EXCEEDED"), _failures(metrics, "CANCELLED")) == (1, 1)
     assert _failures(metrics, "INTERNAL") == 0
+
+
+def test_hooks_see_each_call_as_the_transport_describes_it() -> None:
+    recorder = Recorder()
+
+    async def scenario() -> list[str]:
+        server, address = await _serve(ServingMetrics(), recorder=recorder)
+        answers = []
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = channel.unary_unary(METHOD)
+                for name, timeout in (
+                    ("ok", 10),
+                    ("deadline", 100),
+                    ("deadline", None),
+                    ("QueueFullError", 10),
+                ):
+                    try:
+                        reply = await stub(name.encode(), timeout=timeout, metadata=(("x-test", name),))
+                        answers.append(reply.decode())
+                    except grpc.aio.AioRpcError as error:
+                        answers.append(error.code().name)
+        finally:
+            await server.stop(None)
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers[0] == "fine" and answers[2] == "none" and answers[3] == "RESOURCE_EXHAUSTED"
+    assert 90 <= int(answers[1]) <= 101  # the client's 100 s, in the server's loop time
+    assert recorder.seen == [
+        ("test", "Raise", "m", "ok", "ipv4:127.0.0.1", "OK"),
+        ("test", "Raise", "m", "deadline", "ipv4:127.0.0.1", "OK"),
+        ("test", "Raise", "m", "deadline", "ipv4:127.0.0.1", "OK"),
+        ("test", "Raise", "m", "QueueFullError", "ipv4:127.0.0.1", "RESOURCE_EXHAUSTED"),
+    ]
+    assert recorder.messages == ["", "", "", "QueueFullError names the culprit"]
+
+
+def test_a_bug_is_logged_with_its_traceback_and_an_expected_error_is_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    answers, _ = asyncio.run(_calls(["RuntimeError", "NotFoundError"]))
+    assert [code for code, _ in answers] == ["INTERNAL", "NOT_FOUND"]
+    errors = [r for r in caplog.records if r.name == "cnnserve.serving.grpc.interceptors"]
+    assert [r.getMessage() for r in errors] == ["test Raise for model 'm' failed"]
+    assert errors[0].levelname == "ERROR" and errors[0].exc_info[0] is RuntimeError
+
+
+def test_a_hook_failing_at_begin_answers_internal_and_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    recorder = Recorder(refuse=RuntimeError("a hook broke"))
+
+    async def scenario() -> str:
+        server, address = await _serve(ServingMetrics(), recorder=recorder)
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await channel.unary_unary(METHOD)(b"ok", timeout=10)
+        finally:
+            await server.stop(None)
+        return f"{caught.value.code().name}: {caught.value.details()}"
+
+    assert asyncio.run(scenario()) == f"INTERNAL: {INTERNAL_MESSAGE}"
+    assert "test Raise for model 'm' failed" in caplog.text
+
+
+class _Remaining:
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+
+    def time_remaining(self) -> float | None:
+        return self.seconds
+
+
+@pytest.mark.parametrize(
+    ("remaining", "passed"),
+    [(None, False), (0.0, True), (DEADLINE_SLACK_S, True), (DEADLINE_SLACK_S * 2, False), (5.0, False)],
+)
+def test_a_call_counts_as_expired_within_the_slack_of_its_deadline(remaining, passed: bool) -> None:
+    assert _deadline_passed(_Remaining(remaining)) is passed
