@@ -23,6 +23,14 @@ def _code(call, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
     return caught.value.code, caught.value.message
 
 
+def _until(condition, what: str, timeout: float = 60.0) -> None:
+    """Wait until `condition()` holds (a loaded machine may take its time), failing after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
 def _tensor(data_type: int, shape: list[int], data: bytes) -> inference_pb2.Image:
     return inference_pb2.Image(tensor=inference_pb2.Tensor(data_type=data_type, shape=shape, data=data))
 
@@ -118,7 +126,8 @@ def test_full_queue_and_expired_deadlines(strict, digits) -> None:
         waiting = [
             stub.Classify.future(request, timeout=30) for _ in range(3)
         ]  # 12 images: the queue is full
-        time.sleep(0.1)
+        batcher = strict.server.registry.get(MODEL).batcher
+        _until(lambda: batcher.queued_images == 12, "the three requests are queued")
         with pytest.raises(grpc.RpcError) as caught:
             stub.Classify(request, timeout=30)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -129,8 +138,14 @@ def test_full_queue_and_expired_deadlines(strict, digits) -> None:
         with pytest.raises(grpc.RpcError) as caught:
             stub.Classify(request, timeout=0.1)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        time.sleep(0.4)
-        assert strict.metric("cnnserve_dropped_requests_total", {"model": MODEL, "version": "1"}) == 1
+        dropped = {"model": MODEL, "version": "1"}
+        _until(
+            lambda: strict.metric("cnnserve_dropped_requests_total", dropped) == 1, "the request is dropped"
+        )
+        failures = {"model": MODEL, "version": "1", "rpc": "Classify", "code": "DEADLINE_EXCEEDED"}
+        _until(
+            lambda: strict.metric("cnnserve_request_failures_total", failures) == 1, "the failure is counted"
+        )
         # The server's own answer, not the client's timeout: counted as DEADLINE_EXCEEDED.
         codes = {
             code: strict.metric(
