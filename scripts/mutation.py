@@ -52,7 +52,7 @@ MODULES = (
     Module(
         "batcher",
         ("cnnserve/serving/batching/batcher.py", "cnnserve/serving/batching/policy.py"),
-        ("tests/serving/batching/test_batcher.py",),
+        ("tests/serving/batching/test_batcher.py", "tests/serving/batching/test_policy.py"),
     ),
     Module(
         "preprocessing",
