@@ -474,3 +474,157 @@ def test_deferred_request_bigger_than_a_batch_or_with_batching_off_is_made_at_on
     results = run(scenario)
     assert [len(r) for r in results] == [5, 3] and all(np.all(r == 2.0) for r in results)
     assert model.sizes == [2, 2, 1, 3]
+
+
+def _assert_idle(batcher: DynamicBatcher) -> None:
+    """Nothing left behind: no batch computing, no request counted as waiting or running."""
+    assert (batcher._running, batcher._running_requests, batcher.queued_images) == (0, 0, 0)
+    assert not batcher._batches
+
+
+def test_a_batch_that_becomes_exactly_full_starts_at_once() -> None:
+    """With a 1 s fill delay, the fourth image of a 4-image batch starts it: nobody waits out the delay."""
+    model = Model()
+
+    async def scenario() -> None:
+        batcher = _batcher(
+            model, VirtualExecutor(cost=lambda batch: 0.01), max_batch_size=4, max_queue_delay_s=1.0
+        )
+        first = asyncio.ensure_future(batcher.submit(_ones(1, 0.0)))
+        await asyncio.sleep(0.125)
+        await asyncio.gather(first, *(batcher.submit(_ones(1, float(i))) for i in (1, 2, 3)))
+        _assert_idle(batcher)
+        await batcher.close()
+
+    run(scenario)
+    assert model.batches == [[0.0, 1.0, 2.0, 3.0]]
+    assert model.queued == [[0.125, 0.0, 0.0, 0.0]]
+
+
+def test_requests_behind_dropped_ones_ride_in_the_same_batch() -> None:
+    """Queue: one cancelled, one expired, then two live requests: the batch at the fill time takes both
+    live ones (they waited 0.5 s of the 1 s delay counted from the first), and all three drops are
+    reported at once."""
+    model = Model()
+    drops: list[int] = []
+    model.observe_dropped = drops.append  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        batcher = _batcher(model, VirtualExecutor(cost=lambda batch: 0.01), max_queue_delay_s=1.0)
+        loop = asyncio.get_running_loop()
+        gone = asyncio.ensure_future(batcher.submit(_ones(1, 0.0)))
+        late = asyncio.ensure_future(batcher.submit(_ones(1, 9.0), deadline=loop.time() + 0.25))
+        also_gone = asyncio.ensure_future(batcher.submit(_ones(1, 8.0)))
+        await asyncio.sleep(0.5)
+        live = [batcher.submit(_ones(1, 1.0)), batcher.submit(_ones(1, 2.0))]
+        gone.cancel()
+        also_gone.cancel()
+        results = await asyncio.gather(*live)
+        assert [float(r[0, 0]) for r in results] == [2.0, 3.0]
+        with pytest.raises(DeadlineExpiredError, match=r"^deadline passed after 1\.000 s in the queue$"):
+            await late
+        _assert_idle(batcher)
+        await batcher.close()
+
+    run(scenario)
+    assert model.batches == [[1.0, 2.0]] and model.queued == [[0.5, 0.5]]
+    assert drops == [3]
+
+
+def test_a_deadline_reached_exactly_when_the_batch_starts_has_passed() -> None:
+    model = Model()
+
+    async def scenario() -> None:
+        batcher = _batcher(model, VirtualExecutor(), max_queue_delay_s=0.25)
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(1.0)  # enqueued at 1.0: the message counts from there
+        with pytest.raises(DeadlineExpiredError, match=r"^deadline passed after 0\.250 s in the queue$"):
+            await batcher.submit(_ones(1), deadline=loop.time() + 0.25)
+        await batcher.close()
+
+    run(scenario)
+    assert model.batches == []
+
+
+def test_deferred_requests_keep_their_deadline_and_are_refused_after_close() -> None:
+    model = Model()
+    made: list[int] = []
+
+    def prepare(count: int):
+        def make() -> np.ndarray:
+            made.append(count)
+            return _ones(count)
+
+        return make
+
+    async def scenario() -> None:
+        batcher = _batcher(model, VirtualExecutor(), max_batch_size=4, max_queue_delay_s=0.5)
+        loop = asyncio.get_running_loop()
+        exact = asyncio.ensure_future(batcher.submit_deferred(prepare(4), 4))  # as big as a batch: deferred
+        await asyncio.sleep(0)
+        assert made == []  # made when its batch starts, not on arrival
+        await exact
+        for count in (1, 6):  # queued as one request, or made at once and split: the deadline holds
+            with pytest.raises(DeadlineExpiredError):
+                await batcher.submit_deferred(prepare(count), count, deadline=loop.time() + 0.25)
+        await batcher.close()
+        with pytest.raises(ShuttingDownError, match=r"^model test is being unloaded$"):
+            await batcher.submit_deferred(prepare(1), 1)
+
+    run(scenario)
+    assert made == [4, 6] and model.sizes == [4]  # the expired one-image request was never even made
+
+
+def test_close_answers_the_waiting_requests_at_once() -> None:
+    """A request waiting out a 10 s fill delay is computed as soon as close() is called (a drain)."""
+    model = Model()
+
+    async def scenario() -> float:
+        batcher = _batcher(model, VirtualExecutor(cost=lambda batch: 0.01), max_queue_delay_s=10.0)
+        waiting = asyncio.ensure_future(batcher.submit(_ones(2, 3.0)))
+        await asyncio.sleep(1.0)
+        start = asyncio.get_running_loop().time()
+        await batcher.close()
+        assert waiting.done() and float(waiting.result()[0, 0]) == 4.0
+        _assert_idle(batcher)
+        return asyncio.get_running_loop().time() - start
+
+    assert run(scenario) == pytest.approx(0.01)  # the batch's compute, no waiting for the delay
+    assert model.queued == [[1.0]]
+
+
+def test_concurrent_batches_and_failed_preparations_leave_nothing_behind() -> None:
+    model = Model()
+
+    def failing() -> np.ndarray:
+        raise ValueError("image 0: cannot decode image")
+
+    async def scenario() -> None:
+        executor = VirtualExecutor(cost=lambda batch: 0.05)
+        batcher = _batcher(model, executor, max_batch_size=2, max_queue_delay_s=0.0, adaptive=True)
+        answers = await asyncio.gather(
+            *(batcher.submit(_ones(2, float(i))) for i in range(3)),
+            batcher.submit_deferred(failing, 1),
+            batcher.submit(_ones(1, 5.0)),
+            return_exceptions=True,
+        )
+        assert [float(np.asarray(a)[0, 0]) for a in answers if not isinstance(a, Exception)] == [1, 2, 3, 6]
+        assert executor.most == 2
+        _assert_idle(batcher)
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_batching_off_reports_each_call_as_its_own_batch() -> None:
+    seen: list[tuple[int, tuple[float, ...], float]] = []
+    model = Model()
+    model.observe_batch = lambda size, queued, seconds: seen.append((size, tuple(queued), seconds))  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        batcher = _batcher(model, VirtualExecutor(), enabled=False)
+        await batcher.submit(_ones(3))
+
+    run(scenario)
+    assert [(size, queued) for size, queued, _ in seen] == [(3, (0.0,))]
+    assert 0.0 <= seen[0][2] < 60.0  # wall seconds the call took, not a clock reading
