@@ -91,7 +91,7 @@ def mixed_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[s
     huge = io.BytesIO()
     Image.new("L", (400, 400), 7).save(huge, format="PNG")
     bad("bad/zero_bytes.png", b"", "empty")
-    bad("bad/corrupt.png", os.urandom(3000), "cannot decode")
+    bad("bad/corrupt.png", np.random.default_rng(3).bytes(3000), "cannot decode")
     bad("bad/truncated.png", png.getvalue()[: len(png.getvalue()) // 2], "cannot decode")
     bad("bad/truncated.jpg", jpeg.getvalue()[: len(jpeg.getvalue()) // 3], "cannot decode")
     bad("bad/text_not_image.jpg", b"hello, I am a text file\n" * 20, "cannot decode")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ def _folder(root: Path) -> Path:
             image.convert("RGBA").save(target.with_suffix(".png"))
         else:
             image.save(target.with_suffix(".png"))
-    (root / "3" / "corrupt.png").write_bytes(os.urandom(500))
+    (root / "3" / "corrupt.png").write_bytes(np.random.default_rng(5).bytes(500))
     (root / "3" / "empty.jpg").write_bytes(b"")
     truncated = io.BytesIO()
     Image.new("RGB", (64, 64), "white").save(truncated, format="PNG")
