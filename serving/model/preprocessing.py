@@ -136,7 +136,7 @@ def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
             # 16-bit greyscale: keep the top 8 bits rather than clipping at 255 (16-bit arithmetic for
             # 16-bit images: a 7000x7000 one costs 98 MB here, not 196).
             wide: np.ndarray = np.asarray(image, dtype=np.uint32 if image.mode == "I" else np.uint16)
-            image = Image.fromarray((wide >> 8 if wide.max() > 255 else wide).astype(np.uint8), "L")
+            image = Image.fromarray((wide >> 8 if wide.max() > 255 else wide).astype(np.uint8))  # (H, W): L
         else:
             image = image.convert(spec.mode)
     if image.size != (spec.width, spec.height):

@@ -76,7 +76,9 @@ def test_no_scale_in_the_config_means_raw_pixel_values() -> None:
     pixels = _gradient()
     spec = _spec(scale=0.0)
     assert spec.scale == 1.0
-    np.testing.assert_array_equal(preprocess_encoded(_png(pixels), spec)[..., 0], pixels.astype(np.float32))
+    raw = preprocess_encoded(_png(pixels), spec)
+    assert raw.dtype == np.float32  # float32 even with nothing to scale or shift
+    np.testing.assert_array_equal(raw[..., 0], pixels.astype(np.float32))
     shifted = preprocess_encoded(_png(pixels), _spec(scale=1.0, offset=2.0))
     np.testing.assert_array_equal(shifted[..., 0], pixels.astype(np.float32) + np.float32(2.0))
 
@@ -122,14 +124,25 @@ def test_an_unset_filter_resizes_bilinear(rng: np.random.Generator) -> None:
     np.testing.assert_array_equal(preprocess_encoded(_png(pixels), spec)[..., 0], resized * SCALE)
 
 
-def test_16_bit_greyscale_keeps_its_top_8_bits() -> None:
-    wide = np.array([[0, 255, 256, 65535, 4660, 40000]] * 4, dtype=np.uint16)
-    image = Image.fromarray(wide)  # mode I;16
-    assert image.mode.startswith("I;16")
+def _wide_image(values: list[int], mode: str) -> Image.Image:
+    """A 4x6 image of 16- or 32-bit greyscale in `mode`, each row holding `values`."""
+    array = np.array([values] * 4, dtype=np.uint32)
+    if mode == "I":
+        return Image.fromarray(array.astype(np.int32))
+    dtype = {"I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2"}[mode]
+    return Image.frombytes(mode, (6, 4), array.astype(dtype).tobytes())
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16L", "I;16B", "I"])
+def test_16_bit_greyscale_keeps_its_top_8_bits(mode: str) -> None:
+    image = _wide_image([0, 255, 256, 65535, 4660, 40000], mode)
+    assert image.mode == mode
     tensor = preprocess_image(image, _spec(scale=1.0))
     np.testing.assert_array_equal(tensor[0, :, 0], [0, 0, 1, 255, 18, 156])  # value >> 8
-    narrow = Image.fromarray(np.array([[0, 17, 255, 3, 4, 5]] * 4, dtype=np.uint16))
+    narrow = _wide_image([0, 17, 255, 3, 4, 5], mode)  # 8-bit values in a wide image: kept as they are
     np.testing.assert_array_equal(preprocess_image(narrow, _spec(scale=1.0))[0, :, 0], [0, 17, 255, 3, 4, 5])
+    just_over = _wide_image([0, 256, 512, 1, 2, 3], mode)  # one above 255: the whole image is shifted
+    np.testing.assert_array_equal(preprocess_image(just_over, _spec(scale=1.0))[0, :, 0], [0, 1, 2, 0, 0, 0])
 
 
 def test_the_tensor_takes_the_models_input_dims() -> None:
@@ -143,6 +156,7 @@ def test_the_tensor_takes_the_models_input_dims() -> None:
         (pb.Preprocessing(height=4, width=6), (4, 6, 1), "no colour mode"),
         (pb.Preprocessing(color_mode=pb.GRAYSCALE, height=0, width=6), (4, 6, 1), "no size"),
         (pb.Preprocessing(color_mode=pb.GRAYSCALE, height=4, width=-1), (4, 6, 1), "no size"),
+        (pb.Preprocessing(color_mode=pb.GRAYSCALE, height=4, width=0), (4, 6, 1), "no size"),
         (
             pb.Preprocessing(color_mode=pb.RGB, height=4, width=6),
             (4, 6, 1),
@@ -153,6 +167,12 @@ def test_the_tensor_takes_the_models_input_dims() -> None:
 def test_a_config_that_cannot_describe_an_image_is_refused(pre, dims, message: str) -> None:
     with pytest.raises(RepositoryError, match=message):
         PreprocessSpec.from_config(pre, dims)
+
+
+def test_a_one_pixel_high_or_wide_image_is_a_valid_size() -> None:
+    for height, width in ((1, 6), (6, 1)):
+        pre = pb.Preprocessing(color_mode=pb.GRAYSCALE, height=height, width=width)
+        assert (PreprocessSpec.from_config(pre, (height, width, 1)).height, width) == (height, width)
 
 
 def test_the_spec_is_read_whole_from_the_config() -> None:
