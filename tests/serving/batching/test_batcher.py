@@ -42,7 +42,7 @@ class Model:
         return batch + 1.0
 
     def observe_batch(self, size, queue_seconds, compute_seconds) -> None:
-        assert size == len(self.batches[-1]) and compute_seconds >= 0
+        assert size >= 1 and 0 <= compute_seconds < 60  # seconds, not a clock reading
         self.queued.append([round(seconds, 9) for seconds in queue_seconds])
 
     def observe_dropped(self, count: int) -> None:
@@ -524,10 +524,11 @@ def test_requests_behind_dropped_ones_ride_in_the_same_batch() -> None:
         with pytest.raises(DeadlineExpiredError, match=r"^deadline passed after 1\.000 s in the queue$"):
             await late
         _assert_idle(batcher)
+        await batcher.submit(_ones(1, 4.0))  # a batch that drops nothing reports no drops
         await batcher.close()
 
     run(scenario)
-    assert model.batches == [[1.0, 2.0]] and model.queued == [[0.5, 0.5]]
+    assert model.batches == [[1.0, 2.0], [4.0]] and model.queued == [[0.5, 0.5], [1.0]]
     assert drops == [3]
 
 
@@ -629,3 +630,111 @@ def test_batching_off_reports_each_call_as_its_own_batch() -> None:
     run(scenario)
     assert [(size, queued) for size, queued, _ in seen] == [(3, (0.0,))]
     assert 0.0 <= seen[0][2] < 60.0  # wall seconds the call took, not a clock reading
+
+
+def test_requests_arriving_together_that_fill_a_batch_do_not_wait() -> None:
+    model = Model()
+
+    async def scenario() -> None:
+        batcher = _batcher(
+            model, VirtualExecutor(cost=lambda batch: 0.01), max_batch_size=4, max_queue_delay_s=1.0
+        )
+        await asyncio.gather(*(batcher.submit(_ones(1, float(i))) for i in range(4)))
+        assert batcher._task is not None and batcher._task.get_name() == "batcher-test"
+        await batcher.close()
+        await batcher.close()  # closing twice is harmless
+
+    run(scenario)
+    assert model.queued == [[0.0] * 4]
+
+
+@pytest.mark.parametrize("size", [0, -3])
+def test_a_batch_size_below_one_is_refused(size: int) -> None:
+    with pytest.raises(ValueError, match=f"^max_batch_size must be at least 1, not {size}$"):
+        _batcher(Model(), VirtualExecutor(), max_batch_size=size)
+    assert _batcher(Model(), VirtualExecutor(), max_batch_size=1).settings.max_batch_size == 1
+
+
+def test_the_parts_of_a_big_bulk_request_start_beside_a_running_batch() -> None:
+    """A 6-image explanation chunk with batches of 4 becomes parts of 4 and 2; both are ready-made, so the
+    2 does not wait for the batch already computing."""
+    model = Model()
+
+    async def scenario() -> None:
+        executor = VirtualExecutor(cost=lambda batch: 1.0)
+        batcher = _batcher(
+            model, executor, max_batch_size=4, max_queue_delay_s=0.0, adaptive=True, max_concurrent_batches=3
+        )
+        running = asyncio.ensure_future(batcher.submit(_ones(1, 0.0)))
+        await asyncio.sleep(0.125)
+        chunk = np.arange(6, dtype=np.float32).reshape(6, 1) + 10.0
+        np.testing.assert_array_equal(await batcher.submit(chunk, bulk=True), chunk + 1.0)
+        await running
+        assert executor.most == 3
+        await batcher.close()
+
+    run(scenario)
+    assert model.queued == [[0.0], [0.0], [0.0]]
+
+
+def test_a_model_failure_reaches_every_caller_of_the_batch_and_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("the model failed")
+
+    async def scenario() -> None:
+        settings = BatchSettings(max_batch_size=4, max_queue_delay_s=0.0, max_queue_images=16)
+        batcher = DynamicBatcher(broken, settings, VirtualExecutor(), name="test")
+        answers = await asyncio.gather(
+            batcher.submit(_ones(1)), batcher.submit(_ones(2)), return_exceptions=True
+        )
+        assert [str(a) for a in answers] == ["the model failed", "the model failed"]
+        _assert_idle(batcher)
+        await batcher.close()
+
+    run(scenario)
+    assert "batch of 3 images for test failed" in caplog.text
+
+
+def test_a_preparation_making_the_wrong_number_of_images_fails_its_caller_alone() -> None:
+    model = Model()
+
+    async def scenario() -> None:
+        batcher = _batcher(model, VirtualExecutor(), max_queue_delay_s=0.0, adaptive=True)
+        wrong, right = await asyncio.gather(
+            batcher.submit_deferred(lambda: _ones(2), 1),
+            batcher.submit(_ones(1, 7.0)),
+            return_exceptions=True,
+        )
+        assert isinstance(wrong, ValueError) and str(wrong) == "prepare made 2 images, not 1"
+        assert float(right[0, 0]) == 8.0
+        await batcher.close()
+
+    run(scenario)
+
+
+def test_inline_batches_take_no_loop_time_and_the_cost_estimate_is_a_moving_average() -> None:
+    """After the first batch (in the executor, measured), batches expected to be quick run on the loop:
+    no virtual time passes for them. The estimate is 0.9 x the old one + 0.1 x the new measure."""
+    model = ThreadRecorder(seconds_per_image=0.002)
+
+    async def scenario() -> tuple[float, float | None]:
+        settings = BatchSettings(
+            max_batch_size=8, max_queue_delay_s=0.0, max_queue_images=64, inline_compute_s=10.0
+        )
+        batcher = DynamicBatcher(model.run, settings, VirtualExecutor(cost=lambda batch: 0.5), name="test")
+        loop = asyncio.get_running_loop()
+        await batcher.submit(_ones(4))  # measured in the executor: 0.5 s of loop time
+        first = batcher._seconds_per_image
+        start = loop.time()
+        for _ in range(3):
+            await batcher.submit(_ones(4))
+        assert first is not None and first == pytest.approx(0.002, rel=0.5)
+        estimate = batcher._seconds_per_image
+        assert estimate is not None and estimate == pytest.approx(0.002, rel=0.5)
+        await batcher.close()
+        return loop.time() - start, estimate
+
+    elapsed, _ = run(scenario)
+    assert elapsed == 0.0

@@ -79,5 +79,5 @@ def test_the_wait_is_scaled_by_how_busy_the_worker_is(busy: float, delay: float)
 def test_the_full_wait_when_the_load_is_unknown_or_a_request_is_on_its_way() -> None:
     assert AdaptiveWait(0.2).fill_delay() == 0.2
     idle = AdaptiveWait(0.2, load=lambda: 0.0)
-    idle.arriving = 2
+    idle.arriving = 1
     assert idle.fill_delay() == 0.2
