@@ -7,6 +7,7 @@ type fails the tests until it is added here, with the status a caller should get
 from __future__ import annotations
 
 from cnnserve.serving import errors
+from cnnserve.serving.observability.tracing import TracingConfigError
 
 # gRPC status code name -> (its number, the HTTP status a REST transport answers)
 CODES = {
@@ -36,6 +37,7 @@ EXPECTED = {
     errors.ImageTooLargeError: "INVALID_ARGUMENT",
     errors.LayerHasNoWeightsError: "INVALID_ARGUMENT",
     errors.SettingsError: "INVALID_ARGUMENT",
+    TracingConfigError: "INVALID_ARGUMENT",
     errors.NotFoundError: "NOT_FOUND",
     errors.ModelNotFoundError: "NOT_FOUND",
     errors.LayerNotFoundError: "NOT_FOUND",

@@ -107,7 +107,7 @@ async def _calls(
 
 
 def _failures(metrics: ServingMetrics, code: str) -> float:
-    labels = {"model": "m", "rpc": "Raise", "code": code}
+    labels = {"model": "m", "version": "", "rpc": "Raise", "code": code}  # no version resolved
     return metrics.registry.get_sample_value("cnnserve_request_failures_total", labels) or 0.0
 
 
@@ -117,7 +117,9 @@ def test_every_error_type_reaches_the_client_as_its_status_and_is_counted_under_
     assert answers == [(EXPECTED[cls], f"{cls.__name__} names the culprit") for cls in EXPECTED]
     for code in CODES:
         assert _failures(metrics, code) == sum(1 for value in EXPECTED.values() if value == code), code
-    requests = metrics.registry.get_sample_value("cnnserve_requests_total", {"model": "m", "rpc": "Raise"})
+    requests = metrics.registry.get_sample_value(
+        "cnnserve_requests_total", {"model": "m", "version": "", "rpc": "Raise"}
+    )
     assert requests == len(EXPECTED)
 
 
@@ -125,7 +127,8 @@ def test_a_bug_answers_internal_with_a_fixed_message_and_success_counts_images()
     answers, metrics = asyncio.run(_calls(["RuntimeError", "ok", "ok"]))
     assert answers == [("INTERNAL", INTERNAL_MESSAGE), ("OK", "fine"), ("OK", "fine")]
     assert _failures(metrics, "INTERNAL") == 1
-    assert metrics.registry.get_sample_value("cnnserve_images_total", {"model": "m", "rpc": "Raise"}) == 4
+    images = {"model": "m", "version": "", "rpc": "Raise"}
+    assert metrics.registry.get_sample_value("cnnserve_images_total", images) == 4
 
 
 def test_a_draining_server_refuses_new_calls_as_unavailable() -> None:
