@@ -77,7 +77,7 @@ MODULES = (
             "cnnserve/serving/jobs/sinks/csv.py",
             "cnnserve/serving/jobs/sinks/jsonl.py",
         ),
-        ("tests/serving/jobs/test_sinks.py",),
+        ("tests/serving/jobs/test_sinks.py", "tests/serving/jobs/test_resume.py"),
     ),
 )
 

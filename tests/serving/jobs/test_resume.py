@@ -1,0 +1,149 @@
+"""Resuming an output, piece by piece: torn-tail repair byte for byte, the model and version checks, the
+rewrite that drops malformed rows, and what a restart removes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cnnserve.serving.errors import OutputError
+from cnnserve.serving.jobs.sinks import Prediction, ResultRow, columns, open_sink, output_format, read_table
+from cnnserve.serving.jobs.sinks.base import rewrite, row_record, truncate_torn_tail
+
+
+@pytest.mark.parametrize(
+    ("content", "kept", "removed"),
+    [
+        (b"", b"", 0),
+        (b"a,b\n1,2\n", b"a,b\n1,2\n", 0),  # ends with a newline: nothing torn
+        (b"a,b\n1,2\n3,", b"a,b\n1,2\n", 2),
+        (b"no newline at all", b"", 17),
+        (b"\n" + b"x" * 70_000, b"\n", 70_000),  # the last newline more than one 64 KiB block back
+        (b"y" * 65_535 + b"\n" + b"z" * 10, b"y" * 65_535 + b"\n", 10),
+        (b"w" * 200_000, b"", 200_000),  # several blocks, no newline anywhere
+    ],
+    ids=["empty", "whole", "torn", "one torn line", "long torn line", "block boundary", "blocks, no newline"],
+)
+def test_a_torn_tail_is_cut_back_to_the_last_newline(
+    tmp_path: Path, content: bytes, kept: bytes, removed: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "out.csv"
+    path.write_bytes(content)
+    assert truncate_torn_tail(path) == removed
+    assert path.read_bytes() == kept
+    if removed:
+        assert f"repaired {path}: removed a torn last line of {removed} bytes" in caplog.text
+    else:
+        assert "repaired" not in caplog.text
+
+
+def test_rewrite_replaces_the_file_whole_and_keeps_line_ends(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_text("old\n")
+    rewrite(path, "a\r\nb\n")
+    assert path.read_bytes() == b"a\r\nb\n"  # written as given: no newline translation
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]  # no temporary file left
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl", "out.parquet"])
+def test_an_output_of_another_model_is_refused_and_another_version_only_warned_about(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / name
+    table = open_sink(path, top_k=1, model="digits", version=2)
+    table.write([ResultRow("a.png", (Prediction("7", 7, 0.5),))])
+    table.close(finished=False)
+    where = path if not name.endswith(".parquet") else tmp_path / ".out.parquet.partial.jsonl"
+    with pytest.raises(OutputError) as refused:
+        open_sink(path, top_k=1, model="cats", version=2)
+    assert str(refused.value) == (
+        f"{where} holds results of model 'digits', not 'cats': "
+        "use --restart to overwrite it, or another --output"
+    )
+    caplog.clear()
+    open_sink(path, top_k=1, model="digits", version=2).close(finished=False)
+    assert "holds results" not in caplog.text
+    resumed = open_sink(path, top_k=1, model="digits", version=3)
+    assert resumed.done == {"a.png"}
+    resumed.close(finished=False)
+    assert f"{where} holds results of digits version 2; the rest is classified with version 3" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl"])
+def test_rows_of_an_error_only_output_are_resumed_without_a_model_check(tmp_path: Path, name: str) -> None:
+    """Rows written before any model answered carry no version; resuming them warns about nothing."""
+    path = tmp_path / name
+    table = open_sink(path, top_k=1, model="m", version=1)
+    table.write([ResultRow("bad.png", error="cannot decode image")])
+    table.close()
+    if name.endswith(".jsonl"):  # a row from an older job that recorded no model or version
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "model": None, "version": None}) + "\n")
+    resumed = open_sink(path, top_k=1, model="m", version=5)
+    assert resumed.done == {"bad.png"}
+    resumed.close()
+
+
+def test_a_different_top_k_is_refused_with_both_column_lists(tmp_path: Path) -> None:
+    path = tmp_path / "out.csv"
+    open_sink(path, top_k=1, model="m", version=1).close()
+    with pytest.raises(OutputError) as refused:
+        open_sink(path, top_k=2, model="m", version=1)
+    assert str(refused.value) == (
+        f"{path} has columns {', '.join(columns(1))} but this job writes {', '.join(columns(2))} "
+        "(a different --top-k?): use --restart to overwrite it, or another --output"
+    )
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl", "out.parquet"])
+def test_an_output_in_a_new_folder_is_created_and_a_restart_removes_what_was_there(
+    tmp_path: Path, name: str
+) -> None:
+    path = tmp_path / "new" / "folder" / name
+    table = open_sink(path, top_k=1, model="m", version=1)
+    assert table.done == set() and table.rows_written == 0
+    table.write([ResultRow(f"{i}.png", (Prediction("0", 0, 1.0),)) for i in range(3)])
+    table.write([])  # an empty batch writes nothing
+    assert table.rows_written == 3
+    table.close(finished=False)
+    restarted = open_sink(path, top_k=1, model="m", version=1, resume=False)
+    assert restarted.done == set()
+    restarted.close()
+    assert read_table(path) == []
+    assert sorted(p.name for p in path.parent.iterdir()) == [name]  # no journal or temporary file left
+
+
+def test_a_csv_header_alone_resumes_as_empty(tmp_path: Path) -> None:
+    path = tmp_path / "out.csv"
+    open_sink(path, top_k=1, model="m", version=1).close()
+    assert path.read_text() == ",".join(columns(1)) + "\n"
+    table = open_sink(path, top_k=1, model="m", version=1)
+    assert table.done == set()
+    table.close()
+    assert path.read_text() == ",".join(columns(1)) + "\n"  # the header written once
+
+
+def test_blank_lines_are_not_rows(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    record = row_record(ResultRow("a.png", (Prediction("1", 1, 0.5),)), 1, "m", 1)
+    path.write_text(json.dumps(record) + "\n\n")
+    assert read_table(path) == [record]
+    assert output_format(Path("x.NDJSON")) == "jsonl" and output_format(Path("x.pq")) == "parquet"
+
+
+def test_the_error_column_is_one_line() -> None:
+    record = row_record(ResultRow("b.png", error="cannot decode:\n  line two\tand three"), 2, "m", 4)
+    assert record == {
+        "path": "b.png",
+        "label": None,
+        "index": None,
+        "score": None,
+        "label_2": None,
+        "index_2": None,
+        "score_2": None,
+        "model": "m",
+        "version": 4,
+        "error": "cannot decode: line two and three",
+    }
