@@ -43,7 +43,7 @@ def test_each_format_round_trips_and_resumes(tmp_path: Path, name: str) -> None:
     assert str(first["label_2"]) == "1" and float(first["score_2"]) == 0.05
     assert (first["model"], int(first["version"]), first["error"]) == ("mnist_cnn", 3, "")
     assert bad["error"] == "cannot decode image: line two"  # one line, whatever the exception said
-    assert bad["label"] in ("", None) and bad["score"] in ("", None)
+    assert bad["label"] in ("", None) and bad["index"] in ("", None) and bad["score"] in ("", None)
     if name.endswith(".parquet"):
         assert not (tmp_path / ".out.parquet.partial.jsonl").exists()
         assert pq.read_schema(path).field("index").type == "int64"
@@ -178,8 +178,29 @@ def test_malformed_rows_in_the_middle_of_a_resumed_output_are_dropped_and_redone
 
     table = open_sink(path, top_k=1, model="m", version=1)
     assert table.done == {"0.png", "2.png", "4.png"}
-    assert "dropped 2 malformed" in caplog.text
+    unit = "rows" if name.endswith(".csv") else "lines"
+    assert f"repaired {lines_path}: dropped 2 malformed {unit}" in caplog.text
     table.write([row for row in rows if row.path in damaged])
     table.close()
     assert [r["path"] for r in read_table(path)] == ["0.png", "2.png", "4.png", "1.png", "3.png"]
     assert [str(r["label"]) for r in read_table(path)] == ["0", "2", "4", "1", "3"]
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl"])
+def test_odd_file_names_round_trip_and_a_clean_output_resumes_untouched(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Names with a newline, quotes or commas are legal on Linux: each comes back as written, so resuming
+    skips exactly the files already done; a clean output is not rewritten."""
+    path = tmp_path / name
+    odd = ["c\nd.png", 'e, "f".png', "caf\u00e9.png", "plain.png"]
+    table = open_sink(path, top_k=1, model="m", version=1)
+    table.write([ResultRow(n, (Prediction("1", 1, 0.5),)) for n in odd])
+    table.close()
+    before = path.read_bytes()
+    resumed = open_sink(path, top_k=1, model="m", version=1)
+    assert resumed.done == set(odd)
+    resumed.close()
+    assert path.read_bytes() == before
+    assert [r["path"] for r in read_table(path)] == odd
+    assert "repaired" not in caplog.text
