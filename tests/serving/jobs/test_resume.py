@@ -33,10 +33,8 @@ def test_a_torn_tail_is_cut_back_to_the_last_newline(
     path.write_bytes(content)
     assert truncate_torn_tail(path) == removed
     assert path.read_bytes() == kept
-    if removed:
-        assert f"repaired {path}: removed a torn last line of {removed} bytes" in caplog.text
-    else:
-        assert "repaired" not in caplog.text
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == ([f"repaired {path}: removed a torn last line of {removed} bytes"] if removed else [])
 
 
 def test_rewrite_replaces_the_file_whole_and_keeps_line_ends(tmp_path: Path) -> None:
@@ -68,11 +66,15 @@ def test_an_output_of_another_model_is_refused_and_another_version_only_warned_a
     resumed = open_sink(path, top_k=1, model="digits", version=3)
     assert resumed.done == {"a.png"}
     resumed.close(finished=False)
-    assert f"{where} holds results of digits version 2; the rest is classified with version 3" in caplog.text
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{where} holds results of digits version 2; the rest is classified with version 3"
+    ]
 
 
 @pytest.mark.parametrize("name", ["out.csv", "out.jsonl"])
-def test_rows_of_an_error_only_output_are_resumed_without_a_model_check(tmp_path: Path, name: str) -> None:
+def test_rows_of_an_error_only_output_are_resumed_without_a_model_check(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Rows written before any model answered carry no version; resuming them warns about nothing."""
     path = tmp_path / name
     table = open_sink(path, top_k=1, model="m", version=1)
@@ -81,9 +83,13 @@ def test_rows_of_an_error_only_output_are_resumed_without_a_model_check(tmp_path
     if name.endswith(".jsonl"):  # a row from an older job that recorded no model or version
         record = json.loads(path.read_text())
         path.write_text(json.dumps({**record, "model": None, "version": None}) + "\n")
+    else:  # the same, as a CSV row: empty model and version cells
+        header, row = path.read_text().splitlines()
+        path.write_text(f"{header}\n{row.replace(',m,1,', ',,,')}\n")
     resumed = open_sink(path, top_k=1, model="m", version=5)
     assert resumed.done == {"bad.png"}
     resumed.close()
+    assert "holds results" not in caplog.text
 
 
 def test_a_different_top_k_is_refused_with_both_column_lists(tmp_path: Path) -> None:
@@ -106,7 +112,8 @@ def test_an_output_in_a_new_folder_is_created_and_a_restart_removes_what_was_the
     assert table.done == set() and table.rows_written == 0
     table.write([ResultRow(f"{i}.png", (Prediction("0", 0, 1.0),)) for i in range(3)])
     table.write([])  # an empty batch writes nothing
-    assert table.rows_written == 3
+    table.write([ResultRow("3.png", (Prediction("0", 0, 1.0),))])
+    assert table.rows_written == 4
     table.close(finished=False)
     restarted = open_sink(path, top_k=1, model="m", version=1, resume=False)
     assert restarted.done == set()
@@ -147,3 +154,17 @@ def test_the_error_column_is_one_line() -> None:
         "version": 4,
         "error": "cannot decode: line two and three",
     }
+
+
+def test_every_kind_of_malformed_jsonl_line_is_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "out.jsonl"
+    good = row_record(ResultRow("a.png", (Prediction("1", 1, 0.5),)), 1, "m", 1)
+    lines = ["{not json", json.dumps(good), "[1, 2]", '{"no": "path"}', "also not json", "7"]
+    path.write_text("\n".join(lines) + "\n")
+    table = open_sink(path, top_k=1, model="m", version=1)
+    table.close()
+    assert table.done == {"a.png"}
+    assert path.read_text() == json.dumps(good) + "\n"
+    assert [r.getMessage() for r in caplog.records] == [f"repaired {path}: dropped 5 malformed lines"]
