@@ -23,8 +23,18 @@ from cnnserve.serving.jobs.sinks.base import rewrite, row_record, truncate_torn_
         (b"\n" + b"x" * 70_000, b"\n", 70_000),  # the last newline more than one 64 KiB block back
         (b"y" * 65_535 + b"\n" + b"z" * 10, b"y" * 65_535 + b"\n", 10),
         (b"w" * 200_000, b"", 200_000),  # several blocks, no newline anywhere
+        (b"\n" + b"v" * 65_536, b"\n", 65_536),  # the walk back ends on the file's first byte
     ],
-    ids=["empty", "whole", "torn", "one torn line", "long torn line", "block boundary", "blocks, no newline"],
+    ids=[
+        "empty",
+        "whole",
+        "torn",
+        "one torn line",
+        "long torn line",
+        "block boundary",
+        "blocks, no newline",
+        "newline first",
+    ],
 )
 def test_a_torn_tail_is_cut_back_to_the_last_newline(
     tmp_path: Path, content: bytes, kept: bytes, removed: int, caplog: pytest.LogCaptureFixture
@@ -168,3 +178,12 @@ def test_every_kind_of_malformed_jsonl_line_is_dropped(
     assert table.done == {"a.png"}
     assert path.read_text() == json.dumps(good) + "\n"
     assert [r.getMessage() for r in caplog.records] == [f"repaired {path}: dropped 5 malformed lines"]
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl"])
+def test_closing_an_output_twice_is_harmless(tmp_path: Path, name: str) -> None:
+    table = open_sink(tmp_path / name, top_k=1, model="m", version=1)
+    table.write([ResultRow("a.png", (Prediction("1", 1, 0.5),))])
+    table.close()
+    table.close()
+    assert [r["path"] for r in read_table(tmp_path / name)] == ["a.png"]
