@@ -8,6 +8,15 @@ from __future__ import annotations
 
 from cnnserve.serving import errors
 from cnnserve.serving.observability.tracing import TracingConfigError
+from cnnserve.serving.security.client_credentials import ClientSecurityError
+from cnnserve.serving.security.gate import (
+    ClientBusyError,
+    PermissionDeniedError,
+    RefusedError,
+    UnauthenticatedError,
+)
+from cnnserve.serving.security.tls import TlsConfigError
+from cnnserve.serving.security.tokens import TokenFileError
 
 # gRPC status code name -> (its number, the HTTP status a REST transport answers)
 CODES = {
@@ -38,6 +47,13 @@ EXPECTED = {
     errors.LayerHasNoWeightsError: "INVALID_ARGUMENT",
     errors.SettingsError: "INVALID_ARGUMENT",
     TracingConfigError: "INVALID_ARGUMENT",
+    TlsConfigError: "INVALID_ARGUMENT",
+    TokenFileError: "INVALID_ARGUMENT",
+    ClientSecurityError: "INVALID_ARGUMENT",
+    RefusedError: "INTERNAL",  # the base of the refusals below: never raised itself
+    UnauthenticatedError: "UNAUTHENTICATED",
+    PermissionDeniedError: "PERMISSION_DENIED",
+    ClientBusyError: "RESOURCE_EXHAUSTED",
     errors.NotFoundError: "NOT_FOUND",
     errors.ModelNotFoundError: "NOT_FOUND",
     errors.LayerNotFoundError: "NOT_FOUND",
@@ -63,4 +79,6 @@ EXPECTED = {
 
 def make(error_type: type[errors.ServingError], message: str) -> errors.ServingError:
     """An instance of any error type of the table (some take more than a message)."""
+    if issubclass(error_type, RefusedError):
+        return error_type(message, client="test-client")
     return error_type(message)
