@@ -28,9 +28,10 @@ def _request(digits, count: int = 2) -> inference_pb2.ClassifyRequest:
     )
 
 
-def _requests(metrics_port: int) -> float:
+def _in_flight(metrics_port: int) -> float:
+    """Classify calls the server has received and not answered yet, from its /metrics."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-    found = re.search(r'cnnserve_requests_total\{model="mnist_cnn",rpc="Classify"\} (\S+)', text)
+    found = re.search(r'cnnserve_inflight_requests\{model="mnist_cnn",rpc="Classify"\} (\S+)', text)
     return float(found.group(1)) if found else 0.0
 
 
@@ -59,7 +60,7 @@ def test_sigterm_finishes_calls_in_flight_and_exits_0(serve_subprocess, model_re
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         in_flight = [stub.Classify.future(_request(digits), timeout=60) for _ in range(3)]
         deadline = time.monotonic() + 30
-        while _requests(metrics_port) < 3:  # all three have reached the server (however slow the machine)
+        while _in_flight(metrics_port) < 3:  # all three have reached the server (however slow the machine)
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.02)
         server.signal(signal.SIGTERM)
