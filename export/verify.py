@@ -27,6 +27,10 @@ class Thresholds:
     min_top1_agreement: float = 1.0
     max_accuracy_drop: float = 1.0  # percentage points, for the fp16 / int8 variants
     gradcam_max_abs_error: float = 1e-3  # on the normalised Grad-CAM map
+    # DCT-scaled JPEG decoding is turned on only when, on the photo check set, it agrees this well with
+    # training preprocessing + Keras (top-1 share, and the largest class-probability difference).
+    scaled_decoding_min_top1_agreement: float = 1.0
+    scaled_decoding_max_abs_probability_difference: float = 1e-2
 
     def to_dict(self) -> dict[str, float]:
         return {
@@ -35,7 +39,26 @@ class Thresholds:
             "min_top1_agreement": self.min_top1_agreement,
             "max_accuracy_drop_points": self.max_accuracy_drop,
             "gradcam_max_abs_error": self.gradcam_max_abs_error,
+            "scaled_decoding_min_top1_agreement": self.scaled_decoding_min_top1_agreement,
+            "scaled_decoding_max_abs_probability_difference": (
+                self.scaled_decoding_max_abs_probability_difference
+            ),
         }
+
+    def scaled_decoding_failures(self, figures: Mapping[str, Any]) -> list[str]:
+        """Why the scaled-decoding figures miss these bounds (empty when they hold)."""
+        failures = []
+        if figures["top1_agreement"] < self.scaled_decoding_min_top1_agreement:
+            failures.append(
+                f"top-1 agreement {figures['top1_agreement']:.4f} < "
+                f"{self.scaled_decoding_min_top1_agreement:g} (files {figures['disagreeing'][:10]})"
+            )
+        if figures["max_abs_probability_difference"] > self.scaled_decoding_max_abs_probability_difference:
+            failures.append(
+                f"max abs probability difference {figures['max_abs_probability_difference']:.3g} > "
+                f"{self.scaled_decoding_max_abs_probability_difference:g}"
+            )
+        return failures
 
 
 def edge_cases(
@@ -175,6 +198,29 @@ def write_image_files(raw: np.ndarray, folder: Path, model_hw: tuple[int, int]) 
     return paths
 
 
+def _file_figures(
+    names: Sequence[str],
+    served: np.ndarray,
+    trained: np.ndarray,
+    onnx_probs: np.ndarray,
+    keras_probs: np.ndarray,
+) -> dict[str, Any]:
+    """Serving path vs training path on the same files: top-1, probabilities and the input tensors."""
+    top1 = Top1Stats()
+    top1.update(keras_probs, onnx_probs)
+    prob_stats = TensorStats()
+    prob_stats.update(keras_probs, onnx_probs)
+    difference = np.abs(served - trained)
+    return {
+        "images": len(names),
+        "top1_agreement": top1.agreement,
+        "disagreeing": [names[i] for i in top1.disagreeing],
+        "max_abs_probability_difference": prob_stats.max_abs,
+        "max_abs_input_difference": float(difference.max()) if difference.size else 0.0,
+        "mean_abs_input_difference": float(difference.mean()) if difference.size else 0.0,
+    }
+
+
 def verify_end_to_end(
     paths: Sequence[Path],
     serving_preprocess: Callable[[bytes], np.ndarray],
@@ -196,15 +242,31 @@ def verify_end_to_end(
             run_onnx(class_session, "input", [OUTPUT_NAME], served)[OUTPUT_NAME], output_kind
         )
         keras_probs = probabilities(keras_predict(trained), output_kind)
-        top1 = Top1Stats()
-        top1.update(keras_probs, onnx_probs)
-        prob_stats = TensorStats()
-        prob_stats.update(keras_probs, onnx_probs)
-        result[fmt] = {
-            "images": len(chosen),
-            "top1_agreement": top1.agreement,
-            "disagreeing": [chosen[i].name for i in top1.disagreeing],
-            "max_abs_probability_difference": prob_stats.max_abs,
-            "max_abs_input_difference": float(np.abs(served - trained).max()) if served.size else 0.0,
-        }
+        result[fmt] = _file_figures([path.name for path in chosen], served, trained, onnx_probs, keras_probs)
     return result
+
+
+def verify_photos(
+    paths: Sequence[Path],
+    full_preprocess: Callable[[bytes], np.ndarray],
+    scaled_preprocess: Callable[[bytes], np.ndarray],
+    training_preprocess: Callable[[Path], np.ndarray],
+    class_session,
+    keras_predict: Callable[[np.ndarray], np.ndarray],
+    output_kind: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Photo-sized JPEGs through serving with full and with DCT-scaled decoding, each against training
+    preprocessing + Keras (decoded once, in full, as training reads them); returns (full, scaled) figures."""
+    names = [path.name for path in paths]
+    encoded = [path.read_bytes() for path in paths]
+    trained = np.stack([np.asarray(training_preprocess(path), dtype=np.float32) for path in paths])
+    keras_probs = probabilities(keras_predict(trained), output_kind)
+    figures = []
+    for preprocess in (full_preprocess, scaled_preprocess):
+        served = np.stack([preprocess(data) for data in encoded]).astype(np.float32)
+        trained = trained.reshape(served.shape)
+        onnx_probs = probabilities(
+            run_onnx(class_session, "input", [OUTPUT_NAME], served)[OUTPUT_NAME], output_kind
+        )
+        figures.append(_file_figures(names, served, trained, onnx_probs, keras_probs))
+    return figures[0], figures[1]
