@@ -67,7 +67,7 @@ def _variants(photo: Image.Image) -> dict[str, bytes]:
 def test_fast_decoders_give_pillows_exact_pixels(photo: Image.Image) -> None:
     assert decoding.simplejpeg is not None and decoding.pyspng is not None, "fast decoders not installed"
     for name, data in _variants(photo).items():
-        decoded = decoding.decode(data)
+        decoded = decoding.decode_bytes(data)
         assert isinstance(decoded.pixels, np.ndarray), f"{name} did not take the fast path"
         assert decoded.box is None
         np.testing.assert_array_equal(decoded.pixels, _pillow(data), err_msg=name)
@@ -85,7 +85,7 @@ def test_what_the_fast_decoders_decline_goes_through_pillow(photo: Image.Image) 
         "bmp": _encode(small, "BMP"),
     }
     for name, data in declined.items():
-        decoded = decoding.decode(data)
+        decoded = decoding.decode_bytes(data)
         assert isinstance(decoded.pixels, Image.Image), f"{name} should be Pillow's"
         np.testing.assert_array_equal(np.asarray(decoded.pixels), _pillow(data), err_msg=name)
 
@@ -137,14 +137,14 @@ def test_a_jpeg_smaller_than_twice_the_input_takes_the_full_path(photo: Image.Im
     full_spec, scaled_spec = _spec(model_config_pb2.RGB, 150, False), _spec(model_config_pb2.RGB, 150, True)
     for width, height in ((299, 400), (500, 375), (450, 299)):
         data = _encode(photo.resize((width, height)), "JPEG", quality=90)
-        assert decoding.decode(data, min_size=scaled_spec.min_decoded_size).box is None
+        assert decoding.decode_bytes(data, min_size=scaled_spec.min_decoded_size).box is None
         np.testing.assert_array_equal(
             preprocess_encoded(data, scaled_spec), preprocess_encoded(data, full_spec)
         )
     data = _encode(photo.resize((600, 400)), "JPEG", quality=90)  # 2× the width, 1.33× the height: full
-    assert decoding.decode(data, min_size=scaled_spec.min_decoded_size).box is None
+    assert decoding.decode_bytes(data, min_size=scaled_spec.min_decoded_size).box is None
     data = _encode(photo.resize((1200, 800)), "JPEG", quality=90)
-    decoded = decoding.decode(data, min_size=scaled_spec.min_decoded_size)
+    decoded = decoding.decode_bytes(data, min_size=scaled_spec.min_decoded_size)
     assert decoded.box == (0.0, 0.0, 600.0, 400.0) and decoded.pixels.shape[:2] == (400, 600)
 
 
@@ -152,7 +152,7 @@ def test_fast_and_pillow_scaled_decoding_agree(photo: Image.Image) -> None:
     """simplejpeg at a DCT scale gives exactly Pillow's `draft` pixels and box (odd sizes included)."""
     for width, height in ((2401, 1599), (1203, 805), (3000, 2000)):
         data = _encode(photo.resize((width, height)), "JPEG", quality=90)
-        fast = decoding.decode(data, min_size=(300, 300))
+        fast = decoding.decode_bytes(data, min_size=(300, 300))
         pillow = decoding.open_image(data, min_size=(300, 300))
         assert isinstance(fast.pixels, np.ndarray) and fast.box is not None
         assert fast.box == pillow.box
@@ -170,9 +170,9 @@ def test_bad_files_name_the_problem_on_every_path(photo: Image.Image, min_size) 
         b"not an image",
     ):
         with pytest.raises(ImageDecodeError, match="cannot decode image"):
-            decoding.decode(data, min_size=min_size)
+            decoding.decode_bytes(data, min_size=min_size)
     with pytest.raises(ImageDecodeError, match="empty image"):
-        decoding.decode(b"", min_size=min_size)
+        decoding.decode_bytes(b"", min_size=min_size)
     for data in (jpeg, png):
-        with pytest.raises(ImageTooLargeError, match="600x400 = 240000 pixels exceeds the limit of 1000"):
-            decoding.decode(data, max_pixels=1000, min_size=min_size)
+        with pytest.raises(ImageTooLargeError, match="600x400 = 240,000 pixels exceeds the limit of 1,000"):
+            decoding.decode_bytes(data, max_pixels=1000, min_size=min_size)

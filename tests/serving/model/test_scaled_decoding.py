@@ -15,7 +15,7 @@ import pytest
 
 from cnnserve.export.photos import PHOTOS, Photo, encode
 from cnnserve.serving.grpc.client import CnnserveClient
-from cnnserve.serving.model.decoding import dct_scale, decode
+from cnnserve.serving.model.decoding import dct_scale, decode_bytes
 from cnnserve.serving.model.preprocessing import PreprocessSpec, preprocess_encoded
 from cnnserve.serving.model.repository import read_model_config
 from cnnserve.serving.model.runtime import probabilities
@@ -77,7 +77,7 @@ def test_scaled_equals_full_within_the_recorded_bounds_on_other_photographs(
 
 
 def _size(data: bytes) -> tuple[int, int]:
-    pixels = decode(data).pixels
+    pixels = decode_bytes(data).pixels
     height, width = pixels.shape[:2] if isinstance(pixels, np.ndarray) else pixels.size[::-1]
     return width, height
 
