@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from cnnserve.export.photos import PHOTOS
 from cnnserve.serving.settings import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US
 
 
@@ -34,6 +35,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=8,
         metavar="N",
         help="dataset images written as PNG and JPEG for the end-to-end check (default 8)",
+    )
+    export.add_argument(
+        "--photo-samples",
+        type=int,
+        default=len(PHOTOS),
+        metavar="N",
+        help="photo-sized JPEGs made from real photographs for the scaled-decoding check "
+        f"(default all {len(PHOTOS)}; 0 leaves scaled decoding off)",
+    )
+    export.add_argument(
+        "--no-scaled-decoding",
+        action="store_true",
+        help="decode every image in full when served, even where the scaled-decoding check holds",
+    )
+    export.add_argument(
+        "--scaled-max-probability-difference",
+        type=float,
+        default=1e-2,
+        metavar="P",
+        help="turn scaled JPEG decoding on only if no class probability on the photo check set moves more "
+        "than this (and top-1 always agrees; default 1e-2)",
     )
     export.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (float16, for GPUs)")
     export.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static QDQ int8)")
@@ -92,12 +114,18 @@ def export_command(args: argparse.Namespace) -> int:
         opset=args.opset,
         samples=args.samples,
         image_samples=args.image_samples,
+        photo_samples=args.photo_samples,
+        scaled_decoding=not args.no_scaled_decoding,
         fp16=args.fp16,
         int8=args.int8,
         max_batch_size=args.max_batch_size,
         max_queue_delay_microseconds=args.max_queue_delay_us,
         gradcam=not args.no_gradcam,
-        thresholds=Thresholds(max_abs_error=args.max_abs_error, max_accuracy_drop=args.max_accuracy_drop),
+        thresholds=Thresholds(
+            max_abs_error=args.max_abs_error,
+            max_accuracy_drop=args.max_accuracy_drop,
+            scaled_decoding_max_abs_probability_difference=args.scaled_max_probability_difference,
+        ),
     )
     try:
         result = export_run(Path(args.run_dir), Path(args.repo), options)
@@ -135,6 +163,16 @@ def summary(name: str, version: int, version_dir: Path, parity: dict) -> str:
                 for check, v in e2e.items()
             )
         )
+    scaled = parity.get("scaled_decoding")
+    if scaled:
+        lines.append(f"  scaled JPEG decoding {'on' if scaled['enabled'] else 'off'}: {scaled['reason']}")
+        if "top1_agreement" in scaled:
+            lines.append(
+                f"    on {scaled['images']} photo-sized JPEGs vs training preprocessing + Keras: top-1 "
+                f"{scaled['top1_agreement']:.2%}, max abs probability difference "
+                f"{scaled['max_abs_probability_difference']:.2e}, mean abs input difference "
+                f"{scaled['mean_abs_input_difference']:.2e}"
+            )
     overhead = parity.get("activation_outputs", {})
     if overhead:
         where = "activations.onnx" if overhead.get("separate_activations_graph") else "model.onnx"

@@ -32,6 +32,7 @@ from cnnserve.export.convert import (
     layer_outputs,
 )
 from cnnserve.export.errors import ExportError, ParityError, RunInputError, VariantRejectedError
+from cnnserve.export.photos import PHOTOS, PhotosUnavailableError, write_photos
 from cnnserve.export.publish import choose_version, publish_version
 from cnnserve.export.sessions import make_session
 from cnnserve.export.throughput import compare_throughput
@@ -41,6 +42,7 @@ from cnnserve.export.verify import (
     end_to_end_checks,
     verify_end_to_end,
     verify_graphs,
+    verify_photos,
     write_image_files,
 )
 from cnnserve.protos import model_config_pb2
@@ -60,6 +62,8 @@ class ExportOptions:
     opset: int = DEFAULT_OPSET
     samples: int = 256  # real held-out samples for the parity check
     image_samples: int = 8  # dataset images written as PNG and as JPEG for the end-to-end check
+    photo_samples: int = len(PHOTOS)  # photo-sized JPEGs from real photographs (export/photos.py); 0: none
+    scaled_decoding: bool = True  # turn DCT-scaled JPEG decoding on when its parity check holds
     max_batch_size: int = 64
     max_queue_delay_microseconds: int = config_mod.DEFAULT_MAX_QUEUE_DELAY_US
     max_queue_size: int = 0  # 0: 16 full batches
@@ -256,6 +260,20 @@ def export_run(run_dir: Path, repo: Path, options: ExportOptions | None = None) 
             thresholds,
         )
         failures.extend(end_to_end_failures)
+        photos, photo_failures, scaled = _verify_photos(
+            options,
+            work / "photos",
+            spec,
+            lambda path: datasets.load_image_for_training(path, run),
+            class_session,
+            lambda batch: predict(batch)[OUTPUT_NAME],
+            kind_enum,
+        )
+        if photos is not None:
+            end_to_end["photo_jpeg"] = photos
+        failures.extend(photo_failures)
+        pre_proto.scaled_decoding = bool(scaled["enabled"])
+        LOG.info("scaled JPEG decoding %s", _scaled_summary(scaled))
 
         parity: dict[str, Any] = {
             "model": name,
@@ -278,6 +296,7 @@ def export_run(run_dir: Path, repo: Path, options: ExportOptions | None = None) 
                 "image_size": _e2e_size(pre_proto),
                 **end_to_end,
             },
+            "scaled_decoding": scaled,
             "activation_outputs": overhead,
         }
         if failures:
@@ -361,6 +380,91 @@ def export_run(run_dir: Path, repo: Path, options: ExportOptions | None = None) 
         parity=parity,
         config=model_config,
         files=tuple(sorted(files)),
+    )
+
+
+def _verify_photos(
+    options: ExportOptions,
+    folder: Path,
+    spec: Any,  # cnnserve.serving.model.preprocessing.PreprocessSpec
+    training_preprocess: Any,
+    class_session: Any,
+    keras_predict: Any,
+    kind_enum: int,
+) -> tuple[dict[str, Any] | None, list[str], dict[str, Any]]:
+    """The photo check set through serving (full and DCT-scaled decoding) against training + Keras.
+
+    Returns the full-decoding report entry (the `photo_jpeg` check, gated like every end-to-end check; None
+    without photos), its failures, and the scaled-decoding record: its figures, the bounds, and whether it
+    is on and why.
+    """
+    from dataclasses import replace
+
+    from cnnserve.serving.model.decoding import dct_scale
+    from cnnserve.serving.model.preprocessing import preprocess_encoded
+
+    bounds = {
+        "min_top1_agreement": options.thresholds.scaled_decoding_min_top1_agreement,
+        "max_abs_probability_difference": options.thresholds.scaled_decoding_max_abs_probability_difference,
+    }
+    record: dict[str, Any] = {"enabled": False, "bounds": bounds}
+    chosen = PHOTOS[: max(0, options.photo_samples)]
+    if not chosen:
+        record["reason"] = "no photo check set (photo_samples 0)"
+        return None, [], record
+    try:
+        paths = write_photos(folder, chosen, seed=options.seed)
+    except PhotosUnavailableError as error:
+        record["reason"] = f"no photo check set: {error}"
+        return None, [], record
+    full_spec = replace(spec, scaled_decoding=False)
+    scaled_spec = replace(spec, scaled_decoding=True)
+    min_size = scaled_spec.min_decoded_size
+    full, full_failures, scaled = verify_photos(
+        paths,
+        lambda data: preprocess_encoded(data, full_spec),
+        lambda data: preprocess_encoded(data, scaled_spec),
+        training_preprocess,
+        class_session,
+        keras_predict,
+        kind_enum,
+        options.thresholds,
+    )
+    record["photos"] = [
+        {
+            "file": path.name,
+            "size": list(photo.size),
+            "variant": photo.variant,
+            "dct_scale": dct_scale(*_stored_size(photo), min_size),
+        }
+        for photo, path in zip(chosen, paths, strict=True)
+    ]
+    record.update(scaled)
+    failures = options.thresholds.scaled_decoding_failures(scaled)
+    if failures:
+        record["reason"] = "parity outside the bounds: " + "; ".join(failures)
+    elif not options.scaled_decoding:
+        record["reason"] = "parity held, but scaled decoding was turned off at export"
+    else:
+        record["enabled"] = True
+        record["reason"] = "parity held within the bounds"
+    return full, full_failures, record
+
+
+def _stored_size(photo: Any) -> tuple[int, int]:
+    """A check-set photo's pixel size as stored (an EXIF-rotated one is stored turned)."""
+    width, height = photo.size
+    return (height, width) if photo.variant == "exif-rotated" else (width, height)
+
+
+def _scaled_summary(record: dict[str, Any]) -> str:
+    state = "on" if record["enabled"] else "off"
+    if "top1_agreement" not in record:
+        return f"{state}: {record['reason']}"
+    return (
+        f"{state}: {record['reason']} (photos {record['images']}, top-1 agreement "
+        f"{record['top1_agreement']:.2%}, max abs probability difference "
+        f"{record['max_abs_probability_difference']:.2e})"
     )
 
 

@@ -77,6 +77,7 @@ def describe_model(repo: Path, name: str) -> dict[str, Any]:
         "num_classes": config.num_classes,
         "labels": labels,
         "max_batch_size": config.max_batch_size,
+        "scaled_decoding": config.preprocessing.scaled_decoding,
         "activation_layers": [
             {"name": a.name, "kind": a.kind, "output": a.output_name, "dims": list(a.dims)}
             for a in config.activation_layers
@@ -111,6 +112,12 @@ def _figures(parity: dict[str, Any]) -> dict[str, Any]:
     figures["end_to_end_top1"] = {
         fmt: value.get("top1_agreement") for fmt, value in e2e.items() if isinstance(value, dict)
     }
+    scaled = parity.get("scaled_decoding")
+    if scaled:
+        figures["scaled_decoding"] = {
+            key: scaled.get(key)
+            for key in ("enabled", "reason", "images", "top1_agreement", "max_abs_probability_difference")
+        }
     overhead = parity.get("activation_outputs", {})
     if overhead:
         figures["activation_outputs_overhead_pct"] = overhead.get("overhead_pct")
@@ -161,6 +168,11 @@ def render_text(models: list[dict[str, Any]], repo: Path) -> str:
         acts = ", ".join(f"{a['name']} ({a['kind']} {_dims(a['dims'])})" for a in model["activation_layers"])
         lines.append(f"  activation layers (in {model['activations_file']}): {acts or 'none'}")
         lines.append(f"  layers with weights: {', '.join(model['layers_with_weights']) or 'none'}")
+        lines.append(
+            "  decoding: JPEGs at the smallest DCT scale ≥ 2× the input, then resized"
+            if model["scaled_decoding"]
+            else "  decoding: every image in full, then resized"
+        )
         gradcam = model["gradcam"]
         lines.append(
             f"  grad-cam: {gradcam['file']} on {gradcam['layer']}"
@@ -192,6 +204,13 @@ def render_text(models: list[dict[str, Any]], repo: Path) -> str:
                 lines.append(
                     "    end to end from image files, top-1 agreement: "
                     + ", ".join(f"{fmt} {_fmt(value, '.2%')}" for fmt, value in e2e.items())
+                )
+            scaled = figures.get("scaled_decoding")
+            if scaled and scaled.get("top1_agreement") is not None:
+                lines.append(
+                    f"    scaled JPEG decoding on {scaled['images']} photo-sized JPEGs: top-1 agreement "
+                    f"{_fmt(scaled['top1_agreement'], '.2%')}, max abs probability difference "
+                    f"{_fmt(scaled['max_abs_probability_difference'])} ({scaled['reason']})"
                 )
             if "activation_outputs_overhead_pct" in figures:
                 lines.append(

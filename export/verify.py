@@ -49,12 +49,13 @@ class EndToEndBound:
 
 SAME_PIPELINE = EndToEndBound(
     max_input_difference=0.0,
-    basis="serving and training decode with Pillow, resize with the same filter and scale in float32 alike",
+    basis="serving decodes to the same pixels as training's Pillow (its fast decoders are exact), resizes "
+    "with the same filter and scales in float32 alike",
 )
 
 
 def _default_end_to_end() -> dict[str, EndToEndBound]:
-    return {"png": SAME_PIPELINE, "jpeg": SAME_PIPELINE}
+    return {"png": SAME_PIPELINE, "jpeg": SAME_PIPELINE, "photo_jpeg": SAME_PIPELINE}
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,10 @@ class Thresholds:
     gradcam_max_abs_error: float = 1e-3  # on the normalised Grad-CAM map
     # One bound per end-to-end check (by name: the image format, or a named set of files).
     end_to_end: Mapping[str, EndToEndBound] = field(default_factory=_default_end_to_end)
+    # DCT-scaled JPEG decoding is turned on only when, on the photo check set, it agrees this well with
+    # training preprocessing + Keras (top-1 share, and the largest class-probability difference).
+    scaled_decoding_min_top1_agreement: float = 1.0
+    scaled_decoding_max_abs_probability_difference: float = 1e-2
 
     def end_to_end_bound(self, check: str) -> EndToEndBound:
         """The bound of one end-to-end check; a check without a stated bound is a programming error."""
@@ -92,7 +97,26 @@ class Thresholds:
             "end_to_end": {
                 check: bound.to_dict(self.max_abs_error) for check, bound in self.end_to_end.items()
             },
+            "scaled_decoding_min_top1_agreement": self.scaled_decoding_min_top1_agreement,
+            "scaled_decoding_max_abs_probability_difference": (
+                self.scaled_decoding_max_abs_probability_difference
+            ),
         }
+
+    def scaled_decoding_failures(self, figures: Mapping[str, Any]) -> list[str]:
+        """Why the scaled-decoding figures miss these bounds (empty when they hold)."""
+        failures = []
+        if figures["top1_agreement"] < self.scaled_decoding_min_top1_agreement:
+            failures.append(
+                f"top-1 agreement {figures['top1_agreement']:.4f} < "
+                f"{self.scaled_decoding_min_top1_agreement:g} (files {figures['disagreeing'][:10]})"
+            )
+        if figures["max_abs_probability_difference"] > self.scaled_decoding_max_abs_probability_difference:
+            failures.append(
+                f"max abs probability difference {figures['max_abs_probability_difference']:.3g} > "
+                f"{self.scaled_decoding_max_abs_probability_difference:g}"
+            )
+        return failures
 
 
 def edge_cases(
@@ -244,6 +268,29 @@ def end_to_end_checks(paths: Sequence[Path]) -> dict[str, list[Path]]:
 _FORMAT_OF_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
 
 
+def _file_figures(
+    names: Sequence[str],
+    served: np.ndarray,
+    trained: np.ndarray,
+    onnx_probs: np.ndarray,
+    keras_probs: np.ndarray,
+) -> dict[str, Any]:
+    """Serving path vs training path on the same files: top-1, probabilities and the input tensors."""
+    top1 = Top1Stats()
+    top1.update(keras_probs, onnx_probs)
+    prob_stats = TensorStats()
+    prob_stats.update(keras_probs, onnx_probs)
+    difference = np.abs(served - trained)
+    return {
+        "images": len(names),
+        "top1_agreement": top1.agreement,
+        "disagreeing": [names[i] for i in top1.disagreeing],
+        "max_abs_probability_difference": prob_stats.max_abs,
+        "max_abs_input_difference": float(difference.max()) if difference.size else 0.0,
+        "mean_abs_input_difference": float(difference.mean()) if difference.size else 0.0,
+    }
+
+
 def verify_end_to_end(
     checks: Mapping[str, Sequence[Path]],
     serving_preprocess: Callable[[bytes], np.ndarray],
@@ -325,3 +372,40 @@ def _end_to_end_failures(
             f"(files {entry['disagreeing'][:10]})"
         )
     return failures
+
+
+def verify_photos(
+    paths: Sequence[Path],
+    full_preprocess: Callable[[bytes], np.ndarray],
+    scaled_preprocess: Callable[[bytes], np.ndarray],
+    training_preprocess: Callable[[Path], np.ndarray],
+    class_session,
+    keras_predict: Callable[[np.ndarray], np.ndarray],
+    output_kind: int,
+    thresholds: Thresholds,
+) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """Photo-sized JPEGs through serving with full and with DCT-scaled decoding, each against training
+    preprocessing + Keras (decoded once, in full, as training reads them).
+
+    Full decoding is the `photo_jpeg` end-to-end check, gated by its bound like every other; scaled decoding
+    only decides whether the config turns it on (`Thresholds.scaled_decoding_failures`). Returns the full
+    check's report entry, its failures, and the scaled-decoding figures.
+    """
+    report, failures = verify_end_to_end(
+        {"photo_jpeg": paths},
+        full_preprocess,
+        training_preprocess,
+        class_session,
+        keras_predict,
+        output_kind,
+        thresholds,
+    )
+    names = [path.name for path in paths]
+    trained = np.stack([np.asarray(training_preprocess(path), dtype=np.float32) for path in paths])
+    served = np.stack([scaled_preprocess(path.read_bytes()) for path in paths]).astype(np.float32)
+    trained = trained.reshape(served.shape)
+    onnx_probs = probabilities(
+        run_onnx(class_session, "input", [OUTPUT_NAME], served)[OUTPUT_NAME], output_kind
+    )
+    keras_probs = probabilities(keras_predict(trained), output_kind)
+    return report["photo_jpeg"], failures, _file_figures(names, served, trained, onnx_probs, keras_probs)

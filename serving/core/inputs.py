@@ -26,12 +26,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from cnnserve.protos import model_config_pb2
 from cnnserve.serving.core.decode_budget import DecodeBudget
 from cnnserve.serving.errors import DeadlineExpiredError, ImageDecodeError, InvalidRequestError
-from cnnserve.serving.model.preprocessing import PreprocessSpec, decode, open_header, preprocess_image
+from cnnserve.serving.model.decoding import Header, decode, open_header
+from cnnserve.serving.model.preprocessing import PreprocessSpec, preprocess_decoded
 from cnnserve.serving.settings import DEFAULT_MAX_IMAGES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_REQUEST_PIXELS
 
 # A request whose encoded images total fewer bytes than this, and declare fewer pixels than
@@ -72,7 +72,7 @@ class RawTensor:
 class OpenedImage:
     """An encoded image whose header has been read: its size is known, its pixels not decoded yet."""
 
-    image: Image.Image
+    image: Header
     pixels: int
 
 
@@ -163,7 +163,7 @@ def image_array(image: ImageInput, spec: PreprocessSpec, index: int, max_pixels:
         image = open_image_header(bytes(image), index, max_pixels)
     if isinstance(image, OpenedImage):
         try:
-            return preprocess_image(decode(image.image), spec)
+            return preprocess_decoded(decode(image.image, spec.min_decoded_size), spec)
         except ImageDecodeError as error:
             raise InvalidRequestError(f"image {index}: {error}", index) from error
     if isinstance(image, RawTensor):

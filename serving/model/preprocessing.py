@@ -1,25 +1,26 @@
 """The serving stage's image preprocessing: encoded bytes → the model's float32 input tensor.
 
 One function per model config, shared by the server, the batch job and export's parity check, so any
-training–serving skew shows up in export's end-to-end parity test instead of in production. Pillow and
-numpy only: no TensorFlow here.
+training–serving skew shows up in export's end-to-end parity test instead of in production. Decoding
+(which decoder, DCT scaling, the decompression-bomb guard) is `decoding`'s; colour conversion and the
+resize are Pillow's, as in training. No TensorFlow here.
 """
 
 from __future__ import annotations
 
-import io
-import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from struct import error as struct_error
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from cnnserve.protos import model_config_pb2
-from cnnserve.serving.errors import ImageDecodeError, ImageTooLargeError, RepositoryError
+from cnnserve.serving.errors import RepositoryError
+from cnnserve.serving.model.decoding import Decoded, decode_bytes
 from cnnserve.serving.settings import DEFAULT_MAX_PIXELS
+
+# How much larger than the model's input a DCT-scaled JPEG must stay, so the final resize still filters.
+SCALED_DECODING_MARGIN = 2
 
 _RESAMPLE: dict[int, Image.Resampling] = {
     model_config_pb2.NEAREST: Image.Resampling.NEAREST,
@@ -31,20 +32,15 @@ _RESAMPLE: dict[int, Image.Resampling] = {
 }
 _PIL_MODE = {model_config_pb2.GRAYSCALE: "L", model_config_pb2.RGB: "RGB"}
 
-# The pixel limit is ours (`--max-pixels`, checked from the header before decoding), in both directions:
-# Pillow's own limit (refusing above 178,956,970 pixels, warning above half that) would otherwise cap ours
-# and speak of its number instead. Both are process settings of Pillow, set once here rather than per
-# image (`warnings.catch_warnings()` is not thread-safe and costs on every request).
-Image.MAX_IMAGE_PIXELS = None
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-# What Pillow's messages may hold that a client must not see: the repr of the in-memory file it read.
-_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
-
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """How an image becomes a model input: colour mode, size, resize filter, value * scale + offset."""
+    """How an image becomes a model input: colour mode, size, resize filter, value * scale + offset.
+
+    `scaled_decoding` lets a JPEG be decoded at the smallest DCT scale that keeps it at least
+    SCALED_DECODING_MARGIN times the input size (the model config says whether export proved it keeps
+    parity); off, every image is decoded in full.
+    """
 
     mode: str  # Pillow mode: "L" or "RGB"
     height: int
@@ -53,6 +49,7 @@ class PreprocessSpec:
     scale: float
     offset: float
     input_dims: tuple[int, ...]  # the model's input shape without the batch dimension
+    scaled_decoding: bool = False
 
     @classmethod
     def from_config(
@@ -77,60 +74,42 @@ class PreprocessSpec:
             scale=preprocessing.scale if preprocessing.scale != 0 else 1.0,
             offset=preprocessing.offset,
             input_dims=dims,
+            scaled_decoding=preprocessing.scaled_decoding,
         )
 
     @classmethod
     def from_model_config(cls, config: model_config_pb2.ModelConfig) -> PreprocessSpec:
         return cls.from_config(config.preprocessing, config.input.dims)
 
+    @property
+    def array_shape(self) -> tuple[int, ...]:
+        """The shape of a decoded uint8 image already in the model's mode and size."""
+        return (self.height, self.width) if self.mode == "L" else (self.height, self.width, 3)
 
-def _decode_error(error: Exception) -> ImageDecodeError:
-    """Our error for Pillow's: what went wrong, without object reprs (heap addresses) or class names."""
-    if isinstance(error, UnidentifiedImageError):
-        return ImageDecodeError("cannot decode image: not an image in a format this server reads")
-    reason = _OBJECT_REPR.sub("the image", str(error)) or "corrupt image data"
-    return ImageDecodeError(f"cannot decode image: {reason}")
-
-
-def open_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Read an encoded image's header (no pixel is decoded yet), refusing one that declares more than
-    `max_pixels`; `image.size` is then known and `decode` loads the pixels."""
-    if not data:
-        raise ImageDecodeError("empty image (0 bytes)")
-    try:
-        image = Image.open(io.BytesIO(data))
-        width, height = image.size
-    except UnidentifiedImageError as error:
-        # Pillow's own message names its in-memory file object by heap address: never sent to a client.
-        raise ImageDecodeError(
-            f"cannot decode image: not a format Pillow recognises ({len(data)} bytes starting {data[:8]!r})"
-        ) from error
-    except (OSError, SyntaxError, ValueError, struct_error) as error:
-        raise _decode_error(error) from error
-    if width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"image of {width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
-            "pixels per image (--max-pixels)"
-        )
-    return image
+    @property
+    def min_decoded_size(self) -> tuple[int, int] | None:
+        """The smallest (width, height) a DCT-scaled decode may give; None when images decode in full."""
+        if not self.scaled_decoding:
+            return None
+        return (SCALED_DECODING_MARGIN * self.width, SCALED_DECODING_MARGIN * self.height)
 
 
-def decode(image: Image.Image) -> Image.Image:
-    """Decode the pixels of an image opened by `open_header`."""
-    try:
-        image.load()
-    except (OSError, SyntaxError, ValueError, struct_error, EOFError) as error:
-        raise _decode_error(error) from error
-    return image
+def _tensor(array: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    tensor = np.asarray(array, dtype=np.float32)
+    if spec.scale != 1.0:
+        tensor = tensor * np.float32(spec.scale)
+    if spec.offset != 0.0:
+        tensor = tensor + np.float32(spec.offset)
+    return tensor.reshape(spec.input_dims)
 
 
-def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode encoded image bytes, refusing oversize images from their header before decoding pixels."""
-    return decode(open_header(data, max_pixels))
+def preprocess_image(
+    image: Image.Image, spec: PreprocessSpec, box: tuple[float, float, float, float] | None = None
+) -> np.ndarray:
+    """Convert colour, resize and scale one decoded image to the model's input shape (float32).
 
-
-def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """Convert colour, resize and scale one decoded image to the model's input shape (float32)."""
+    `box` is the region of a DCT-scaled image that holds the picture (see `decoding.Decoded`).
+    """
     if image.mode != spec.mode:
         if image.mode in ("I;16", "I;16B", "I;16L", "I") and spec.mode == "L":
             # 16-bit greyscale: keep the top 8 bits rather than clipping at 255 (16-bit arithmetic for
@@ -139,16 +118,26 @@ def preprocess_image(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
             image = Image.fromarray((wide >> 8 if wide.max() > 255 else wide).astype(np.uint8))  # (H, W): L
         else:
             image = image.convert(spec.mode)
-    if image.size != (spec.width, spec.height):
-        image = image.resize((spec.width, spec.height), resample=spec.resample)
-    array = np.asarray(image, dtype=np.float32)
-    if spec.scale != 1.0:
-        array = array * np.float32(spec.scale)
-    if spec.offset != 0.0:
-        array = array + np.float32(spec.offset)
-    return array.reshape(spec.input_dims)
+    if image.size != (spec.width, spec.height) or box is not None:
+        image = image.resize((spec.width, spec.height), resample=spec.resample, box=box)
+    return _tensor(np.asarray(image), spec)
+
+
+def preprocess_decoded(decoded: Decoded, spec: PreprocessSpec) -> np.ndarray:
+    """Decoded pixels → float32 input tensor; an array already in the model's mode and size skips Pillow."""
+    pixels = decoded.pixels
+    if isinstance(pixels, np.ndarray):
+        if decoded.box is None and pixels.shape == spec.array_shape:
+            return _tensor(pixels, spec)
+        pixels = Image.fromarray(pixels, "L" if pixels.ndim == 2 else "RGB")
+    return preprocess_image(pixels, spec, decoded.box)
 
 
 def preprocess_encoded(data: bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Encoded bytes (PNG, JPEG, BMP, GIF, WebP, ...) → float32 input tensor without the batch dimension."""
-    return preprocess_image(open_image(data, max_pixels), spec)
+    """Encoded bytes (PNG, JPEG, BMP, GIF, WebP, ...) → float32 input tensor without the batch dimension.
+
+    With `spec.scaled_decoding`, a JPEG is decoded at the smallest DCT scale that leaves it at least
+    SCALED_DECODING_MARGIN times the input size (one smaller than that decodes in full); every other image
+    decodes in full, to exactly the pixels training reads.
+    """
+    return preprocess_decoded(decode_bytes(data, max_pixels, spec.min_decoded_size), spec)

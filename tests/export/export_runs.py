@@ -81,6 +81,7 @@ def fast_options(**overrides: object):  # -> ExportOptions
     settings: dict[str, object] = {
         "samples": 24,
         "image_samples": 2,
+        "photo_samples": 2,  # a 3 MP EXIF-rotated photo and a 500×375 one
         "gradcam_samples": 4,
         "timing_rounds": 1,
         "timing_budget_s": 0.5,

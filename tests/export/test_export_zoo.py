@@ -73,6 +73,17 @@ def test_zoo_model_exports_with_parity(
     labels = (zoo_repo / zoo_name / "labels.txt").read_text().splitlines()
     assert labels == list(entry.labels)
 
+    # Photo-sized JPEGs of real photographs: full decoding is the training path exactly; scaled decoding
+    # is on in the config exactly when its figures held within the bounds.
+    photos = parity["end_to_end"]["photo_jpeg"]
+    assert photos["images"] == options.photo_samples and photos["max_abs_input_difference"] == 0.0
+    scaled = parity["scaled_decoding"]
+    assert scaled["images"] == options.photo_samples
+    assert config.preprocessing.scaled_decoding == scaled["enabled"]
+    assert scaled["enabled"] == (
+        scaled["top1_agreement"] == 1.0 and scaled["max_abs_probability_difference"] <= 1e-2
+    ), scaled
+
     # The activations graph holds one output per activation layer, with our names and a dynamic batch.
     activations_file = result.version_dir / (config.activations_filename or "model.onnx")
     graph = onnx.load(str(activations_file)).graph

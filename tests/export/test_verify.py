@@ -272,6 +272,8 @@ def test_thresholds_are_recorded_whole() -> None:
         max_accuracy_drop=0.5,
         gradcam_max_abs_error=4e-3,
         end_to_end={"png": SAME_PIPELINE, "large_jpeg": measured},
+        scaled_decoding_min_top1_agreement=0.98,
+        scaled_decoding_max_abs_probability_difference=0.02,
     )
     assert thresholds.to_dict() == {
         "max_abs_error": 1e-3,
@@ -291,13 +293,19 @@ def test_thresholds_are_recorded_whole() -> None:
                 "basis": "measured: bench/x.py",
             },
         },
+        "scaled_decoding_min_top1_agreement": 0.98,
+        "scaled_decoding_max_abs_probability_difference": 0.02,
     }
     assert thresholds.end_to_end_bound("large_jpeg") is measured
     with pytest.raises(ValueError, match=r"check 'gif' \(bounds exist for: large_jpeg, png\)$"):
         thresholds.end_to_end_bound("gif")
     with pytest.raises(ValueError, match=r"check 'png' \(bounds exist for: none\)$"):
         Thresholds(end_to_end={}).end_to_end_bound("png")
-    assert Thresholds().end_to_end == {"png": SAME_PIPELINE, "jpeg": SAME_PIPELINE}
+    assert Thresholds().end_to_end == {
+        "png": SAME_PIPELINE,
+        "jpeg": SAME_PIPELINE,
+        "photo_jpeg": SAME_PIPELINE,
+    }
 
 
 # --- the statistics ----------------------------------------------------------------------------------

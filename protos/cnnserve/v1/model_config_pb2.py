@@ -24,43 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63nnserve/v1/model_config.proto\x12\x0b\x63nnserve.v1\"R\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\tdata_type\x18\x02 \x01(\x0e\x32\x15.cnnserve.v1.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\"\xab\x01\n\rPreprocessing\x12*\n\ncolor_mode\x18\x01 \x01(\x0e\x32\x16.cnnserve.v1.ColorMode\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x30\n\rresize_filter\x18\x04 \x01(\x0e\x32\x19.cnnserve.v1.ResizeFilter\x12\r\n\x05scale\x18\x05 \x01(\x02\x12\x0e\n\x06offset\x18\x06 \x01(\x02\"P\n\x0f\x41\x63tivationLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0boutput_name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04\x64ims\x18\x04 \x03(\x03\"\x93\x01\n\x0cLayerWeights\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x1a\n\x12kernel_initializer\x18\x03 \x01(\t\x12\x18\n\x10\x62ias_initializer\x18\x04 \x01(\t\x12\x1a\n\x12kernel_permutation\x18\x05 \x03(\x05\x12\x14\n\x0ckernel_shape\x18\x06 \x03(\x03\"\xc1\x01\n\x07GradCam\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12\x12\n\ninput_name\x18\x03 \x01(\t\x12\x19\n\x11target_input_name\x18\x04 \x01(\t\x12\x1a\n\x12\x61\x63tivations_output\x18\x05 \x01(\t\x12\x18\n\x10gradients_output\x18\x06 \x01(\t\x12\x14\n\x0cscore_output\x18\x07 \x01(\t\x12\x1a\n\x12unavailable_reason\x18\x08 \x01(\t\"m\n\x0f\x44ynamicBatching\x12$\n\x1cmax_queue_delay_microseconds\x18\x01 \x01(\x03\x12\x16\n\x0emax_queue_size\x18\x02 \x01(\x05\x12\x1c\n\x14preferred_batch_size\x18\x03 \x03(\x05\"\x82\x02\n\rVersionPolicy\x12\x33\n\x06latest\x18\x01 \x01(\x0b\x32!.cnnserve.v1.VersionPolicy.LatestH\x00\x12-\n\x03\x61ll\x18\x02 \x01(\x0b\x32\x1e.cnnserve.v1.VersionPolicy.AllH\x00\x12\x37\n\x08specific\x18\x03 \x01(\x0b\x32#.cnnserve.v1.VersionPolicy.SpecificH\x00\x1a\x1e\n\x06Latest\x12\x14\n\x0cnum_versions\x18\x01 \x01(\r\x1a\x05\n\x03\x41ll\x1a\x1c\n\x08Specific\x12\x10\n\x08versions\x18\x01 \x03(\x03\x42\x0f\n\rpolicy_choice\"r\n\x11\x45xecutionSettings\x12\x11\n\tproviders\x18\x01 \x03(\t\x12\x18\n\x10intra_op_threads\x18\x02 \x01(\x05\x12\x18\n\x10inter_op_threads\x18\x03 \x01(\x05\x12\x16\n\x0emodel_filename\x18\x04 \x01(\t\"\xa0\x05\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x11\n\tzoo_model\x18\x03 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05\x12&\n\x05input\x18\x05 \x01(\x0b\x32\x17.cnnserve.v1.TensorSpec\x12\'\n\x06output\x18\x06 \x01(\x0b\x32\x17.cnnserve.v1.TensorSpec\x12,\n\x0boutput_kind\x18\x07 \x01(\x0e\x32\x17.cnnserve.v1.OutputKind\x12\x13\n\x0bnum_classes\x18\x08 \x01(\x05\x12\x16\n\x0elabel_filename\x18\t \x01(\t\x12\x31\n\rpreprocessing\x18\n \x01(\x0b\x32\x1a.cnnserve.v1.Preprocessing\x12\x37\n\x11\x61\x63tivation_layers\x18\x0b \x03(\x0b\x32\x1c.cnnserve.v1.ActivationLayer\x12\x30\n\rlayer_weights\x18\x0c \x03(\x0b\x32\x19.cnnserve.v1.LayerWeights\x12\x36\n\x10\x64ynamic_batching\x18\r \x01(\x0b\x32\x1c.cnnserve.v1.DynamicBatching\x12\x32\n\x0eversion_policy\x18\x0e \x01(\x0b\x32\x1a.cnnserve.v1.VersionPolicy\x12\x31\n\texecution\x18\x0f \x01(\x0b\x32\x1e.cnnserve.v1.ExecutionSettings\x12%\n\x07gradcam\x18\x10 \x01(\x0b\x32\x14.cnnserve.v1.GradCam\x12\x1c\n\x14\x61\x63tivations_filename\x18\x11 \x01(\t\x12\x18\n\x10weights_filename\x18\x12 \x01(\t*j\n\x08\x44\x61taType\x12\x10\n\x0cTYPE_INVALID\x10\x00\x12\r\n\tTYPE_FP32\x10\x01\x12\r\n\tTYPE_FP16\x10\x02\x12\x0e\n\nTYPE_UINT8\x10\x03\x12\x0e\n\nTYPE_INT32\x10\x04\x12\x0e\n\nTYPE_INT64\x10\x05*O\n\nOutputKind\x12\x1b\n\x17OUTPUT_KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07SOFTMAX\x10\x01\x12\n\n\x06LOGITS\x10\x02\x12\x0b\n\x07SIGMOID\x10\x03*?\n\tColorMode\x12\x1a\n\x16\x43OLOR_MODE_UNSPECIFIED\x10\x00\x12\r\n\tGRAYSCALE\x10\x01\x12\x07\n\x03RGB\x10\x02*x\n\x0cResizeFilter\x12\x1d\n\x19RESIZE_FILTER_UNSPECIFIED\x10\x00\x12\x0b\n\x07NEAREST\x10\x01\x12\x0c\n\x08\x42ILINEAR\x10\x02\x12\x0b\n\x07\x42ICUBIC\x10\x03\x12\x0b\n\x07LANCZOS\x10\x04\x12\x07\n\x03\x42OX\x10\x05\x12\x0b\n\x07HAMMING\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63nnserve/v1/model_config.proto\x12\x0b\x63nnserve.v1\"R\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\tdata_type\x18\x02 \x01(\x0e\x32\x15.cnnserve.v1.DataType\x12\x0c\n\x04\x64ims\x18\x03 \x03(\x03\"\xc4\x01\n\rPreprocessing\x12*\n\ncolor_mode\x18\x01 \x01(\x0e\x32\x16.cnnserve.v1.ColorMode\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x30\n\rresize_filter\x18\x04 \x01(\x0e\x32\x19.cnnserve.v1.ResizeFilter\x12\r\n\x05scale\x18\x05 \x01(\x02\x12\x0e\n\x06offset\x18\x06 \x01(\x02\x12\x17\n\x0fscaled_decoding\x18\x07 \x01(\x08\"P\n\x0f\x41\x63tivationLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0boutput_name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04\x64ims\x18\x04 \x03(\x03\"\x93\x01\n\x0cLayerWeights\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x1a\n\x12kernel_initializer\x18\x03 \x01(\t\x12\x18\n\x10\x62ias_initializer\x18\x04 \x01(\t\x12\x1a\n\x12kernel_permutation\x18\x05 \x03(\x05\x12\x14\n\x0ckernel_shape\x18\x06 \x03(\x03\"\xc1\x01\n\x07GradCam\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\r\n\x05layer\x18\x02 \x01(\t\x12\x12\n\ninput_name\x18\x03 \x01(\t\x12\x19\n\x11target_input_name\x18\x04 \x01(\t\x12\x1a\n\x12\x61\x63tivations_output\x18\x05 \x01(\t\x12\x18\n\x10gradients_output\x18\x06 \x01(\t\x12\x14\n\x0cscore_output\x18\x07 \x01(\t\x12\x1a\n\x12unavailable_reason\x18\x08 \x01(\t\"m\n\x0f\x44ynamicBatching\x12$\n\x1cmax_queue_delay_microseconds\x18\x01 \x01(\x03\x12\x16\n\x0emax_queue_size\x18\x02 \x01(\x05\x12\x1c\n\x14preferred_batch_size\x18\x03 \x03(\x05\"\x82\x02\n\rVersionPolicy\x12\x33\n\x06latest\x18\x01 \x01(\x0b\x32!.cnnserve.v1.VersionPolicy.LatestH\x00\x12-\n\x03\x61ll\x18\x02 \x01(\x0b\x32\x1e.cnnserve.v1.VersionPolicy.AllH\x00\x12\x37\n\x08specific\x18\x03 \x01(\x0b\x32#.cnnserve.v1.VersionPolicy.SpecificH\x00\x1a\x1e\n\x06Latest\x12\x14\n\x0cnum_versions\x18\x01 \x01(\r\x1a\x05\n\x03\x41ll\x1a\x1c\n\x08Specific\x12\x10\n\x08versions\x18\x01 \x03(\x03\x42\x0f\n\rpolicy_choice\"r\n\x11\x45xecutionSettings\x12\x11\n\tproviders\x18\x01 \x03(\t\x12\x18\n\x10intra_op_threads\x18\x02 \x01(\x05\x12\x18\n\x10inter_op_threads\x18\x03 \x01(\x05\x12\x16\n\x0emodel_filename\x18\x04 \x01(\t\"\xa0\x05\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x11\n\tzoo_model\x18\x03 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05\x12&\n\x05input\x18\x05 \x01(\x0b\x32\x17.cnnserve.v1.TensorSpec\x12\'\n\x06output\x18\x06 \x01(\x0b\x32\x17.cnnserve.v1.TensorSpec\x12,\n\x0boutput_kind\x18\x07 \x01(\x0e\x32\x17.cnnserve.v1.OutputKind\x12\x13\n\x0bnum_classes\x18\x08 \x01(\x05\x12\x16\n\x0elabel_filename\x18\t \x01(\t\x12\x31\n\rpreprocessing\x18\n \x01(\x0b\x32\x1a.cnnserve.v1.Preprocessing\x12\x37\n\x11\x61\x63tivation_layers\x18\x0b \x03(\x0b\x32\x1c.cnnserve.v1.ActivationLayer\x12\x30\n\rlayer_weights\x18\x0c \x03(\x0b\x32\x19.cnnserve.v1.LayerWeights\x12\x36\n\x10\x64ynamic_batching\x18\r \x01(\x0b\x32\x1c.cnnserve.v1.DynamicBatching\x12\x32\n\x0eversion_policy\x18\x0e \x01(\x0b\x32\x1a.cnnserve.v1.VersionPolicy\x12\x31\n\texecution\x18\x0f \x01(\x0b\x32\x1e.cnnserve.v1.ExecutionSettings\x12%\n\x07gradcam\x18\x10 \x01(\x0b\x32\x14.cnnserve.v1.GradCam\x12\x1c\n\x14\x61\x63tivations_filename\x18\x11 \x01(\t\x12\x18\n\x10weights_filename\x18\x12 \x01(\t*j\n\x08\x44\x61taType\x12\x10\n\x0cTYPE_INVALID\x10\x00\x12\r\n\tTYPE_FP32\x10\x01\x12\r\n\tTYPE_FP16\x10\x02\x12\x0e\n\nTYPE_UINT8\x10\x03\x12\x0e\n\nTYPE_INT32\x10\x04\x12\x0e\n\nTYPE_INT64\x10\x05*O\n\nOutputKind\x12\x1b\n\x17OUTPUT_KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07SOFTMAX\x10\x01\x12\n\n\x06LOGITS\x10\x02\x12\x0b\n\x07SIGMOID\x10\x03*?\n\tColorMode\x12\x1a\n\x16\x43OLOR_MODE_UNSPECIFIED\x10\x00\x12\r\n\tGRAYSCALE\x10\x01\x12\x07\n\x03RGB\x10\x02*x\n\x0cResizeFilter\x12\x1d\n\x19RESIZE_FILTER_UNSPECIFIED\x10\x00\x12\x0b\n\x07NEAREST\x10\x01\x12\x0c\n\x08\x42ILINEAR\x10\x02\x12\x0b\n\x07\x42ICUBIC\x10\x03\x12\x0b\n\x07LANCZOS\x10\x04\x12\x07\n\x03\x42OX\x10\x05\x12\x0b\n\x07HAMMING\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cnnserve.v1.model_config_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATATYPE']._serialized_start=1896
-  _globals['_DATATYPE']._serialized_end=2002
-  _globals['_OUTPUTKIND']._serialized_start=2004
-  _globals['_OUTPUTKIND']._serialized_end=2083
-  _globals['_COLORMODE']._serialized_start=2085
-  _globals['_COLORMODE']._serialized_end=2148
-  _globals['_RESIZEFILTER']._serialized_start=2150
-  _globals['_RESIZEFILTER']._serialized_end=2270
+  _globals['_DATATYPE']._serialized_start=1921
+  _globals['_DATATYPE']._serialized_end=2027
+  _globals['_OUTPUTKIND']._serialized_start=2029
+  _globals['_OUTPUTKIND']._serialized_end=2108
+  _globals['_COLORMODE']._serialized_start=2110
+  _globals['_COLORMODE']._serialized_end=2173
+  _globals['_RESIZEFILTER']._serialized_start=2175
+  _globals['_RESIZEFILTER']._serialized_end=2295
   _globals['_TENSORSPEC']._serialized_start=47
   _globals['_TENSORSPEC']._serialized_end=129
   _globals['_PREPROCESSING']._serialized_start=132
-  _globals['_PREPROCESSING']._serialized_end=303
-  _globals['_ACTIVATIONLAYER']._serialized_start=305
-  _globals['_ACTIVATIONLAYER']._serialized_end=385
-  _globals['_LAYERWEIGHTS']._serialized_start=388
-  _globals['_LAYERWEIGHTS']._serialized_end=535
-  _globals['_GRADCAM']._serialized_start=538
-  _globals['_GRADCAM']._serialized_end=731
-  _globals['_DYNAMICBATCHING']._serialized_start=733
-  _globals['_DYNAMICBATCHING']._serialized_end=842
-  _globals['_VERSIONPOLICY']._serialized_start=845
-  _globals['_VERSIONPOLICY']._serialized_end=1103
-  _globals['_VERSIONPOLICY_LATEST']._serialized_start=1019
-  _globals['_VERSIONPOLICY_LATEST']._serialized_end=1049
-  _globals['_VERSIONPOLICY_ALL']._serialized_start=1051
-  _globals['_VERSIONPOLICY_ALL']._serialized_end=1056
-  _globals['_VERSIONPOLICY_SPECIFIC']._serialized_start=1058
-  _globals['_VERSIONPOLICY_SPECIFIC']._serialized_end=1086
-  _globals['_EXECUTIONSETTINGS']._serialized_start=1105
-  _globals['_EXECUTIONSETTINGS']._serialized_end=1219
-  _globals['_MODELCONFIG']._serialized_start=1222
-  _globals['_MODELCONFIG']._serialized_end=1894
+  _globals['_PREPROCESSING']._serialized_end=328
+  _globals['_ACTIVATIONLAYER']._serialized_start=330
+  _globals['_ACTIVATIONLAYER']._serialized_end=410
+  _globals['_LAYERWEIGHTS']._serialized_start=413
+  _globals['_LAYERWEIGHTS']._serialized_end=560
+  _globals['_GRADCAM']._serialized_start=563
+  _globals['_GRADCAM']._serialized_end=756
+  _globals['_DYNAMICBATCHING']._serialized_start=758
+  _globals['_DYNAMICBATCHING']._serialized_end=867
+  _globals['_VERSIONPOLICY']._serialized_start=870
+  _globals['_VERSIONPOLICY']._serialized_end=1128
+  _globals['_VERSIONPOLICY_LATEST']._serialized_start=1044
+  _globals['_VERSIONPOLICY_LATEST']._serialized_end=1074
+  _globals['_VERSIONPOLICY_ALL']._serialized_start=1076
+  _globals['_VERSIONPOLICY_ALL']._serialized_end=1081
+  _globals['_VERSIONPOLICY_SPECIFIC']._serialized_start=1083
+  _globals['_VERSIONPOLICY_SPECIFIC']._serialized_end=1111
+  _globals['_EXECUTIONSETTINGS']._serialized_start=1130
+  _globals['_EXECUTIONSETTINGS']._serialized_end=1244
+  _globals['_MODELCONFIG']._serialized_start=1247
+  _globals['_MODELCONFIG']._serialized_end=1919
 # @@protoc_insertion_point(module_scope)

@@ -70,20 +70,22 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., data_type: _Optional[_Union[DataType, str]] = ..., dims: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Preprocessing(_message.Message):
-    __slots__ = ("color_mode", "height", "width", "resize_filter", "scale", "offset")
+    __slots__ = ("color_mode", "height", "width", "resize_filter", "scale", "offset", "scaled_decoding")
     COLOR_MODE_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     RESIZE_FILTER_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SCALED_DECODING_FIELD_NUMBER: _ClassVar[int]
     color_mode: ColorMode
     height: int
     width: int
     resize_filter: ResizeFilter
     scale: float
     offset: float
-    def __init__(self, color_mode: _Optional[_Union[ColorMode, str]] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., resize_filter: _Optional[_Union[ResizeFilter, str]] = ..., scale: _Optional[float] = ..., offset: _Optional[float] = ...) -> None: ...
+    scaled_decoding: bool
+    def __init__(self, color_mode: _Optional[_Union[ColorMode, str]] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., resize_filter: _Optional[_Union[ResizeFilter, str]] = ..., scale: _Optional[float] = ..., offset: _Optional[float] = ..., scaled_decoding: _Optional[bool] = ...) -> None: ...
 
 class ActivationLayer(_message.Message):
     __slots__ = ("name", "output_name", "kind", "dims")
