@@ -13,12 +13,8 @@ from PIL import Image
 
 from cnnserve.protos import model_config_pb2 as pb
 from cnnserve.serving.errors import ImageDecodeError, ImageTooLargeError, RepositoryError
-from cnnserve.serving.model.preprocessing import (
-    PreprocessSpec,
-    open_image,
-    preprocess_encoded,
-    preprocess_image,
-)
+from cnnserve.serving.model.decoding import decode_bytes
+from cnnserve.serving.model.preprocessing import PreprocessSpec, preprocess_encoded, preprocess_image
 
 SCALE = np.float32(pb.Preprocessing(scale=1 / 255).scale)  # 1/255 as a config stores it (float32)
 
@@ -207,7 +203,10 @@ def test_bad_images_are_named_as_such(data: bytes, error: type[Exception], messa
 
 
 def test_an_image_at_the_pixel_limit_is_decoded() -> None:
-    assert open_image(_png(np.zeros((100, 100), np.uint8)), max_pixels=10_000).size == (100, 100)
+    assert np.asarray(decode_bytes(_png(np.zeros((100, 100), np.uint8)), max_pixels=10_000).pixels).shape == (
+        100,
+        100,
+    )
 
 
 def test_an_oversize_image_is_refused_from_its_header() -> None:
@@ -218,6 +217,6 @@ def test_an_oversize_image_is_refused_from_its_header() -> None:
         match=r"^image of 8000x8000 = 64,000,000 pixels exceeds the limit of 50,000,000 pixels per image "
         r"\(--max-pixels\)$",
     ):
-        open_image(_png_header(8_000, 8_000))
+        decode_bytes(_png_header(8_000, 8_000))
     with pytest.raises(ImageTooLargeError, match="2,500,000,000 pixels"):
-        open_image(_png_header(50_000, 50_000))
+        decode_bytes(_png_header(50_000, 50_000))
