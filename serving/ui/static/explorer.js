@@ -62,9 +62,18 @@ function pngImage(base64, alt, kind, side, extra = {}) {
     alt,
     class: "picture",
     dataset: { kind, side, ...extra },
-    title: "click to zoom",
-    onclick: (event) => event.currentTarget.classList.toggle("zoomed"),
+    title: "click to see it full size",
+    onclick: () => zoom(base64, alt),
   });
+}
+
+// A picture at full size (mosaics of big layers are shrunk to fit the page).
+function zoom(base64, caption) {
+  const dialog = $("#zoom");
+  $("#zoom-image").src = `data:image/png;base64,${base64}`;
+  $("#zoom-image").alt = caption;
+  $("#zoom-caption").textContent = caption;
+  dialog.showModal();
 }
 
 function errorText(error) {
@@ -278,8 +287,13 @@ async function chooseModel(name, version, compare) {
   const generation = state.generation;
   let metas;
   try {
+    // A version the URL names goes to the server as written: its answer says what is wrong with it.
+    const asked = { A: version || state.versions.A, B: state.versions.B };
     metas = await Promise.all(
-      sides().map((side) => api.call("GET", `/v1/models/${encodeURIComponent(name)}/versions/${state.versions[side]}`)),
+      sides().map((side) => {
+        const path = `/v1/models/${encodeURIComponent(name)}`;
+        return api.call("GET", asked[side] ? `${path}/versions/${encodeURIComponent(asked[side])}` : path);
+      }),
     );
   } catch (error) {
     if (generation !== state.generation) return;
@@ -347,13 +361,7 @@ async function classifyImage(image) {
       renderCard(image);
       let result;
       try {
-        const answer = await limited(() =>
-          api.call("POST", `${versionPath(side)}/classify`, {
-            images: [{ encoded: image.base64 }],
-            top_k: classCount(state.meta[side]),
-          }),
-        );
-        result = { version: Number(answer.version), predictions: answer.results[0].predictions };
+        result = await limited(() => infer(side, image));
       } catch (error) {
         result = { error };
       }
@@ -365,6 +373,28 @@ async function classifyImage(image) {
     }),
   );
   if (generation === state.generation && image === state.selected) renderImageDetail();
+}
+
+// Every class's probability through the Open Inference Protocol: the encoded image as a BYTES input that
+// the server decodes with the model's own preprocessing, through the same batcher as Classify.
+async function infer(side, image) {
+  const meta = state.meta[side];
+  const answer = await api.call(
+    "POST",
+    `/v2/models/${encodeURIComponent(state.model)}/versions/${state.versions[side]}/infer`,
+    {
+      inputs: [
+        { name: meta.input.name, datatype: "BYTES", shape: [1], data: [image.base64], parameters: { content_type: "base64" } },
+      ],
+      outputs: [{ name: "probabilities" }],
+    },
+  );
+  const output = (answer.outputs || []).find((o) => o.name === "probabilities");
+  if (!output) throw new ApiError(500, "INTERNAL", "the answer holds no probabilities");
+  const predictions = output.data
+    .map((score, index) => ({ index, score, label: labelOf(meta, index) }))
+    .sort((a, b) => b.score - a.score || a.index - b.index);
+  return { version: Number(answer.model_version), predictions };
 }
 
 function top1(image, side) {
@@ -420,7 +450,6 @@ function sideResultNode(image, side) {
   if (result.error) {
     return el("div", { class: "side", dataset: { side } }, head, errorNode(result.error, "not classified"));
   }
-  const meta = state.meta[side];
   const best = result.predictions.slice(0, state.topK);
   return el(
     "div",
@@ -430,7 +459,7 @@ function sideResultNode(image, side) {
         side,
         version: result.version,
         top1Label: best[0].label,
-        top1Index: best[0].index ?? 0,
+        top1Index: best[0].index,
         top1Score: best[0].score,
       },
     },
@@ -441,8 +470,8 @@ function sideResultNode(image, side) {
       best.map((p) =>
         el(
           "li",
-          { dataset: { label: p.label, index: p.index ?? 0, score: p.score }, title: `${p.label}: ${p.score}` },
-          el("span", { class: "label" }, p.label || labelOf(meta, p.index ?? 0)),
+          { dataset: { label: p.label, index: p.index, score: p.score }, title: `${p.label}: ${p.score}` },
+          el("span", { class: "label" }, p.label),
           bar(p.score),
           el("span", { class: "score" }, percent(p.score)),
         ),
@@ -507,7 +536,7 @@ function renderPrediction() {
   for (const side of sides()) {
     const result = image.results[side];
     if (result && result.predictions) {
-      scores[side] = new Map(result.predictions.map((p) => [p.index ?? 0, p.score]));
+      scores[side] = new Map(result.predictions.map((p) => [p.index, p.score]));
     }
   }
   const winners = Object.fromEntries(sides().map((side) => [side, top1(image, side)?.index ?? null]));
@@ -523,11 +552,10 @@ function renderPrediction() {
           return el(
             "td",
             { dataset: { side, score: score ?? "" } },
-            score === undefined
-              ? "…"
-              : [bar(score), percent(score)],
+            score === undefined ? "…" : [bar(score), percent(score)],
           );
         }),
+        state.versions.B ? deltaCell(scores.A?.get(index), scores.B?.get(index)) : null,
       ),
     );
   }
@@ -536,6 +564,7 @@ function renderPrediction() {
     {},
     el("th", { scope: "col" }, "class"),
     sides().map((side) => el("th", { scope: "col" }, sideName(side))),
+    state.versions.B ? el("th", { scope: "col", title: "B minus A, in percentage points" }, "change") : null,
   );
   const nodes = [
     el("div", { class: "chosen" }, el("img", { src: image.url, alt: image.name }), el("strong", {}, image.name)),
@@ -555,8 +584,15 @@ function renderPrediction() {
     const result = image.results[side];
     if (result && result.error) nodes.push(errorNode(result.error, `${sideName(side)} could not classify it`));
   }
-  nodes.push(el("table", { class: "scores" }, el("thead", {}, head), el("tbody", {}, rows)));
+  nodes.push(el("table", { class: `scores sides-${sides().length}` }, el("thead", {}, head), el("tbody", {}, rows)));
   replace(container, nodes);
+}
+
+function deltaCell(a, b) {
+  if (a === undefined || b === undefined) return el("td", { class: "delta" }, "…");
+  const points = (b - a) * 100;
+  const text = `${points >= 0 ? "+" : "−"}${Math.abs(points).toFixed(2)}`;
+  return el("td", { class: `delta${Math.abs(points) >= 1 ? " notable" : ""}` }, text);
 }
 
 function renderTargetPicker() {
@@ -655,7 +691,7 @@ function renderActivations(image) {
       );
     }),
   );
-  replace(container, rows);
+  replace(container, el("div", { class: `rows sides-${sides().length}` }, rows));
 }
 
 const METHOD_TITLES = {
@@ -688,7 +724,7 @@ function renderExplanations(image, target) {
         (answer) => {
           if (generation !== state.generation || image !== state.selected) return;
           const picture = pngImage(answer.overlay_png, `${title} for ${answer.target.label}`, method.toLowerCase(), side, {
-            target: answer.target.index ?? 0,
+            target: answer.target.index,
           });
           const wrap = el(
             "div",
@@ -702,7 +738,7 @@ function renderExplanations(image, target) {
       );
     });
   });
-  replace(container, rows);
+  replace(container, el("div", { class: `rows sides-${sides().length}` }, rows));
 }
 
 // -- filters (per version) ------------------------------------------------------------------------------
@@ -728,7 +764,7 @@ function renderFilters() {
     placeholder(container, "This model has no Conv or Dense layer with weights.");
     return;
   }
-  replace(container, layers.map((layer) => filterRow(layer, -1)));
+  replace(container, el("div", { class: `rows sides-${sides().length}` }, layers.map((layer) => filterRow(layer, -1))));
 }
 
 function filterRow(layer, channel) {
@@ -917,6 +953,7 @@ function wire() {
   $("#clear-images").addEventListener("click", clearImages);
   $("#forget-token").addEventListener("click", () => api.forgetToken());
   $("#pickers").addEventListener("submit", (event) => event.preventDefault());
+  $("#zoom").addEventListener("click", () => $("#zoom").close());
 }
 
 async function start() {
