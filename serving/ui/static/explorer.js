@@ -194,9 +194,11 @@ function askToken(reason) {
 
 // -- the banner -----------------------------------------------------------------------------------------
 
-function showBanner(text) {
+function showBanner(text, action = null) {
   const banner = $("#banner");
-  banner.replaceChildren(el("span", { text }), el("button", { type: "button", onclick: hideBanner }, "dismiss"));
+  const buttons = [el("button", { type: "button", onclick: hideBanner }, "dismiss")];
+  if (action) buttons.unshift(el("button", { type: "button", onclick: action.run }, action.label));
+  banner.replaceChildren(el("span", { text }), el("span", { class: "banner-buttons" }, buttons));
   banner.hidden = false;
 }
 
@@ -957,12 +959,12 @@ function wire() {
 }
 
 async function start() {
-  wire();
   const wanted = parseLocation();
   try {
     await loadModels();
   } catch (error) {
-    showBanner(`Cannot list the models: ${errorText(error)}`);
+    const retry = { label: error.status === 401 ? "enter a token" : "retry", run: () => { hideBanner(); start(); } };
+    showBanner(`Cannot list the models: ${errorText(error)}`, retry);
     $("#model").replaceChildren(el("option", { value: "" }, "unavailable"));
     return;
   }
@@ -977,6 +979,7 @@ async function start() {
 }
 
 document.body.dataset.state = "starting";
+wire();
 start().finally(() => {
   document.body.dataset.state = "ready";
 });
