@@ -208,3 +208,14 @@ def test_an_unknown_model_in_the_url_shows_a_readable_error(open_tab, explorer) 
     assert f"unknown model 'no_such_model'; available models: {MODEL}" in text
     assert tab.page_errors == []
     assert tab.foreign_requests() == []
+
+
+def test_a_file_that_is_no_image_shows_the_servers_message(open_tab, explorer, sevens) -> None:
+    tab = open_tab(explorer.server.http_port)
+    tab.open("/")
+    tab.drop([("notes.png", b"these are notes, not an image"), sevens[0]])
+    cards = tab.cards(2)
+    assert cards[1]["sides"]["A"]["label"] == "7"
+    error = tab.page.inner_text('#gallery .card[data-name="notes.png"] .error')
+    assert error.startswith("not classified: ") and "cannot decode image" in error
+    assert tab.page_errors == [] and tab.foreign_requests() == []
