@@ -29,12 +29,12 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from cnnserve.protos import inference_pb2
-from cnnserve.serving.core.calls import CallHooks
+from cnnserve.serving.core.calls import Call, CallHooks
 from cnnserve.serving.core.oip import parse_version
 from cnnserve.serving.errors import InvalidRequestError
 from cnnserve.serving.grpc.methods import SPECS, InferenceMethods, MethodSpec
 from cnnserve.serving.http.calls import run_call
-from cnnserve.serving.http.server import HttpRequest, HttpResponse, Router
+from cnnserve.serving.http.server import Handler, HttpRequest, HttpResponse, Router
 
 PROTOCOL = "cnnserve.v1-json"
 PREFIX = "/v1/models"
@@ -64,20 +64,19 @@ class JsonEndpoints:
             router.add("GET", f"{base}/filters/{{layer}}", self._endpoint("GetFilters"))
             router.add("POST", f"{base}/explain", self._endpoint("Explain"))
 
-    def _endpoint(self, name: str) -> Any:
+    def _endpoint(self, name: str) -> Handler:
         spec = SPECS[name]
         method = self.methods.method(name)
         output = _SERVICE.methods_by_name[name].output_type
 
         async def endpoint(request: HttpRequest, params: Params) -> HttpResponse:
-            message = request_message(spec, request, params)
-            fields = response_fields(request.query, output)
-            model = params.get("model", "")
-
-            async def handle(call: Any) -> HttpResponse:
+            async def handle(call: Call) -> HttpResponse:
+                # Read inside the call: a caller the hooks refuse learns nothing about its request.
+                message = request_message(spec, request, params)
+                fields = response_fields(request.query, output)
                 return json_answer(await method(message, call, None), fields)
 
-            return await run_call(self.hooks, PROTOCOL, request, name, model, handle)
+            return await run_call(self.hooks, PROTOCOL, request, name, params.get("model", ""), handle)
 
         return endpoint
 
@@ -183,7 +182,7 @@ def response_fields(query: str, descriptor: Descriptor) -> FieldTree | None:
                 where = kind.name if kind is not None else ".".join(parts[:depth])
                 known = ", ".join(kind.fields_by_name) if kind is not None else "no sub-fields"
                 raise InvalidRequestError(f"fields: {where} has no field {part!r} (it has {known})")
-            if node is not None and part in node and not node[part] and depth < len(parts) - 1:
+            if part in node and not node[part] and depth < len(parts) - 1:
                 break  # the whole field is already kept
             child = node.setdefault(part, {})
             if depth == len(parts) - 1:

@@ -24,7 +24,8 @@ from cnnserve.serving.insight.explainer import GRADCAM, OCCLUSION, ExplainOption
 
 MODEL = "mnist_cnn"
 SEVEN = 7
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+# Generous: the first test may install Debian's chromium package (see browser.py).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def _png(pixels: np.ndarray) -> bytes:
