@@ -22,7 +22,7 @@ async def run_call(
     handler: Callable[[Call], Awaitable[HttpResponse]],
 ) -> HttpResponse:
     """Run `handler` as the call `method` on `model`; the hooks see the request's headers and peer."""
-    call = Call(protocol, method, model, tuple(request.headers.items()), request.peer)
+    call = Call(protocol, method, model, request)
     hooks.begin(call)
     try:
         response = await handler(call)

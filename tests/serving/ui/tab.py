@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-READY = "document.body.dataset.state === 'ready'"
+READY = "() => document.body.dataset.state === 'ready'"
 
 # Image files as the page receives them from a drop or a paste: a DataTransfer holding File objects.
 TRANSFER = """(files) => {

@@ -77,9 +77,7 @@ def test_the_page_loads_without_errors_and_talks_only_to_its_server(open_tab, ex
     assert {"/", "/ui/explorer.js", "/ui/api.js", "/ui/explorer.css", "/v1/models"} <= paths
 
 
-def test_dropped_and_pasted_sevens_show_seven_with_the_score_of_classify(
-    open_tab, explorer, sevens
-) -> None:
+def test_dropped_and_pasted_sevens_show_seven_with_the_score_of_classify(open_tab, explorer, sevens) -> None:
     tab = open_tab(explorer.server.http_port)
     tab.open(f"/models/{MODEL}")
     tab.drop(sevens[:2])
