@@ -65,3 +65,5 @@ printf '\nDemo finished. Wrote:\n'
 printf '  %s\n' "$RUN (run directory: model.keras, run.json, history.png, misclassified.png, confusion_matrix.png)" \
     "$REPO/mnist_cnn (config.pbtxt, labels.txt, 1/model.onnx, 1/parity.json)" \
     "$OUT/filters-conv1.png" "$OUT/explain-occlusion.png" "$OUT/activations-conv1.png" "$OUT/digits.csv"
+printf '\nTo look inside the model in a browser (the model explorer):\n'
+printf '  cnnserve serve --repo %s --http-port 8080 --ui    # then open http://localhost:8080/\n' "$REPO"

@@ -90,6 +90,7 @@ class ServerSettings:
     device: str = "auto"
     metrics_port: int | None = None  # None = no metrics endpoint; 0 = an ephemeral port
     http_port: int | None = None  # the Open Inference Protocol over HTTP; None = off, 0 = ephemeral
+    ui: bool = False  # the model explorer page on the HTTP port
     poll_interval: float = DEFAULT_POLL_INTERVAL  # seconds between repository polls; 0 = never
     max_batch_size: int | None = None  # None = each model's config
     max_queue_delay_us: int | None = None
@@ -200,6 +201,7 @@ FIELDS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "device": ("CNNSERVE_DEVICE", _device, "--device"),
     "metrics_port": ("CNNSERVE_METRICS_PORT", _int(0, 65535), "--metrics-port"),
     "http_port": ("CNNSERVE_HTTP_PORT", _int(0, 65535), "--http-port"),
+    "ui": ("CNNSERVE_UI", _bool, "--ui"),
     "poll_interval": ("CNNSERVE_POLL_INTERVAL", _float(0.0), "--poll-interval"),
     "max_batch_size": ("CNNSERVE_MAX_BATCH_SIZE", _int(1), "--max-batch-size"),
     "max_queue_delay_us": ("CNNSERVE_MAX_QUEUE_DELAY_US", _int(0), "--max-queue-delay-us"),
@@ -266,6 +268,10 @@ def resolve(
         raise SettingsError("no model repository: pass --repo REPO or set CNNSERVE_REPO")
     if "workers" not in values:
         values["workers"] = cpu_count or available_cpus()
+    if values.get("ui") and "http_port" not in values:
+        raise SettingsError(
+            "--ui needs --http-port: the model explorer is served on the HTTP port, never on the gRPC port"
+        )
     for name in ("echo", "port_file"):
         if flags.get(name) is not None:
             values[name] = flags[name]

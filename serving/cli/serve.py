@@ -33,6 +33,12 @@ def register(subparsers: Any) -> None:
         "--http-port",
         help="Open Inference Protocol HTTP/REST port, 0 = ephemeral (default: off) [CNNSERVE_HTTP_PORT]",
     )
+    add(
+        "--ui",
+        action="store_const",
+        const="true",
+        help="serve the model explorer page at / on the HTTP port (needs --http-port) [CNNSERVE_UI]",
+    )
     add("--workers", help="server processes sharing the port (default: CPU count) [CNNSERVE_WORKERS]")
     add("--threads", help="ONNX Runtime threads per worker (default: cores / workers) [CNNSERVE_THREADS]")
     add("--device", help="auto, cpu or cuda (default auto) [CNNSERVE_DEVICE]")

@@ -38,8 +38,10 @@ from cnnserve.serving.core.registry import AVAILABLE, BatchOverrides, ModelRegis
 from cnnserve.serving.grpc import oip_servicer
 from cnnserve.serving.grpc.credentials import server_credentials
 from cnnserve.serving.grpc.interceptors import CallRunner, MalformedRequestInterceptor
+from cnnserve.serving.grpc.methods import InferenceMethods
 from cnnserve.serving.grpc.ports import claim_port
 from cnnserve.serving.grpc.servicer import PROTOCOL, EchoServicer, InferenceServicer
+from cnnserve.serving.http.json_api import JsonEndpoints
 from cnnserve.serving.http.oip import EchoHttpEndpoints, OipHttpEndpoints, error_response
 from cnnserve.serving.http.server import HttpLimits, HttpServer
 from cnnserve.serving.memory import return_big_buffers_to_the_system
@@ -60,6 +62,7 @@ from cnnserve.serving.security.gate import Gate, GatePolicy
 from cnnserve.serving.security.tls import TlsWatcher, server_ssl_context, tls_files
 from cnnserve.serving.security.tokens import TokenStore
 from cnnserve.serving.settings import ServerSettings, available_cpus
+from cnnserve.serving.ui.page import ExplorerPage
 
 LOG = logging.getLogger(__name__)
 
@@ -196,8 +199,13 @@ class InferenceServer:
                 if settings.echo
                 else OipHttpEndpoints(self.dataplane, self.hooks, self.statistics)
             )
+            router = endpoints.router()
+            if not settings.echo:
+                JsonEndpoints(InferenceMethods(self.dataplane), self.hooks).add_routes(router)
+                if settings.ui:
+                    ExplorerPage().add_routes(router)
             self.http = HttpServer(
-                endpoints.router(), error_response, HttpLimits(max_body_bytes=settings.max_message_bytes)
+                router, error_response, HttpLimits(max_body_bytes=settings.max_message_bytes)
             )
         self.http_port = 0
         self.health = HealthServicer()
@@ -280,6 +288,8 @@ class InferenceServer:
                 self.settings.host,
                 self.port,
             )
+            if self.settings.ui and not self.settings.echo:
+                LOG.info("model explorer on http://%s:%d/", self.settings.host, self.http_port)
         if self.settings.echo:
             return self.port
         if not self.registry.model_names() and Path(self.settings.repo).is_dir():

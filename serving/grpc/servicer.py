@@ -1,7 +1,8 @@
-"""The cnnserve.v1 gRPC face of the data plane: translate protos, call the data plane, translate back.
+"""The cnnserve.v1 gRPC face of the data plane: each RPC runs its method (methods.py) between the call hooks.
 
 Nothing else happens here: the call hooks (drain, metrics, ...) and the status mapping run in
-`interceptors.CallRunner` for every RPC, and the work is the data plane's.
+`interceptors.CallRunner` for every RPC, the translation and the work are `InferenceMethods`'s, shared with
+the JSON endpoints.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from typing import Any
 import grpc
 
 from cnnserve.protos import inference_pb2, inference_pb2_grpc
-from cnnserve.serving.core.calls import Call
 from cnnserve.serving.core.dataplane import DataPlane
-from cnnserve.serving.grpc import converters
 from cnnserve.serving.grpc.interceptors import CallRunner, deadline
+from cnnserve.serving.grpc.methods import InferenceMethods
 
 PROTOCOL = "cnnserve.v1"
 
@@ -24,75 +24,40 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     def __init__(self, dataplane: DataPlane, runner: CallRunner) -> None:
         self.dataplane = dataplane
+        self.methods = InferenceMethods(dataplane)
         self.runner = runner
+
+    async def _run(self, name: str, model: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        method, until = self.methods.method(name), deadline(context)
+        return await self.runner.run(context, name, model, lambda call: method(request, call, until))
 
     async def Classify(
         self, request: inference_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        async def handle(call: Call) -> inference_pb2.ClassifyResponse:
-            images = converters.image_inputs(request.images)
-            result = await self.dataplane.classify(
-                request.model, request.version, images, request.top_k, deadline(context)
-            )
-            call.version, call.images = result.model.version, len(images)
-            return converters.classify_response(result)
-
-        return await self.runner.run(context, "Classify", request.model, handle)
+        return await self._run("Classify", request.model, request, context)
 
     async def GetActivations(
         self, request: inference_pb2.ActivationsRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        async def handle(call: Call) -> inference_pb2.ActivationsResponse:
-            images = converters.image_inputs(request.images)
-            result = await self.dataplane.activations(
-                request.model, request.version, images, list(request.layers), mosaic=request.mosaic
-            )
-            call.version, call.images = result.model.version, len(images)
-            return converters.activations_response(result)
-
-        return await self.runner.run(context, "GetActivations", request.model, handle)
+        return await self._run("GetActivations", request.model, request, context)
 
     async def ListModels(
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        async def handle(call: Call) -> inference_pb2.ListModelsResponse:
-            return converters.list_models_response(self.dataplane.models())
-
-        return await self.runner.run(context, "ListModels", "", handle)
+        return await self._run("ListModels", "", request, context)
 
     async def GetModelMetadata(
         self, request: inference_pb2.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        async def handle(call: Call) -> inference_pb2.ModelMetadataResponse:
-            meta = self.dataplane.metadata(request.model, request.version)
-            call.version = meta.model.version
-            return converters.metadata_response(meta)
-
-        return await self.runner.run(context, "GetModelMetadata", request.model, handle)
+        return await self._run("GetModelMetadata", request.model, request, context)
 
     async def GetFilters(
         self, request: inference_pb2.FiltersRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        async def handle(call: Call) -> inference_pb2.FiltersResponse:
-            result = await self.dataplane.filters(
-                request.model, request.version, request.layer, request.input_channel, mosaic=request.mosaic
-            )
-            call.version = result.version
-            return converters.filters_response(result)
-
-        return await self.runner.run(context, "GetFilters", request.model, handle)
+        return await self._run("GetFilters", request.model, request, context)
 
     async def Explain(self, request: inference_pb2.ExplainRequest, context: grpc.aio.ServicerContext) -> Any:
-        async def handle(call: Call) -> inference_pb2.ExplainResponse:
-            options = converters.explain_options(request)
-            image = converters.image_input(request.image)
-            result = await self.dataplane.explain(
-                request.model, request.version, image, options, deadline(context)
-            )
-            call.version, call.images = result.version, 1
-            return converters.explain_response(result)
-
-        return await self.runner.run(context, "Explain", request.model, handle)
+        return await self._run("Explain", request.model, request, context)
 
 
 class EchoServicer(inference_pb2_grpc.InferenceServiceServicer):

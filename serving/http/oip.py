@@ -27,6 +27,7 @@ from cnnserve.serving.core.calls import Call, CallHooks
 from cnnserve.serving.core.dataplane import DataPlane
 from cnnserve.serving.errors import Status, status_of
 from cnnserve.serving.http import codec
+from cnnserve.serving.http.calls import run_call
 from cnnserve.serving.http.server import HttpRequest, HttpResponse, Router, error_json, json_response
 from cnnserve.serving.observability.statistics import Duration, StatisticsBook, VersionStatistics
 from cnnserve.serving.security.gate import RefusedError
@@ -83,16 +84,7 @@ class OipHttpEndpoints:
         handler: Callable[[Call], Awaitable[HttpResponse]],
     ) -> HttpResponse:
         """One call between the call hooks; what the handler raises goes back to the server's mapping."""
-        call = Call(PROTOCOL, method, model, request)
-        self.hooks.begin(call)
-        try:
-            response = await handler(call)
-        except BaseException as error:
-            call.status, call.message = status_of(error)
-            self.hooks.end(call)
-            raise
-        self.hooks.end(call)
-        return response
+        return await run_call(self.hooks, PROTOCOL, request, method, model, handler)
 
     # -- health and metadata --------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import json
 import os
 import pty
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def image_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RunningImage]:
     tmp = tmp_path_factory.mktemp("image-server")
-    overrides = loopback(model_repository, CNNSERVE_WORKERS="1")
+    # The explorer is off by default; `docker run -e CNNSERVE_UI=true` turns it on, as here.
+    overrides = loopback(model_repository, CNNSERVE_WORKERS="1", CNNSERVE_UI="true")
     with run_image(cpu_dockerfile.final, serving_install, tmp, overrides) as server:
         server.wait_healthy()
         yield server
@@ -194,6 +196,19 @@ def _check_labelled_job(result: subprocess.CompletedProcess[str], output: Path, 
     with open(output, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == files and all(row["error"] == "" for row in rows)
+
+
+def test_serve_ui_serves_the_explorer_and_its_json_api(image_server: RunningImage) -> None:
+    """The page's files ship in the serving install, and the JSON API it reads answers there."""
+    base = f"http://127.0.0.1:{image_server.env['CNNSERVE_HTTP_PORT']}"
+    with urllib.request.urlopen(f"{base}/models/{MODEL}", timeout=10) as reply:
+        assert reply.headers["Content-Type"].startswith("text/html")
+        assert b'<script type="module" src="/ui/explorer.js">' in reply.read()
+    for name in ("explorer.js", "api.js", "explorer.css", "icon.svg"):
+        with urllib.request.urlopen(f"{base}/ui/{name}", timeout=10) as reply:
+            assert reply.status == 200 and len(reply.read()) > 100, name
+    with urllib.request.urlopen(f"{base}/v1/models/{MODEL}", timeout=10) as reply:
+        assert json.loads(reply.read())["weight_layers"] == ["conv1", "conv2", "dense1", "output"]
 
 
 def test_classify_folder_on_a_labelled_folder_locally(

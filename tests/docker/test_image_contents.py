@@ -72,7 +72,9 @@ def test_installed_files_are_the_repository_files(serving_install: ServingInstal
     pairs = {"cnnserve": site, "serving": site / "serving", "protos": site / "protos"}
     compared = 0
     for folder, installed in pairs.items():
-        for source in [*(REPO_ROOT / folder).rglob("*.py"), *(REPO_ROOT / folder).rglob("*.proto")]:
+        sources = [*(REPO_ROOT / folder).rglob("*.py"), *(REPO_ROOT / folder).rglob("*.proto")]
+        sources += [path for path in (REPO_ROOT / folder).rglob("static/*") if path.is_file()]  # the explorer
+        for source in sources:
             if "__pycache__" in source.parts:
                 continue
             relative = source.relative_to(REPO_ROOT / folder)

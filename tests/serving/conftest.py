@@ -71,8 +71,8 @@ class RunningServer:
             self.loop.close()
 
 
-@pytest.fixture
-def start_server() -> Iterator[Callable[..., RunningServer]]:
+def _server_factory() -> Iterator[Callable[..., RunningServer]]:
+    """`start(repo, **settings)`: a RunningServer on 127.0.0.1 (ephemeral ports); all stopped at the end."""
     servers: list[RunningServer] = []
 
     def start(repo: Path, tracing: Tracing | None = None, **overrides: Any) -> RunningServer:
@@ -91,6 +91,17 @@ def start_server() -> Iterator[Callable[..., RunningServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., RunningServer]]:
+    yield from _server_factory()
+
+
+@pytest.fixture(scope="module")
+def start_module_server() -> Iterator[Callable[..., RunningServer]]:
+    """`start_server` for servers that a whole test module shares."""
+    yield from _server_factory()
 
 
 @pytest.fixture(scope="module")
