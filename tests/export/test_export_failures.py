@@ -127,12 +127,12 @@ def test_serving_preprocessing_scaled_by_1_over_256_fails_the_export(
 ) -> None:
     """A skew of 1/255 vs 1/256 moves no label yet; the end-to-end check gates on the tensors and sees it."""
     run_dir = _fresh_copy(small_run, tmp_path / "run")
-    real = preprocessing.preprocess_image
+    real = preprocessing._tensor  # where every decoded image (through Pillow or not) is scaled
 
-    def skewed(image, spec):
-        return real(image, dataclasses.replace(spec, scale=1 / 256))
+    def skewed(array, spec):
+        return real(array, dataclasses.replace(spec, scale=1 / 256))
 
-    monkeypatch.setattr(preprocessing, "preprocess_image", skewed)
+    monkeypatch.setattr(preprocessing, "_tensor", skewed)
     with pytest.raises(
         ParityError, match=r"end to end \(png files\): serving's input tensor differs"
     ) as raised:

@@ -118,12 +118,13 @@ def test_a_model_folder_with_no_version_folder_is_unavailable_until_one_appears(
     shutil.move(model_dir / "1", repo_copy.parent / "version-1")
     server = start_server(repo_copy)
     with CnnserveClient(server.address) as client:
-        assert _states(client)[MODEL] == [(0, "UNAVAILABLE", f"no version folder in {model_dir}")]
+        # Clients read the folder relative to the repository: never the server's path.
+        assert _states(client)[MODEL] == [(0, "UNAVAILABLE", f"no version folder in {MODEL}/")]
         assert client.health(MODEL) == "NOT_SERVING"
         with pytest.raises(ServerError) as caught:
             client.classify(digits.png[:1], MODEL)
         assert caught.value.code == grpc.StatusCode.UNAVAILABLE
-        assert caught.value.message == f"model {MODEL!r} is unavailable: no version folder in {model_dir}"
+        assert caught.value.message == f"model {MODEL!r} is unavailable: no version folder in {MODEL}/"
         shutil.move(repo_copy.parent / "version-1", model_dir / "1")
         server.poll()
         assert _states(client)[MODEL] == [(1, "AVAILABLE", "")]

@@ -119,15 +119,21 @@ def _worker_pids(supervisor_pid: int) -> list[int]:
     ]
 
 
-def test_a_worker_that_dies_takes_the_server_down_with_a_failing_exit(
+def test_a_worker_that_dies_with_restarts_off_takes_the_server_down_with_a_failing_exit(
     serve_subprocess, model_repository, digits
 ) -> None:
-    """A crashed worker is not left half-sized: the supervisor stops the other and exits 1, naming it."""
-    server = serve_subprocess("--repo", str(model_repository), "--workers", "2")
+    """With --max-worker-restarts 0 a crashed worker is not restarted, nor is the server left half-sized:
+    the supervisor stops the other worker and exits 1, naming the worker and how it died."""
+    server = serve_subprocess("--repo", str(model_repository), "--workers", "2", "--max-worker-restarts", "0")
     workers = _worker_pids(server.process.pid)
     assert len(workers) == 2, workers
     os.kill(workers[0], signal.SIGKILL)
     assert server.wait(60) == 1, server.log()
     log = server.log()
-    assert re.search(r"cnnserve-worker-\d exited with code -9", log), log
+    assert re.search(
+        r"worker \d killed by SIGKILL; it died 1 times within 60 s \(more than --max-worker-restarts 0\): "
+        r"giving up",
+        log,
+    ), log
+    assert "restarting worker" not in log, log
     assert log.count("server stopped") == 1  # the surviving worker stopped gracefully
