@@ -4,13 +4,18 @@ rewrite that drops malformed rows, and what a restart removes."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from cnnserve.serving.errors import OutputError
 from cnnserve.serving.jobs.sinks import Prediction, ResultRow, columns, open_sink, output_format, read_table
+from cnnserve.serving.jobs.sinks import base as sink_base
 from cnnserve.serving.jobs.sinks.base import rewrite, row_record, truncate_torn_tail
+from cnnserve.serving.jobs.sinks.csv import CsvSink
+from cnnserve.serving.jobs.sinks.jsonl import JsonlSink
 
 
 @pytest.mark.parametrize(
@@ -102,9 +107,12 @@ def test_rows_of_an_error_only_output_are_resumed_without_a_model_check(
     assert "holds results" not in caplog.text
 
 
-def test_a_different_top_k_is_refused_with_both_column_lists(tmp_path: Path) -> None:
-    path = tmp_path / "out.csv"
-    open_sink(path, top_k=1, model="m", version=1).close()
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl"])
+def test_a_different_top_k_is_refused_with_both_column_lists(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    table = open_sink(path, top_k=1, model="m", version=1)
+    table.write([ResultRow("a.png", (Prediction("1", 1, 0.5),))])  # JSON Lines: the columns of its rows
+    table.close()
     with pytest.raises(OutputError) as refused:
         open_sink(path, top_k=2, model="m", version=1)
     assert str(refused.value) == (
@@ -190,3 +198,78 @@ def test_closing_an_output_twice_is_harmless(tmp_path: Path, name: str) -> None:
     table.close()
     table.close()
     assert [r["path"] for r in read_table(tmp_path / name)] == ["a.png"]
+
+
+@pytest.mark.parametrize(("name", "header_synced"), [("out.csv", True), ("out.jsonl", False)])
+def test_rows_are_synced_at_most_once_a_second_and_at_close(
+    tmp_path: Path, name: str, header_synced: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every batch is in the file when `write` returns; fsync (what a power loss needs) runs for the CSV
+    header at once, then at most once a second (FSYNC_INTERVAL_S, to the boundary included) and at close.
+    The sinks' clock is a virtual one here, and every fsync is recorded with the time it ran."""
+    now = [100.0]
+    monkeypatch.setattr(sink_base, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    synced: list[float] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(now[0])
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / name
+    table = open_sink(path, top_k=1, model="m", version=1)
+    assert synced == ([100.0] if header_synced else [])
+    for at, file in [(100.5, "a.png"), (101.0, "b.png"), (101.9, "c.png")]:
+        now[0] = at
+        table.write([ResultRow(file, (Prediction("1", 1, 0.5),))])
+        assert [r["path"] for r in read_table(path)][-1] == file  # in the file, synced or not
+    now[0] = 101.95
+    table.close()
+    assert synced == [*([100.0] if header_synced else []), 101.0, 101.95]
+
+
+@pytest.mark.parametrize(("name", "torn"), [("out.csv", b"p"), ("out.jsonl", b"{")])
+def test_an_output_holding_one_torn_byte_resumes_as_a_new_one(tmp_path: Path, name: str, torn: bytes) -> None:
+    """A crash in the very first write can leave a single byte: it is cut, and the output starts afresh."""
+    path = tmp_path / name
+    path.write_bytes(torn)
+    table = open_sink(path, top_k=1, model="m", version=1)
+    assert table.done == set()
+    table.write([ResultRow("a.png", (Prediction("1", 1, 0.5),))])
+    table.close()
+    assert [r["path"] for r in read_table(path)] == ["a.png"]
+    if name.endswith(".csv"):
+        assert path.read_bytes().startswith(",".join(columns(1)).encode() + b"\n")
+
+
+def test_csv_lines_end_in_a_line_feed_alone(tmp_path: Path) -> None:
+    """One byte per line end (the torn-tail repair and line counts rely on it), never CR LF."""
+    path = tmp_path / "out.csv"
+    table = open_sink(path, top_k=1, model="m", version=3)
+    table.write([ResultRow("a.png", (Prediction("7", 7, 0.5),)), ResultRow("b.png", error="broken")])
+    table.close()
+    assert path.read_bytes() == (
+        b"path,label,index,score,model,version,error\na.png,7,7,0.5,m,3,\nb.png,,,,m,3,broken\n"
+    )
+
+
+@pytest.mark.parametrize("sink", [CsvSink, JsonlSink])
+def test_a_sink_opened_without_saying_resumes(tmp_path: Path, sink: type[sink_base.Sink]) -> None:
+    path = tmp_path / f"out.{sink.format}"
+    table = sink(path, 1, "m", 1)
+    table.write([ResultRow("a.png", (Prediction("1", 1, 0.5),))])
+    table.close()
+    resumed = sink(path, 1, "m", 1)
+    assert resumed.done == {"a.png"}
+    resumed.close()
+    assert [r["path"] for r in read_table(path)] == ["a.png"]
+
+
+def test_an_unknown_extension_is_refused_naming_every_supported_one(tmp_path: Path) -> None:
+    with pytest.raises(OutputError) as refused:
+        output_format(tmp_path / "out.xlsx")
+    assert str(refused.value) == (
+        f"cannot tell the output format of {tmp_path / 'out.xlsx'}: "
+        "use one of .csv, .jsonl, .ndjson, .parquet, .pq as extension"
+    )

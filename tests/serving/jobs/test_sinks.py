@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -122,7 +124,11 @@ def test_a_row_with_bytes_that_are_not_utf8_is_dropped_and_redone(
     table = open_sink(path, top_k=1, model="m", version=1)
 
     assert table.done == {"0.png", "1.png", "3.png", "4.png"}
-    assert "not valid UTF-8" in caplog.text
+    unit = "rows" if name.endswith(".csv") else "lines"
+    assert [r.getMessage() for r in caplog.records if "repaired" in r.getMessage()] == [
+        f"repaired {path}: dropped 1 malformed {unit} (1 of them not valid UTF-8); "
+        "their files are classified again"
+    ]
     table.write([ResultRow("2.png", (Prediction("0", 0, 1.0),))])
     table.close()
     assert sorted(r["path"] for r in read_table(path)) == [f"{i}.png" for i in range(5)]
@@ -143,11 +149,15 @@ def test_a_failed_write_leaves_no_part_of_its_batch(tmp_path: Path, name: str) -
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal
     resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 40, limits[1]))
     try:
-        with pytest.raises(OutputError, match=f"cannot write {path}"):
+        with pytest.raises(OutputError) as refused:
             table.write([ResultRow(f"big-{i}.png", (Prediction("0", 0, 1.0),)) for i in range(50)])
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
         signal.signal(signal.SIGXFSZ, previous)
+    assert str(refused.value) == (
+        f"cannot write {path}: {os.strerror(errno.EFBIG)}; the rows written so far are kept: fix this "
+        "(free some space) and rerun the same command to resume"
+    )
     table.close()
     assert path.read_bytes() == before
     assert open_sink(path, top_k=1, model="m", version=1).done == {"0.png", "1.png", "2.png"}
@@ -179,7 +189,10 @@ def test_malformed_rows_in_the_middle_of_a_resumed_output_are_dropped_and_redone
     table = open_sink(path, top_k=1, model="m", version=1)
     assert table.done == {"0.png", "2.png", "4.png"}
     unit = "rows" if name.endswith(".csv") else "lines"
-    assert f"repaired {lines_path}: dropped 2 malformed {unit}" in caplog.text
+    assert [r.getMessage() for r in caplog.records if "repaired" in r.getMessage()] == [
+        f"repaired {lines_path}: dropped 2 malformed {unit} (0 of them not valid UTF-8); "
+        "their files are classified again"
+    ]
     table.write([row for row in rows if row.path in damaged])
     table.close()
     assert [r["path"] for r in read_table(path)] == ["0.png", "2.png", "4.png", "1.png", "3.png"]
