@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from virtual_time import VirtualExecutor, run
 
+from cnnserve.serving.batching import batcher as batcher_module
 from cnnserve.serving.batching.batcher import BatchSettings, DynamicBatcher
 from cnnserve.serving.errors import DeadlineExpiredError, QueueFullError, ShuttingDownError
+from cnnserve.serving.observability.calls import CURRENT_CALL, CallRecord
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -738,3 +742,82 @@ def test_inline_batches_take_no_loop_time_and_the_cost_estimate_is_a_moving_aver
 
     elapsed, _ = run(scenario)
     assert elapsed == 0.0
+
+
+def _recorded(record: CallRecord, submission: Awaitable[np.ndarray]) -> asyncio.Future[np.ndarray]:
+    """`submission` run as a call whose transport opened `record` (as the tracing hook does)."""
+
+    async def call() -> np.ndarray:
+        CURRENT_CALL.set(record)  # this task's own context: other calls do not see it
+        return await submission
+
+    return asyncio.ensure_future(call())
+
+
+def test_recorded_calls_get_their_share_of_each_batch_and_unrecorded_ones_cost_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call with a record (tracing or the access log on) learns when it queued, was decoded, and which
+    batch computed it (its size, its requests, its compute window); a call bigger than a batch gets one
+    share per part. The batcher's monotonic clock is the virtual loop's here, so every time is exact."""
+    monkeypatch.setattr(
+        batcher_module,
+        "time",
+        SimpleNamespace(
+            monotonic=lambda: asyncio.get_running_loop().time(),
+            perf_counter=time.perf_counter,
+            thread_time=time.thread_time,
+        ),
+    )
+    model = Model()
+    first, deferred, big = (CallRecord("Classify", 0.0, None) for _ in range(3))  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        batcher = _batcher(model, VirtualExecutor(cost=lambda batch: 0.25), max_batch_size=8)
+        a = _recorded(first, batcher.submit(_ones(1, 1.0)))
+        b = asyncio.ensure_future(batcher.submit(_ones(2, 2.0)))  # no record
+        await asyncio.sleep(0.01)
+        c = _recorded(deferred, batcher.submit_deferred(lambda: _ones(1, 3.0), 1))
+        await asyncio.gather(a, b, c)  # one batch: taken at 0.05 (the fixed wait), computed until 0.30
+        await _recorded(big, batcher.submit(_ones(10, 4.0)))  # 8 + 2: two batches
+        await batcher.close()
+
+    run(scenario)
+    assert model.sizes == [4, 8, 2]
+    (share,) = first.shares
+    assert (share.enqueued, share.started, share.decode_start, share.decode_end) == (0.0, 0.05, None, None)
+    batch = share.batch
+    assert (batch.model, batch.images, batch.requests) == ("test", 4, 3)
+    assert (batch.compute_start, batch.compute_end) == (0.05, pytest.approx(0.30))
+    (share,) = deferred.shares
+    assert share.batch is batch  # the same batch, one record
+    assert (share.enqueued, share.started, share.decode_start, share.decode_end) == (0.01, 0.05, 0.05, 0.05)
+    assert [(s.batch.images, s.batch.requests) for s in big.shares] == [(8, 1), (2, 1)]
+    assert [s.enqueued for s in big.shares] == [pytest.approx(0.30)] * 2
+    assert all(s.batch.compute_end - s.batch.compute_start == pytest.approx(0.25) for s in big.shares)
+
+
+def test_a_recorded_call_with_batching_off_is_its_own_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        batcher_module,
+        "time",
+        SimpleNamespace(
+            monotonic=lambda: asyncio.get_running_loop().time(),
+            perf_counter=time.perf_counter,
+            thread_time=time.thread_time,
+        ),
+    )
+    model = Model()
+    record = CallRecord("Classify", 0.0, None)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        batcher = _batcher(model, VirtualExecutor(cost=lambda batch: 0.5), enabled=False)
+        await asyncio.sleep(1.0)
+        await _recorded(record, batcher.submit(_ones(3)))
+        await batcher.submit(_ones(2))  # no record: nothing noted anywhere
+
+    run(scenario)
+    (share,) = record.shares
+    assert (share.enqueued, share.started, share.decode_start, share.decode_end) == (1.0, 1.0, None, None)
+    assert (share.batch.model, share.batch.images, share.batch.requests) == ("test", 3, 1)
+    assert (share.batch.compute_start, share.batch.compute_end) == (1.0, 1.5)
