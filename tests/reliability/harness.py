@@ -53,7 +53,8 @@ REQUEST_TYPES: dict[str, type[Any]] = {
 }
 # Codes a server may answer a hostile request with; anything else is a server fault.
 FAULT_CODES = {"INTERNAL", "UNKNOWN", "CANCELLED", "DATA_LOSS"}
-HEAP_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
+# "at 0x7f..." in a repr; not the "x" between an image's two dimensions ("36520x2691629084").
+HEAP_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{6,}")
 CLASS_NAME = re.compile(r"<class '|google\.protobuf|Traceback|File \"")
 MAX_MESSAGE_CHARS = 2048
 MODEL = "mnist_cnn"

@@ -158,3 +158,10 @@ def test_mutated_images_are_judged_like_local_pillow_and_onnx_runtime(
         if response.results[0].predictions[0].index != expected:
             mismatches.append(("top-1", expected, response.results[0].predictions[0].index))
     assert not mismatches, f"seed {seed}: {len(mismatches)} of {IMAGE_PAYLOADS}: {mismatches[:5]}"
+
+
+def test_the_fault_judge_tells_a_heap_address_from_image_dimensions() -> None:
+    heap = "image 0: cannot decode image: <_io.BytesIO object at 0x7f3a2b1c9d80>"
+    dims = "image 0: image of 36520x2691629084 = 98,298,294,147,680 pixels exceeds the limit"
+    assert harness.verdict(harness.Outcome("Classify", "INVALID_ARGUMENT", heap))
+    assert not harness.verdict(harness.Outcome("Classify", "INVALID_ARGUMENT", dims))
