@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +135,12 @@ def iter_images(
         stack.extend(reversed(subfolders))
 
 
-def count_images(root: Path, recursive: bool = True, exclude: set[str] | frozenset[str] = frozenset()) -> int:
-    """How many images a walk will yield that are not in `exclude` (for the progress bar's total)."""
-    return sum(1 for path in iter_images(root, recursive, warn=False) if path not in exclude)
+def count_images(
+    root: Path,
+    recursive: bool = True,
+    exclude: set[str] | frozenset[str] = frozenset(),
+    key: Callable[[str], str] = str,
+) -> int:
+    """How many images a walk will yield whose `key(path)` is not in `exclude` (for the progress bar's
+    total)."""
+    return sum(1 for path in iter_images(root, recursive, warn=False) if key(path) not in exclude)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from cnnserve.serving.errors import JobError
 from cnnserve.serving.jobs import discovery
 from cnnserve.serving.jobs.progress import Progress
-from cnnserve.serving.jobs.sinks import ResultRow, open_sink, output_format
+from cnnserve.serving.jobs.sinks import ResultRow, open_sink, output_format, path_text
 from cnnserve.serving.observability.jobs import ChunkSpans
 from cnnserve.serving.observability.tracing import Tracing
 from cnnserve.serving.security.client_credentials import ClientSecurity
@@ -231,21 +231,21 @@ def _run_job(config: JobConfig, chunk_spans: ChunkSpans | None) -> JobSummary:
         model=info.name, version=info.version, engine=config.engine if config.server is None else "remote"
     )
     summary.output = str(config.output)
-    done_before = frozenset(table.done)
+    done_before = frozenset(table.done)  # file names as the output writes them (`path_text`)
     if done_before:
         LOG.info("resuming: %d files are already in %s", len(done_before), config.output)
     # The total only feeds the progress bar or log: without progress, skip a second walk of the folder.
     total = (
         0
         if config.progress == "none"
-        else discovery.count_images(config.folder, config.recursive, exclude=done_before)
+        else discovery.count_images(config.folder, config.recursive, exclude=done_before, key=path_text)
     )
     batch_size = config.batch_size or info.max_batch_size or DEFAULT_MAX_BATCH_SIZE
     stats = discovery.DiscoveryStats()
 
     def pending() -> Iterator[str]:
         for path in discovery.iter_images(config.folder, config.recursive, stats):
-            if path in done_before:
+            if path_text(path) in done_before:
                 summary.resumed += 1
                 continue
             yield path

@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cnnserve.serving.jobs.sinks.base import Prediction, ResultRow, Sink, columns, output_format
+from cnnserve.serving.jobs.sinks.base import (
+    Prediction,
+    ResultRow,
+    Sink,
+    columns,
+    output_format,
+    path_text,
+)
 from cnnserve.serving.jobs.sinks.csv import CsvSink, read_csv
 from cnnserve.serving.jobs.sinks.jsonl import JsonlSink, read_jsonl
 from cnnserve.serving.jobs.sinks.parquet import ParquetSink, read_parquet
@@ -32,4 +39,13 @@ def read_table(path: Path) -> list[dict[str, Any]]:
     return read_parquet(path)
 
 
-__all__ = ["Prediction", "ResultRow", "Sink", "columns", "open_sink", "output_format", "read_table"]
+__all__ = [
+    "Prediction",
+    "ResultRow",
+    "Sink",
+    "columns",
+    "open_sink",
+    "output_format",
+    "path_text",
+    "read_table",
+]

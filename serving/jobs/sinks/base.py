@@ -3,11 +3,13 @@
 One row per file: `path`, the top-k predictions (`label`, `index`, `score` for the best class, then
 `label_2`, `index_2`, `score_2`, ...), `model`, `version` and `error` (empty when the file was
 classified). Rows are appended batch by batch and flushed, so a crash keeps every batch written before
-it. Reopening an output repairs a torn last line (a SIGKILL in the middle of a write) and drops rows
-that are malformed or not valid UTF-8 (a damaged file), and returns the paths already done, which the job
-then skips: every file ends up in the table exactly once. A write that fails (a full disk) leaves no part
-of its batch in the file and stops the job with an OutputError naming the file; the rerun resumes. Each format
-is one sink (csv.py, jsonl.py, parquet.py); `open_sink` picks it from the output's extension.
+it. The output is always valid UTF-8: a file name's bytes that are not UTF-8 (a Linux name may hold any
+bytes) are written as `\\xNN` (`path_text`), and resume compares names in that form. Reopening an output
+repairs a torn last line (a SIGKILL in the middle of a write) and drops rows that are malformed or not
+valid UTF-8 (a damaged file), and returns the paths already done, which the job then skips: every file
+ends up in the table exactly once. A write that fails (a full disk) leaves no part of its batch in the
+file and stops the job with an OutputError naming the file; the rerun resumes. Each format is one sink
+(csv.py, jsonl.py, parquet.py); `open_sink` picks it from the output's extension.
 """
 
 from __future__ import annotations
@@ -65,9 +67,30 @@ def columns(top_k: int) -> list[str]:
     return [*names, "model", "version", "error"]
 
 
+def path_text(path: str) -> str:
+    """A file name as the output holds it, always valid UTF-8: each byte of the name that is not UTF-8
+    (Python hands them over as lone surrogates, U+DC80-U+DCFF) is written as `\\xNN`; any other name is
+    written as it is. Resume compares names in this form."""
+    if path.isascii():
+        return path
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate no file system hands over: escape it as itself
+            return path.encode("utf-8", "backslashreplace").decode("utf-8")
+    return path
+
+
+def error_text(error: str) -> str:
+    """An error message as one line of valid UTF-8 (an exception's text may quote a file name)."""
+    return path_text(" ".join(error.split())) if error else ""
+
+
 def row_record(row: ResultRow, top_k: int, model: str, version: int) -> dict[str, Any]:
     """A row as a column → value mapping; prediction columns are None for an error row."""
-    record: dict[str, Any] = {"path": row.path}
+    record: dict[str, Any] = {"path": path_text(row.path)}
     for rank in range(1, top_k + 1):
         suffix = "" if rank == 1 else f"_{rank}"
         prediction = row.predictions[rank - 1] if rank <= len(row.predictions) else None
@@ -76,7 +99,7 @@ def row_record(row: ResultRow, top_k: int, model: str, version: int) -> dict[str
         record[f"score{suffix}"] = prediction.score if prediction else None
     record["model"] = model
     record["version"] = version
-    record["error"] = " ".join(row.error.split()) if row.error else ""
+    record["error"] = error_text(row.error)
     return record
 
 
@@ -166,7 +189,8 @@ class LineWriter:
 
 
 class Sink:
-    """An open output: `done` (the paths already in it), `write()` a batch of rows, `close()` at the end.
+    """An open output: `done` (the paths already in it, as `path_text` writes them), `write()` a batch of
+    rows, `close()` at the end.
 
     Opening resumes: it repairs what a crash left and reads the paths already done; `resume=False` starts
     over. A subclass opens its format in `_open` and turns rows into text in `_text`.
@@ -228,7 +252,7 @@ class Sink:
             self._writer.write_text(self._text(rows))
         except OSError as error:
             raise self.write_error(error) from error
-        self.done.update(row.path for row in rows)
+        self.done.update(path_text(row.path) for row in rows)
         self.rows_written += len(rows)
 
     def write_error(self, error: OSError) -> OutputError:

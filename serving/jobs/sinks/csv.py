@@ -1,4 +1,11 @@
-"""The CSV sink: a header row, then one row per file, appended in place."""
+"""The CSV sink: a header row, then one row per file, appended in place.
+
+Fields are quoted as RFC 4180 says: a field holding a comma, a double quote, a carriage return or a line
+feed is enclosed in double quotes (quotes inside doubled), so a file name with a line break is still one
+row when the output is read back (Python's csv writer, with "\\n" as line terminator, leaves a lone
+carriage return unquoted, which splits the row on reading). Rows are built as text directly: this runs once
+per image.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +20,27 @@ from cnnserve.serving.jobs.sinks.base import (
     LineWriter,
     ResultRow,
     Sink,
+    error_text,
     is_damaged,
+    path_text,
     read_text,
     rewrite,
     truncate_torn_tail,
 )
+
+_SPECIAL = frozenset(',"\r\n')
+
+
+def csv_field(text: str) -> str:
+    """One CSV field: quoted when it holds a comma, a double quote, a carriage return or a line feed."""
+    if _SPECIAL.isdisjoint(text):
+        return text
+    return '"' + text.replace('"', '""') + '"'
+
+
+def csv_lines(rows: Iterable[Sequence[str]]) -> str:
+    """Rows of text cells as CSV lines, each ended by a line feed."""
+    return "".join(",".join(csv_field(cell) for cell in row) + "\n" for row in rows)
 
 
 class CsvSink(Sink):
@@ -41,35 +64,28 @@ class CsvSink(Sink):
                         len(rows) - 1 - len(good),
                         len(damaged),
                     )
-                    rewrite(path, _csv_lines([self.columns, *good]))
+                    rewrite(path, csv_lines([self.columns, *good]))
                 if good:
                     self.check_model(dict(zip(self.columns, good[0], strict=True)), path)
                 self.done = {row[0] for row in good}
         writer = LineWriter(path)
         if path.stat().st_size == 0:
-            writer.write_text(_csv_lines([self.columns]), force_sync=True)
+            writer.write_text(csv_lines([self.columns]), force_sync=True)
         return writer
 
     def _text(self, rows: Sequence[ResultRow]) -> str:
-        return _csv_lines(self._cells(row) for row in rows)
-
-    def _cells(self, row: ResultRow) -> list[Any]:
-        """The CSV cells of a row, built directly (this runs once per image)."""
-        cells: list[Any] = [row.path]
-        for rank in range(self.top_k):
-            if rank < len(row.predictions):
-                prediction = row.predictions[rank]
-                cells += [prediction.label, prediction.index, prediction.score]
-            else:
-                cells += ["", "", ""]
-        cells += [self.model, self.version, " ".join(row.error.split()) if row.error else ""]
-        return cells
-
-
-def _csv_lines(rows: Iterable[Sequence[Any]]) -> str:
-    buffer = io.StringIO(newline="")
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()
+        model_version = f"{csv_field(self.model)},{self.version},"
+        lines: list[str] = []
+        for row in rows:
+            line = csv_field(path_text(row.path)) + ","
+            for rank in range(self.top_k):
+                if rank < len(row.predictions):
+                    prediction = row.predictions[rank]
+                    line += f"{csv_field(prediction.label)},{prediction.index},{prediction.score!r},"
+                else:
+                    line += ",,,"
+            lines.append(line + model_version + csv_field(error_text(row.error)) + "\n")
+        return "".join(lines)
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:

@@ -273,6 +273,33 @@ def _wait_for_rows(path: Path, minimum: int, process: subprocess.Popen, timeout:
     raise AssertionError(f"{path} never reached {minimum} rows")
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_file_names_with_bytes_that_are_not_utf8_or_line_breaks_resume_exactly_once(
+    model_repository: Path, tmp_path: Path, fmt: str
+) -> None:
+    """Linux file names may hold any byte but '/' and NUL: each gets one row, and a rerun redoes none."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    pixels = _digits(1)[0][0]
+    names = [b"caf\xe9.png", b"\xff\xfe.png", b"carriage\rreturn.png", b"line\nfeed.png", b'a,"b".png']
+    for name in names:
+        Image.fromarray(pixels, "L").save(os.path.join(os.fsencode(folder), name), format="PNG")
+    common = {"folder": folder, "model": MODEL, "repo": model_repository, "workers": 1, "progress": "none"}
+    output = tmp_path / f"out.{fmt}"
+
+    first = run_job(JobConfig(output=output, **common))
+    again = run_job(JobConfig(output=output, **common))
+
+    assert (first.classified, first.failed) == (len(names), 0)
+    assert (again.classified, again.resumed) == (0, len(names))
+    if fmt != "parquet":
+        output.read_bytes().decode("utf-8")  # strict: the output is valid UTF-8
+    written = sorted(str(record["path"]) for record in read_table(output))
+    assert written == sorted(
+        ["caf\\xe9.png", "\\xff\\xfe.png", "carriage\rreturn.png", "line\nfeed.png", 'a,"b".png']
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_resume_after_sigkill_gives_every_file_exactly_once(

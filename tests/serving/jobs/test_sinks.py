@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cnnserve.serving.errors import OutputError
-from cnnserve.serving.jobs.sinks import Prediction, ResultRow, columns, open_sink, read_table
+from cnnserve.serving.jobs.sinks import Prediction, ResultRow, columns, open_sink, path_text, read_table
 
 ROWS = [
     ResultRow("a/1.png", (Prediction("7", 7, 0.9), Prediction("1", 1, 0.05))),
@@ -217,3 +217,54 @@ def test_odd_file_names_round_trip_and_a_clean_output_resumes_untouched(
     assert path.read_bytes() == before
     assert [r["path"] for r in read_table(path)] == odd
     assert "repaired" not in caplog.text
+
+
+def test_a_file_name_that_is_not_utf8_is_written_escaped_and_resumed(tmp_path: Path, name: str) -> None:
+    """A Linux file name may hold any bytes (Python hands the undecodable ones over as lone surrogates):
+    the output stays valid UTF-8 with each such byte written as \\xNN, and resume knows the row."""
+    raw = os.fsdecode(b"caf\xe9/\xff\xfe.png")
+    path = tmp_path / name
+    table = open_sink(path, top_k=1, model="m", version=1)
+    table.write([ResultRow(raw, (Prediction("0", 0, 1.0),)), ResultRow("plain.png", error="bad\udcff")])
+    table.close(finished=False)
+
+    journal = tmp_path / f".{name}.partial.jsonl" if name.endswith(".parquet") else path
+    journal.read_bytes().decode("utf-8")  # strict: no byte that is not UTF-8
+    table = open_sink(path, top_k=1, model="m", version=1)
+    assert table.done == {path_text(raw), "plain.png"}
+    assert path_text(raw) == "caf\\xe9/\\xff\\xfe.png"
+    table.close()
+
+    records = read_table(path)
+    assert [r["path"] for r in records] == ["caf\\xe9/\\xff\\xfe.png", "plain.png"]
+    assert records[1]["error"] == "bad\\xff"
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl", "out.parquet"])
+def test_a_file_name_with_a_carriage_return_or_newline_is_one_row(tmp_path: Path, name: str) -> None:
+    names = ["a\rb.png", "c\nd.png", "e\r\nf.png", 'g,"h".png', "last.png"]
+    path = tmp_path / name
+    table = open_sink(path, top_k=1, model="m", version=1)
+    table.write([ResultRow(n, (Prediction("0", 0, 1.0),)) for n in names])
+    table.close(finished=False)
+
+    table = open_sink(path, top_k=1, model="m", version=1)
+    assert table.done == set(names)
+    table.close()
+    assert [r["path"] for r in read_table(path)] == names
+
+
+def test_a_csv_row_torn_inside_a_quoted_newline_is_dropped_and_redone(tmp_path: Path) -> None:
+    path = tmp_path / "out.csv"
+    table = open_sink(path, top_k=1, model="m", version=1)
+    table.write([ResultRow("one.png", (Prediction("0", 0, 1.0),))])
+    table.write([ResultRow("two\nlines.png", (Prediction("0", 0, 1.0),))])
+    table.close()
+    whole = path.read_bytes()
+    path.write_bytes(whole[: whole.index(b"two\n") + 4])  # a crash right after the name's own newline
+
+    table = open_sink(path, top_k=1, model="m", version=1)
+    assert table.done == {"one.png"}
+    table.write([ResultRow("two\nlines.png", (Prediction("0", 0, 1.0),))])
+    table.close()
+    assert path.read_bytes() == whole
