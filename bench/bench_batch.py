@@ -112,7 +112,7 @@ def decode_rate(folder: Path, paths: list[str], spec, workers: int, batch_size: 
         for result in pool.map(
             decode_batch, [str(folder)] * len(batches), batches, [spec] * len(batches), [10**8] * len(batches)
         ):
-            count += len(result.paths)
+            count += result.size
         return count / (time.perf_counter() - start)
 
 

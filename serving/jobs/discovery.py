@@ -126,7 +126,9 @@ def iter_images(
                 if recursive:
                     subfolders.append((entry.path, f"{prefix}{entry.name}/"))
                 continue
-            if os.path.splitext(entry.name)[1].lower() not in extensions:
+            dot = entry.name.rfind(".")
+            extension = entry.name[dot:].lower() if dot > 0 else ""  # as os.path.splitext, but cheaper
+            if extension not in extensions:
                 stats.skipped_non_image += 1
                 continue
             stats.images += 1

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from cnnserve.serving.errors import JobError
 from cnnserve.serving.jobs import discovery
 from cnnserve.serving.jobs.progress import Progress
-from cnnserve.serving.jobs.sinks import ResultRow, open_sink, output_format, path_text
+from cnnserve.serving.jobs.sinks import RowBatch, open_sink, output_format, path_text
 from cnnserve.serving.observability.jobs import ChunkSpans
 from cnnserve.serving.observability.tracing import Tracing
 from cnnserve.serving.security.client_credentials import ClientSecurity
@@ -107,7 +107,7 @@ class JobSummary:
 class Engine(Protocol):
     def __enter__(self) -> Engine: ...
     def __exit__(self, *exc_info: object) -> None: ...
-    def classify(self, batches: Iterator[list[str]]) -> Iterator[list[ResultRow]]: ...
+    def classify(self, batches: Iterator[list[str]]) -> Iterator[RowBatch]: ...
 
 
 @dataclass(frozen=True)
@@ -195,6 +195,7 @@ def _open_engine(config: JobConfig) -> tuple[Engine, ModelInfo]:
         workers=config.workers,
         device=config.device,
         max_pixels=config.max_pixels,
+        batch_size=config.batch_size,
     )
     return local, info
 
@@ -259,14 +260,13 @@ def _run_job(config: JobConfig, chunk_spans: ChunkSpans | None) -> JobSummary:
     failure: BaseException | None = None
     try:
         with engine:
-            for rows in engine.classify(chunks):
+            for batch in engine.classify(chunks):
                 if chunk_spans is not None:
-                    chunk_spans.rows_back(rows)
-                table.write(rows)
-                failed = sum(1 for row in rows if row.error)
-                summary.failed += failed
-                summary.classified += len(rows) - failed
-                progress.update(len(rows))
+                    chunk_spans.rows_back(batch)
+                table.write(batch)
+                summary.failed += batch.failed
+                summary.classified += len(batch) - batch.failed
+                progress.update(len(batch))
         finished = True
     except BaseException as error:
         failure = error

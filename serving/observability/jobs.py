@@ -9,10 +9,19 @@ carry it to the server as their `traceparent`, and the server's spans of those c
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 from cnnserve.serving.observability.tracing import Tracing
+
+
+class RowsBack(Protocol):
+    """What comes back from an engine for consecutive files (the batch job's RowBatch)."""
+
+    @property
+    def errors(self) -> Mapping[int, str]: ...
+
+    def __len__(self) -> int: ...
 
 
 class ChunkSpans:
@@ -46,15 +55,15 @@ class ChunkSpans:
             context.detach(self._token)  # type: ignore[arg-type]
             self._token = None
 
-    def rows_back(self, rows: Sequence[Any]) -> None:
-        """Rows (with an `error` attribute) for the oldest chunks' files, in order."""
+    def rows_back(self, batch: RowsBack) -> None:
+        """The rows (a RowBatch: a length and errors by position) of the oldest chunks' files, in order."""
         position = 0
-        while position < len(rows) and self._open:
+        while position < len(batch) and self._open:
             entry = self._open[0]
-            taken = rows[position : position + entry[1]]
-            entry[1] -= len(taken)
-            entry[2] += sum(1 for row in taken if getattr(row, "error", ""))
-            position += len(taken)
+            taken = min(entry[1], len(batch) - position)
+            entry[1] -= taken
+            entry[2] += sum(1 for failed in batch.errors if position <= failed < position + taken)
+            position += taken
             if entry[1] == 0:
                 span = self._open.popleft()[0]
                 span.set_attribute("cnnserve.job.failed", entry[2])

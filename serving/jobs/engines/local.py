@@ -2,10 +2,15 @@
 
 Decoding (Pillow, Python) needs many cores, so the work runs in a pool of worker processes using the
 server's own preprocessing and `ModelRuntime`. On a CPU each worker decodes a batch and then classifies it
-with its own one-thread session, so only file paths go in and a few probabilities per image come back: the
-cores are always busy with one or the other, and the parent only walks the folder and writes rows
-(classifying in the parent instead would ship every float32 tensor back through a pipe, and its thread
-hand-offs would compete with the decoders for the same cores). On a GPU the workers only decode and
+with its own one-thread session, so only file paths go in and each image's top-k class indices and
+scores come back, as arrays (no path, no object per image): the cores are always busy with one or the
+other, and the parent only walks the folder and writes rows (classifying in the parent instead would ship
+every float32 tensor back through a pipe, and its thread hand-offs would compete with the decoders for the
+same cores). A task is sized from the CPU time the workers report per image (decode + inference): about
+TASK_SECONDS of work, so the per-task cost (pickling, pipes, futures) is a few thousandths of the work,
+and short enough that the job's last tasks do not leave a core idle for long; within a task, ONNX Runtime
+runs batches of `batch_size` images (on a CPU 16 by default: the fastest per image on one thread for the
+zoo's models, 64 costs 7% more per image for `mnist_cnn`). On a GPU the workers only decode and
 this process runs the one GPU session, two batches in flight. A bounded window of batches in flight keeps
 the memory flat; results come back in submission order, so the output is in discovery order.
 
@@ -26,6 +31,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -36,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnserve.serving.errors import ImageDecodeError
-from cnnserve.serving.jobs.sinks.base import Prediction, ResultRow
+from cnnserve.serving.jobs.sinks.base import RowBatch
 from cnnserve.serving.model import preprocessing
 from cnnserve.serving.model.repository import ModelVersion
 from cnnserve.serving.model.runtime import CUDA, ModelRuntime, SessionOptions, sessions_created, top_k
@@ -44,16 +50,29 @@ from cnnserve.serving.settings import available_cpus
 
 LOG = logging.getLogger(__name__)
 
-# On a CPU a worker task (decode + classify) is cut to about this long (see LocalEngine.__enter__).
-TASK_SECONDS = 0.1
-WARM_UP_IMAGES = 8  # the CPU warm-up batch, which also measures the time per image
+# On a CPU a worker task (decode + classify) holds about this much work (see `task_images`) ...
+TASK_SECONDS = 0.05
+# ... or, when that is less than one inference batch, up to a batch taking at most this long.
+FILL_SECONDS = 0.5
+MAX_TASK_BYTES = 64 * 1024 * 1024  # of decoded input tensors per task
+CPU_BATCH_SIZE = 16  # images per ONNX Runtime call on a CPU unless --batch-size says otherwise
+WARM_UP_IMAGES = 8  # the CPU warm-up batch, which also gives a first time per image
+
+
+def task_images(seconds_per_image: float, batch_size: int, image_bytes: int) -> int:
+    """Images per worker task: TASK_SECONDS of work, or one inference batch when that fits in FILL_SECONDS
+    (a slow model's batch would otherwise be cut into slower small calls); never more than MAX_TASK_BYTES
+    of decoded tensors."""
+    per_image = max(seconds_per_image, 1e-9)
+    size = max(int(TASK_SECONDS / per_image), min(batch_size, int(FILL_SECONDS / per_image)), 1)
+    return max(1, min(size, MAX_TASK_BYTES // max(image_bytes, 1)))
 
 
 @dataclass(frozen=True)
 class DecodedBatch:
     """A batch after decoding: the tensors of the images that decoded, and an error for each that did not."""
 
-    paths: tuple[str, ...]
+    size: int  # files in the batch
     tensor: np.ndarray  # (number decoded, *input_dims) float32
     decoded: tuple[int, ...]  # positions in `paths` of the rows of `tensor`
     errors: dict[int, str]  # position in `paths` → error message
@@ -79,17 +98,18 @@ def decode_batch(
         except Exception as error:  # a Pillow plugin bug on a hostile file must not end the job
             errors[position] = f"cannot decode image: {type(error).__name__}: {error}"
     tensor = np.stack(tensors) if tensors else np.empty((0, *spec.input_dims), dtype=np.float32)
-    return DecodedBatch(tuple(paths), tensor, tuple(decoded), errors)
+    return DecodedBatch(len(paths), tensor, tuple(decoded), errors)
 
 
 @dataclass(frozen=True)
-class ClassifiedBatch:
-    """A batch after classification: the probabilities of the decoded images, errors for the others."""
+class TaskResult:
+    """A task's outcome, per file of the task in order: top-k class indices (-1 for a file that failed) and
+    scores, the errors by position, and the CPU seconds the task took (to size the next tasks)."""
 
-    paths: tuple[str, ...]
-    probabilities: np.ndarray  # (number decoded, classes) float32
-    decoded: tuple[int, ...]
+    indices: np.ndarray  # (files, k) int64
+    scores: np.ndarray  # (files, k) float32
     errors: dict[int, str]
+    cpu_s: float = 0.0
 
 
 # A worker process's own session, created by `_start_worker` (one per process, one ONNX Runtime thread).
@@ -140,38 +160,43 @@ def worker_start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
-def classify_batch(runtime: ModelRuntime, batch: DecodedBatch) -> ClassifiedBatch:
-    probabilities = runtime.classify(batch.tensor) if len(batch.decoded) else np.empty((0, 0), np.float32)
-    return ClassifiedBatch(batch.paths, probabilities, batch.decoded, batch.errors)
+def classify_decoded(runtime: ModelRuntime, batch: DecodedBatch, batch_size: int, k: int) -> TaskResult:
+    """Top-k of every decoded image, inference in batches of `batch_size`; failed files keep index -1."""
+    indices = np.full((batch.size, k), -1, dtype=np.int64)
+    scores = np.zeros((batch.size, k), dtype=np.float32)
+    positions = np.asarray(batch.decoded, dtype=np.int64)
+    for start in range(0, len(positions), batch_size):
+        best, best_scores = top_k(runtime.classify(batch.tensor[start : start + batch_size]), k)
+        indices[positions[start : start + batch_size]] = best
+        scores[positions[start : start + batch_size]] = best_scores
+    return TaskResult(indices, scores, batch.errors)
+
+
+def decode_and_classify_with(
+    runtime: ModelRuntime,
+    root: str,
+    paths: Sequence[str],
+    spec: preprocessing.PreprocessSpec,
+    max_pixels: int,
+    batch_size: int,
+    k: int,
+) -> TaskResult:
+    start = time.thread_time()
+    result = classify_decoded(runtime, decode_batch(root, paths, spec, max_pixels), batch_size, k)
+    return TaskResult(result.indices, result.scores, result.errors, time.thread_time() - start)
 
 
 def decode_and_classify(
-    root: str, paths: Sequence[str], spec: preprocessing.PreprocessSpec, max_pixels: int
-) -> ClassifiedBatch:
-    """In a worker process: decode one batch of files and classify it with the worker's session."""
+    root: str,
+    paths: Sequence[str],
+    spec: preprocessing.PreprocessSpec,
+    max_pixels: int,
+    batch_size: int,
+    k: int,
+) -> TaskResult:
+    """In a worker process: decode one task's files and classify them with the worker's session."""
     assert _WORKER_RUNTIME is not None, "the pool was started without a model"
-    return classify_batch(_WORKER_RUNTIME, decode_batch(root, paths, spec, max_pixels))
-
-
-def rows_from_probabilities(batch: ClassifiedBatch, names: Sequence[str], k: int) -> list[ResultRow]:
-    """One row per path of the batch: top-k predictions for decoded images, the error for the rest;
-    `names` are the model's class names (`ModelVersion.class_names`)."""
-    predictions: dict[int, tuple[Prediction, ...]] = {}
-    probabilities = batch.probabilities
-    if len(batch.decoded):
-        indices, scores = top_k(probabilities, k)
-        # Python ints and floats once per batch (tolist), not numpy scalars per value: this runs per image.
-        for position, row_indices, row_scores in zip(
-            batch.decoded, indices.tolist(), scores.astype(np.float64).tolist(), strict=True
-        ):
-            predictions[position] = tuple(
-                Prediction(label=names[i], index=i, score=s)
-                for i, s in zip(row_indices, row_scores, strict=True)
-            )
-    return [
-        ResultRow(path=path, predictions=predictions.get(position, ()), error=batch.errors.get(position, ""))
-        for position, path in enumerate(batch.paths)
-    ]
+    return decode_and_classify_with(_WORKER_RUNTIME, root, paths, spec, max_pixels, batch_size, k)
 
 
 def default_workers() -> int:
@@ -190,10 +215,14 @@ class LocalEngine:
         workers: int = 0,
         device: str = "auto",
         max_pixels: int = preprocessing.DEFAULT_MAX_PIXELS,
+        batch_size: int = 0,
     ) -> None:
+        """`batch_size`: images per ONNX Runtime call (default: CPU_BATCH_SIZE on a CPU, the model's
+        max_batch_size on a GPU, never more than max_batch_size)."""
         self.root = str(root)
         self.model = model
-        self.top_k = top_k
+        self.labels = model.class_names
+        self.top_k = min(top_k, len(self.labels)) if self.labels else top_k
         self.workers = workers or default_workers()
         self.max_pixels = max_pixels
         self.spec = preprocessing.PreprocessSpec.from_model_config(model.config)
@@ -223,7 +252,12 @@ class LocalEngine:
             raise
         self.inference_threads = default_workers() if self.on_cpu else 2
         self.window = 2 * (self.workers + self.inference_threads)
-        # Images per worker task; on a CPU set from the warm-up so that one task takes about TASK_SECONDS.
+        largest = self.runtime.max_batch_size
+        default_batch = min(CPU_BATCH_SIZE, largest) if self.on_cpu else largest
+        self.batch_size = min(batch_size, largest) if batch_size > 0 else default_batch
+        self.image_bytes = 4 * int(np.prod(self.spec.input_dims))
+        # Images per task; on a CPU from the warm-up, then from the CPU time the workers report (see
+        # `task_images`); on a GPU a task is a batch.
         self.task_size = 0
         self._inference: ThreadPoolExecutor | None = None
         self._started: Future[None] | None = None
@@ -257,19 +291,19 @@ class LocalEngine:
         # imports, then its session), this process decodes the first batches itself (see `_submit`).
         self._started = self._inference.submit(self._wait_for_workers)
         if self.on_cpu:
-            # A big model's batch of max_batch_size images is seconds of work for one core: the last tasks
-            # of a job would leave the other cores idle that long. Small models keep whole batches.
+            # A first time per image (inference only; the workers' reports add decoding).
             probe = min(WARM_UP_IMAGES, self.runtime.max_batch_size)
             per_image = self.runtime.warm_up(probe) / probe
-            self.task_size = max(1, int(TASK_SECONDS / max(per_image, 1e-9)))
+            self.task_size = task_images(per_image, self.batch_size, self.image_bytes)
         else:
             self.runtime.warm_up()
         LOG.info(
-            "local engine: %d worker processes (%s) %s, at most %s images per task, on %s",
+            "local engine: %d worker processes (%s) %s, batches of %d, %s images per task at first, on %s",
             self.workers,
             self.start_method,
             "decoding and classifying" if self.on_cpu else "decoding, classifying here",
-            self.task_size or "a batch of",
+            self.batch_size,
+            self.task_size or self.batch_size,
             ", ".join(self.providers),
         )
         return self
@@ -286,43 +320,64 @@ class LocalEngine:
         for future in self._workers_up:
             future.result()
 
-    def _here(self, paths: list[str]) -> ClassifiedBatch:
-        return classify_batch(self.runtime, decode_batch(self.root, paths, self.spec, self.max_pixels))
+    def _here(self, paths: list[str]) -> TaskResult:
+        return decode_and_classify_with(
+            self.runtime, self.root, paths, self.spec, self.max_pixels, self.batch_size, self.top_k
+        )
 
-    def _classify_decoded(self, decoding: Future[DecodedBatch]) -> ClassifiedBatch:
-        return classify_batch(self.runtime, decoding.result())
+    def _classify_decoded(self, decoding: Future[DecodedBatch]) -> TaskResult:
+        return classify_decoded(self.runtime, decoding.result(), self.batch_size, self.top_k)
 
-    def _submit(self, paths: list[str]) -> Future[ClassifiedBatch]:
+    def _submit(self, paths: list[str]) -> Future[TaskResult]:
         assert self._pool is not None and self._inference is not None and self._started is not None
         if not self._started.done():
             return self._inference.submit(self._here, paths)
         self._started.result()  # a worker process that could not start ends the job here
         if self.on_cpu:
-            return self._pool.submit(decode_and_classify, self.root, paths, self.spec, self.max_pixels)
+            return self._pool.submit(
+                decode_and_classify, self.root, paths, self.spec, self.max_pixels, self.batch_size, self.top_k
+            )
         decoding = self._pool.submit(decode_batch, self.root, paths, self.spec, self.max_pixels)
         return self._inference.submit(self._classify_decoded, decoding)
 
     def _tasks(self, batches: Iterator[list[str]]) -> Iterator[list[str]]:
+        """The job's batches regrouped into tasks of `task_size` files (read anew for every task: it follows
+        the workers' reports); on a GPU, the batches as they come."""
+        if not self.task_size:
+            yield from batches
+            return
+        waiting: list[str] = []
         for paths in batches:
-            size = self.task_size or len(paths)
-            for start in range(0, len(paths), size):
-                yield paths[start : start + size]
+            waiting += paths
+            while len(waiting) >= self.task_size:
+                task, waiting = waiting[: self.task_size], waiting[self.task_size :]
+                yield task
+        if waiting:
+            yield waiting
 
-    def classify(self, batches: Iterator[list[str]]) -> Iterator[list[ResultRow]]:
-        """Rows for each batch of relative paths (cut into tasks of `task_size` on a CPU), in order;
-        decoding runs ahead of inference."""
+    def _learn(self, result: TaskResult, files: int) -> None:
+        """Size the next tasks from the CPU time this one took per file."""
+        if self.task_size and result.cpu_s > 0 and files:
+            self.task_size = task_images(result.cpu_s / files, self.batch_size, self.image_bytes)
+
+    def classify(self, batches: Iterator[list[str]]) -> Iterator[RowBatch]:
+        """Rows for the batches of relative paths, in order (regrouped into tasks on a CPU); decoding runs
+        ahead of inference."""
         if self._pool is None:
             raise RuntimeError("LocalEngine must be used as a context manager")
-        batches = self._tasks(batches)
-        pending: deque[Future[ClassifiedBatch]] = deque()
+        tasks = self._tasks(batches)
+        pending: deque[tuple[list[str], Future[TaskResult]]] = deque()
         exhausted = False
         while True:
             while not exhausted and len(pending) < self.window:
-                paths = next(batches, None)
+                paths = next(tasks, None)
                 if paths is None:
                     exhausted = True
                     break
-                pending.append(self._submit(paths))
+                pending.append((paths, self._submit(paths)))
             if not pending:
                 return
-            yield rows_from_probabilities(pending.popleft().result(), self.model.class_names, self.top_k)
+            paths, future = pending.popleft()
+            result = future.result()
+            self._learn(result, len(paths))
+            yield RowBatch(paths, self.labels, result.indices, result.scores, result.errors)

@@ -22,7 +22,7 @@ import numpy as np
 
 from cnnserve.serving.errors import DeviceUnavailableError, MissingExtraError
 from cnnserve.serving.jobs.engines.local import decode_batch, default_workers
-from cnnserve.serving.jobs.sinks.base import Prediction, ResultRow
+from cnnserve.serving.jobs.sinks.base import Prediction, ResultRow, RowBatch
 from cnnserve.serving.model import preprocessing
 from cnnserve.serving.model.repository import ModelVersion
 
@@ -228,7 +228,7 @@ class RayEngine:
             rows.append(ResultRow(path=str(path), predictions=predictions))
         return rows
 
-    def classify(self, batches: Iterator[list[str]]) -> Iterator[list[ResultRow]]:
+    def classify(self, batches: Iterator[list[str]]) -> Iterator[RowBatch]:
         """Rows in input order; paths are gathered into chunks, each run as one streaming Ray Dataset."""
         batch_size = 0
         chunk: list[str] = []
@@ -241,7 +241,7 @@ class RayEngine:
         if chunk:
             yield from self._run_chunk(chunk, batch_size)
 
-    def _run_chunk(self, paths: list[str], batch_size: int) -> Iterator[list[ResultRow]]:
+    def _run_chunk(self, paths: list[str], batch_size: int) -> Iterator[RowBatch]:
         dataset = self._dataset(paths, batch_size)
         for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
-            yield self._rows(batch)
+            yield RowBatch.from_rows(self._rows(batch))

@@ -18,12 +18,14 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
+import numpy as np
 
 from cnnserve.serving.errors import JobError, ServerUnavailableError
 from cnnserve.serving.grpc.client import ClassifyResult, CnnserveClient, ServerError
-from cnnserve.serving.jobs.sinks.base import Prediction, ResultRow
+from cnnserve.serving.jobs.sinks.base import RowBatch
 from cnnserve.serving.security.client_credentials import ClientSecurity
 from cnnserve.serving.settings import DEFAULT_MAX_BATCH_SIZE
 
@@ -49,6 +51,33 @@ def _split_by_size(items: Sequence[tuple[int, bytes]], limit: int) -> list[list[
         parts[-1].append(item)
         size += len(item[1])
     return [part for part in parts if part]
+
+
+class _Columns:
+    """A batch's answers as they come back, call by call, to become its RowBatch."""
+
+    def __init__(self, files: int, top_k: int) -> None:
+        self.top_k = top_k
+        self.indices: list[list[int]] = [[-1] * top_k] * files  # rows are replaced, never changed
+        self.scores: list[list[float]] = [[0.0] * top_k] * files
+        self.errors: dict[int, str] = {}
+        self.names: dict[int, str] = {}  # class index -> label, as the server named them
+
+    def answer(self, position: int, predictions: Sequence[Any]) -> None:
+        pad = self.top_k - len(predictions)
+        self.indices[position] = [int(p.index) for p in predictions[: self.top_k]] + [-1] * pad
+        self.scores[position] = [float(p.score) for p in predictions[: self.top_k]] + [0.0] * pad
+        for p in predictions:
+            self.names.setdefault(int(p.index), p.label)
+
+    def batch(self, paths: list[str], labels: Sequence[str]) -> RowBatch:
+        """The RowBatch, labelled with the model's labels (or the server's names, where they differ)."""
+        if any(index >= len(labels) or labels[index] != name for index, name in self.names.items()):
+            count = max(len(labels), max(self.names) + 1)
+            labels = [self.names.get(i, labels[i] if i < len(labels) else str(i)) for i in range(count)]
+        indices = np.array(self.indices, dtype=np.int64).reshape(len(paths), self.top_k)
+        scores = np.array(self.scores, dtype=np.float64).reshape(len(paths), self.top_k)
+        return RowBatch(paths, labels, indices, scores, self.errors)
 
 
 class RemoteEngine:
@@ -135,9 +164,7 @@ class RemoteEngine:
                 delay = min(delay * 2, BACKOFF_MAX_S)
         raise AssertionError("unreachable")
 
-    def _classify_part(
-        self, part: Sequence[tuple[int, bytes]], rows: dict[int, ResultRow], paths: Sequence[str]
-    ) -> None:
+    def _classify_part(self, part: Sequence[tuple[int, bytes]], columns: _Columns) -> None:
         try:
             result = self._call([data for _, data in part])
         except ServerError as error:
@@ -149,40 +176,32 @@ class RemoteEngine:
             if error.code != grpc.StatusCode.INVALID_ARGUMENT:
                 raise JobError(f"server {self.address} failed a batch: {error}") from error
             if len(part) == 1:
-                position = part[0][0]
-                rows[position] = ResultRow(path=paths[position], error=error.message or error.code.name)
+                columns.errors[part[0][0]] = error.message or error.code.name
                 return
             for item in part:  # one bad image fails the whole call: find it
-                self._classify_part([item], rows, paths)
+                self._classify_part([item], columns)
             return
         for (position, _), predictions in zip(part, result.predictions, strict=True):
-            rows[position] = ResultRow(
-                path=paths[position],
-                predictions=tuple(
-                    Prediction(label=p.label, index=int(p.index), score=float(p.score)) for p in predictions
-                ),
-            )
+            columns.answer(position, predictions)
 
-    def _classify_batch(self, paths: list[str]) -> list[ResultRow]:
-        rows: dict[int, ResultRow] = {}
+    def _classify_batch(self, paths: list[str]) -> RowBatch:
+        columns = _Columns(len(paths), self.top_k)
         readable: list[tuple[int, bytes]] = []
         for position, relative in enumerate(paths):
             try:
                 with open(os.path.join(self.root, relative), "rb") as handle:
                     readable.append((position, handle.read()))
             except OSError as error:
-                rows[position] = ResultRow(
-                    path=relative, error=f"cannot read file: {error.strerror or error}"
-                )
+                columns.errors[position] = f"cannot read file: {error.strerror or error}"
         for part in _split_by_size(readable, MAX_REQUEST_BYTES):
-            self._classify_part(part, rows, paths)
-        return [rows[position] for position in range(len(paths))]
+            self._classify_part(part, columns)
+        return columns.batch(paths, self.labels)
 
-    def classify(self, batches: Iterator[list[str]]) -> Iterator[list[ResultRow]]:
+    def classify(self, batches: Iterator[list[str]]) -> Iterator[RowBatch]:
         """Rows for each batch, in order, with up to `workers` calls in flight."""
         if self._pool is None:
             raise RuntimeError("RemoteEngine must be used as a context manager")
-        pending: deque[Future[list[ResultRow]]] = deque()
+        pending: deque[Future[RowBatch]] = deque()
         exhausted = False
         while True:
             while not exhausted and len(pending) < self.workers + 1:

@@ -12,6 +12,7 @@ from typing import Any
 from cnnserve.serving.jobs.sinks.base import (
     Prediction,
     ResultRow,
+    RowBatch,
     Sink,
     columns,
     output_format,
@@ -42,6 +43,7 @@ def read_table(path: Path) -> list[dict[str, Any]]:
 __all__ = [
     "Prediction",
     "ResultRow",
+    "RowBatch",
     "Sink",
     "columns",
     "open_sink",

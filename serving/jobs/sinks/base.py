@@ -19,10 +19,12 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from cnnserve.serving.errors import OutputError
 
@@ -46,6 +48,66 @@ class ResultRow:
     path: str
     predictions: tuple[Prediction, ...] = ()
     error: str = ""
+
+
+@dataclass(frozen=True)
+class RowBatch:
+    """The outcomes of consecutive files, column by column: what an engine hands the job, and the sinks
+    write.
+
+    Row `i` is the file `paths[i]`: its error message when `errors` has one for `i`; otherwise its top-k
+    classes `indices[i]` (into `labels`, best first; -1 where a rank has no class) with their `scores[i]`.
+    Columns rather than an object per file: a job writes tens of thousands of rows a second.
+    """
+
+    paths: Sequence[str]
+    labels: Sequence[str]
+    indices: np.ndarray  # (files, k) integers
+    scores: np.ndarray  # (files, k) floats
+    errors: Mapping[int, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def failed(self) -> int:
+        return len(self.errors)
+
+    def rows(self) -> list[ResultRow]:
+        """One ResultRow per file (to read a batch; the sinks format the columns directly)."""
+        indices, scores = self.indices.tolist(), self.scores.tolist()
+        rows = []
+        for position, path in enumerate(self.paths):
+            error = self.errors.get(position)
+            if error is not None:
+                rows.append(ResultRow(path=path, error=error))
+                continue
+            predictions = tuple(
+                Prediction(label=self.labels[i], index=i, score=float(s))
+                for i, s in zip(indices[position], scores[position], strict=True)
+                if i >= 0
+            )
+            rows.append(ResultRow(path=path, predictions=predictions))
+        return rows
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[ResultRow]) -> RowBatch:
+        """The columns of a list of rows (labels gathered from their predictions)."""
+        k = max((len(row.predictions) for row in rows), default=0)
+        indices = np.full((len(rows), k), -1, dtype=np.int64)
+        scores = np.zeros((len(rows), k), dtype=np.float64)
+        names: dict[int, str] = {}
+        errors: dict[int, str] = {}
+        for position, row in enumerate(rows):
+            if row.error:
+                errors[position] = row.error
+                continue
+            for rank, prediction in enumerate(row.predictions):
+                indices[position, rank] = prediction.index
+                scores[position, rank] = prediction.score
+                names[prediction.index] = prediction.label
+        labels = [names.get(i, str(i)) for i in range(max(names, default=-1) + 1)]
+        return cls([row.path for row in rows], labels, indices, scores, errors)
 
 
 def output_format(path: Path) -> str:
@@ -88,19 +150,26 @@ def error_text(error: str) -> str:
     return path_text(" ".join(error.split())) if error else ""
 
 
-def row_record(row: ResultRow, top_k: int, model: str, version: int) -> dict[str, Any]:
-    """A row as a column → value mapping; prediction columns are None for an error row."""
-    record: dict[str, Any] = {"path": path_text(row.path)}
-    for rank in range(1, top_k + 1):
-        suffix = "" if rank == 1 else f"_{rank}"
-        prediction = row.predictions[rank - 1] if rank <= len(row.predictions) else None
-        record[f"label{suffix}"] = prediction.label if prediction else None
-        record[f"index{suffix}"] = prediction.index if prediction else None
-        record[f"score{suffix}"] = prediction.score if prediction else None
-    record["model"] = model
-    record["version"] = version
-    record["error"] = error_text(row.error)
-    return record
+def batch_records(batch: RowBatch, top_k: int, model: str, version: int) -> list[dict[str, Any]]:
+    """A batch's rows as column → value mappings; prediction columns are None for an error row or a rank
+    without a class."""
+    records = []
+    indices, scores = batch.indices.tolist(), batch.scores.tolist()
+    have = batch.indices.shape[1] if batch.indices.ndim == 2 else 0
+    for position, path in enumerate(batch.paths):
+        error = batch.errors.get(position)
+        record: dict[str, Any] = {"path": path_text(path)}
+        for rank in range(top_k):
+            suffix = "" if rank == 0 else f"_{rank + 1}"
+            index = indices[position][rank] if error is None and rank < have else -1
+            record[f"label{suffix}"] = batch.labels[index] if index >= 0 else None
+            record[f"index{suffix}"] = index if index >= 0 else None
+            record[f"score{suffix}"] = float(scores[position][rank]) if index >= 0 else None
+        record["model"] = model
+        record["version"] = version
+        record["error"] = error_text(error) if error is not None else ""
+        records.append(record)
+    return records
 
 
 def truncate_torn_tail(path: Path) -> int:
@@ -219,7 +288,7 @@ class Sink:
     def _open(self) -> LineWriter:
         raise NotImplementedError
 
-    def _text(self, rows: Sequence[ResultRow]) -> str:
+    def _text(self, batch: RowBatch) -> str:
         raise NotImplementedError
 
     def check_columns(self, found: Sequence[str], where: Path) -> None:
@@ -244,16 +313,18 @@ class Sink:
                 self.version,
             )
 
-    def write(self, rows: Sequence[ResultRow]) -> None:
+    def write(self, batch: RowBatch | Sequence[ResultRow]) -> None:
         """Append one batch of rows in one write, then flush it."""
-        if not rows:
+        if not isinstance(batch, RowBatch):
+            batch = RowBatch.from_rows(batch)
+        if not len(batch):
             return
         try:
-            self._writer.write_text(self._text(rows))
+            self._writer.write_text(self._text(batch))
         except OSError as error:
             raise self.write_error(error) from error
-        self.done.update(path_text(row.path) for row in rows)
-        self.rows_written += len(rows)
+        self.done.update(map(path_text, batch.paths))
+        self.rows_written += len(batch)
 
     def write_error(self, error: OSError) -> OutputError:
         """The job's error for a failed write: the file, the reason, and that a rerun resumes."""

@@ -18,7 +18,7 @@ from typing import Any
 from cnnserve.serving.jobs.sinks.base import (
     LOG,
     LineWriter,
-    ResultRow,
+    RowBatch,
     Sink,
     error_text,
     is_damaged,
@@ -45,6 +45,11 @@ def csv_lines(rows: Iterable[Sequence[str]]) -> str:
 
 class CsvSink(Sink):
     format = "csv"
+
+    def __init__(self, path: Path, top_k: int, model: str, version: int, resume: bool = True) -> None:
+        self._cells: list[str] = []
+        self._cells_for: Sequence[str] | None = None
+        super().__init__(path, top_k, model, version, resume)
 
     def _open(self) -> LineWriter:
         path = self.path
@@ -73,19 +78,49 @@ class CsvSink(Sink):
             writer.write_text(csv_lines([self.columns]), force_sync=True)
         return writer
 
-    def _text(self, rows: Sequence[ResultRow]) -> str:
-        model_version = f"{csv_field(self.model)},{self.version},"
+    def _text(self, batch: RowBatch) -> str:
+        """The batch's CSV lines, built as text from the columns (this runs once per file)."""
+        cells = self._prediction_cells(batch.labels)
+        tail = f"{csv_field(self.model)},{self.version},"
+        have = min(batch.indices.shape[1], self.top_k) if batch.indices.ndim == 2 else 0
+        missing = ",,," * (self.top_k - have)
+        no_predictions = ",,," * self.top_k
+        errors = batch.errors
         lines: list[str] = []
-        for row in rows:
-            line = csv_field(path_text(row.path)) + ","
-            for rank in range(self.top_k):
-                if rank < len(row.predictions):
-                    prediction = row.predictions[rank]
-                    line += f"{csv_field(prediction.label)},{prediction.index},{prediction.score!r},"
+        append = lines.append
+        if have == 1 and not missing:  # the common case, top-1: one lookup and one float per file
+            indices = batch.indices[:, 0].tolist()
+            scores = batch.scores[:, 0].tolist()
+            for position, path in enumerate(batch.paths):
+                if errors and position in errors:
+                    append(self._error_line(path, errors[position], no_predictions, tail))
                 else:
-                    line += ",,,"
-            lines.append(line + model_version + csv_field(error_text(row.error)) + "\n")
+                    index = indices[position]
+                    predicted = f"{cells[index]}{scores[position]!r}," if index >= 0 else ",,,"
+                    append(f"{csv_field(path_text(path))},{predicted}{tail}\n")
+            return "".join(lines)
+        index_rows, score_rows = batch.indices.tolist(), batch.scores.tolist()
+        for position, path in enumerate(batch.paths):
+            if errors and position in errors:
+                append(self._error_line(path, errors[position], no_predictions, tail))
+                continue
+            predicted = "".join(
+                f"{cells[i]}{s!r}," if i >= 0 else ",,,"
+                for i, s in zip(index_rows[position][:have], score_rows[position][:have], strict=True)
+            )
+            append(f"{csv_field(path_text(path))},{predicted}{missing}{tail}\n")
         return "".join(lines)
+
+    @staticmethod
+    def _error_line(path: str, error: str, no_predictions: str, tail: str) -> str:
+        return f"{csv_field(path_text(path))},{no_predictions}{tail}{csv_field(error_text(error))}\n"
+
+    def _prediction_cells(self, labels: Sequence[str]) -> list[str]:
+        """`label,index,` for each class, made once per model rather than once per file."""
+        if self._cells_for is not labels:
+            self._cells = [f"{csv_field(label)},{index}," for index, label in enumerate(labels)]
+            self._cells_for = labels
+        return self._cells
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:

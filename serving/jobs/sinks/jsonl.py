@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cnnserve.serving.jobs.sinks.base import (
     LOG,
     LineWriter,
-    ResultRow,
+    RowBatch,
     Sink,
+    batch_records,
     is_damaged,
     read_text,
     rewrite,
-    row_record,
     truncate_torn_tail,
 )
 
@@ -61,9 +60,9 @@ class JsonlSink(Sink):
                 rewrite(path, "".join(f"{line}\n" for line in good))
         return LineWriter(path)
 
-    def _text(self, rows: Sequence[ResultRow]) -> str:
+    def _text(self, batch: RowBatch) -> str:
         return "".join(
-            json.dumps(row_record(row, self.top_k, self.model, self.version)) + "\n" for row in rows
+            json.dumps(record) + "\n" for record in batch_records(batch, self.top_k, self.model, self.version)
         )
 
 

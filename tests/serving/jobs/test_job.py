@@ -170,6 +170,7 @@ def test_tasks_cut_smaller_than_a_batch_give_the_same_rows_in_order(
     common |= {"batch_size": 8, "workers": 2, "progress": "none", "device": "cpu"}
     run_job(JobConfig(output=tmp_path / "whole.jsonl", **common))
     monkeypatch.setattr(batch_local, "TASK_SECONDS", 1e-9)
+    monkeypatch.setattr(batch_local, "FILL_SECONDS", 1e-9)
     run_job(JobConfig(output=tmp_path / "cut.jsonl", **common))
     whole = (tmp_path / "whole.jsonl").read_text().splitlines()
     cut = (tmp_path / "cut.jsonl").read_text().splitlines()
@@ -190,6 +191,26 @@ def test_tasks_cut_smaller_than_a_batch_give_the_same_rows_in_order(
     with batch_local.LocalEngine(folder, model, workers=2, device="cpu", max_pixels=MAX_PIXELS) as engine:
         assert engine.task_size == 1
         assert [len(rows) for rows in engine.classify(iter([paths]))] == [1] * 8
+    # And the other way: tasks span the job's batches (here batches of 3 files, tasks of 5).
+    monkeypatch.undo()
+    with batch_local.LocalEngine(folder, model, workers=2, device="cpu", max_pixels=MAX_PIXELS) as engine:
+        engine.task_size = 5
+        engine._learn = lambda result, files: None  # type: ignore[method-assign]
+        batches = [paths[i : i + 3] for i in range(0, 8, 3)]
+        got = list(engine.classify(iter(batches)))
+        assert [len(batch) for batch in got] == [5, 3]
+        assert [row.path for batch in got for row in batch.rows()] == paths
+
+
+def test_task_size_follows_the_time_per_image() -> None:
+    from cnnserve.serving.jobs.engines.local import task_images
+
+    small = 3 * 28 * 28 * 4
+    assert task_images(100e-6, 16, small) == 500  # 0.05 s of 100 µs images
+    assert task_images(25e-3, 16, small) == 16  # a slow model still fills a batch of 16 (0.4 s)
+    assert task_images(0.1, 16, small) == 5  # ... but no task longer than 0.5 s
+    assert task_images(2.0, 16, small) == 1
+    assert task_images(1e-9, 16, 150 * 150 * 3 * 4) == 248  # at most 64 MiB of tensors
 
 
 def test_labelled_folder_accuracy_and_pictures(model_repository: Path, tmp_path: Path) -> None:
