@@ -2,10 +2,10 @@
 
 Calls go through the project's client (`serving/grpc/client.py`). The server decodes and classifies (its
 dynamic batcher merges our calls with everyone else's), so this side only reads files. A batch the server
-refuses because one image is bad is retried image by image, so the bad file gets an error row and the
-rest of the batch is still classified. UNAVAILABLE (the server restarting or gone) is retried with
-exponential backoff; when it stays away the job stops with a clear error, keeping every row written so
-far, and a rerun resumes.
+refuses because one image is bad is retried in halves until the bad image is alone, so the bad file gets
+an error row and the rest of the batch is still classified. UNAVAILABLE (the server restarting or gone)
+is retried with exponential backoff; when it stays away the job stops with a clear error, keeping every
+row written so far, and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -178,8 +178,11 @@ class RemoteEngine:
             if len(part) == 1:
                 columns.errors[part[0][0]] = error.message or error.code.name
                 return
-            for item in part:  # one bad image fails the whole call: find it
-                self._classify_part([item], columns)
+            # One bad image fails the whole call (as does a call over the server's --max-images): halve it
+            # until the bad images are alone, a few calls per bad image rather than one per image.
+            middle = len(part) // 2
+            self._classify_part(part[:middle], columns)
+            self._classify_part(part[middle:], columns)
             return
         for (position, _), predictions in zip(part, result.predictions, strict=True):
             columns.answer(position, predictions)
