@@ -194,6 +194,12 @@ def job_rate(folder: Path, output: Path, **kwargs) -> tuple[float, float, int]:
     """(images/s over the wall time, wall s, rows) of one fresh run of the batch job, in this process."""
     from cnnserve.serving.jobs.job import JobConfig, run_job
 
+    # The engine's module too (ONNX Runtime, Pillow; grpc for the remote engine): imports are not the job's.
+    if kwargs.get("server"):
+        import cnnserve.serving.jobs.engines.remote
+    elif kwargs.get("engine", "local") == "local":
+        import cnnserve.serving.jobs.engines.local  # noqa: F401
+
     config = JobConfig(folder=folder, output=output, resume=False, progress="none", report=False, **kwargs)
     start = time.perf_counter()
     summary = run_job(config)
