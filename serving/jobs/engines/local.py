@@ -74,8 +74,8 @@ class DecodedBatch:
 
     size: int  # files in the batch
     tensor: np.ndarray  # (number decoded, *input_dims) float32
-    decoded: tuple[int, ...]  # positions in `paths` of the rows of `tensor`
-    errors: dict[int, str]  # position in `paths` → error message
+    decoded: tuple[int, ...]  # positions in the batch of the rows of `tensor`
+    errors: dict[int, str]  # position in the batch → error message
 
 
 def decode_batch(
