@@ -46,7 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Ray cluster to run on (e.g. ray://head:10001 or auto); default: a local instance",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=0, help="images per batch (default: the model's max_batch_size)"
+        "--batch-size",
+        type=int,
+        default=0,
+        help="images per ONNX Runtime call (default: 16 on a CPU, the model's max_batch_size on a GPU); with "
+        "--server, images per call (default: up to 256)",
     )
     parser.add_argument(
         "--workers",

@@ -41,7 +41,7 @@ class JobConfig:
     version: int = 0  # 0 = the newest live version
     engine: str = "local"
     ray_address: str | None = None
-    batch_size: int = 0  # 0 = the model's max_batch_size (64 when unset)
+    batch_size: int = 0  # 0 = the engine's choice (local: 16 on a CPU, the model's max_batch_size on a GPU)
     workers: int = 0  # 0 = one per core (worker processes / calls in flight / Ray actors)
     top_k: int = 1
     device: str = "auto"
@@ -115,7 +115,7 @@ class ModelInfo:
     name: str
     version: int
     labels: tuple[str, ...]
-    max_batch_size: int
+    batch_size: int  # files per batch handed to the engine when --batch-size is not given
 
 
 def chunked(paths: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -160,7 +160,8 @@ def _open_engine(config: JobConfig) -> tuple[Engine, ModelInfo]:
             connect_timeout_s=config.connect_timeout_s,
             security=config.security,
         )
-        info = ModelInfo(remote.model_name, remote.model_version, remote.labels, remote.max_batch_size)
+        # The job's batches are the engine's calls.
+        info = ModelInfo(remote.model_name, remote.model_version, remote.labels, remote.call_images)
         return remote, info
 
     from cnnserve.serving.model.repository import open_model_version
@@ -241,7 +242,7 @@ def _run_job(config: JobConfig, chunk_spans: ChunkSpans | None) -> JobSummary:
         if config.progress == "none"
         else discovery.count_images(config.folder, config.recursive, exclude=done_before, key=path_text)
     )
-    batch_size = config.batch_size or info.max_batch_size or DEFAULT_MAX_BATCH_SIZE
+    batch_size = config.batch_size or info.batch_size or DEFAULT_MAX_BATCH_SIZE
     stats = discovery.DiscoveryStats()
 
     def pending() -> Iterator[str]:

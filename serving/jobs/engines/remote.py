@@ -37,6 +37,12 @@ RETRIES = 6  # backoff 0.5, 1, 2, 4, 8, 8 s: about 24 s of server absence is sur
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 8.0
 MAX_REQUEST_BYTES = 3 * 1024 * 1024  # under gRPC's default 4 MiB message limit
+# Images per call unless --batch-size says otherwise: at most the server's default --max-images, and at most
+# IMAGES_IN_FLIGHT over all calls in flight, well under a server worker's default queue bound (16 batches of
+# 64). Calls of 128 images measured ~20% more images/s than calls of 64 (8 in flight, 28x28 PNG digits);
+# 256 x 8 in flight filled the server's queues.
+MAX_CALL_IMAGES = 256
+IMAGES_IN_FLIGHT = 1024
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
@@ -122,6 +128,8 @@ class RemoteEngine:
         if self.labels:  # as the local engine does: never ask for more classes than the model has
             self.top_k = min(self.top_k, len(self.labels))
         self.max_batch_size = int(metadata.max_batch_size) or DEFAULT_MAX_BATCH_SIZE
+        # The server cuts a call into batches of max_batch_size: bigger calls only save per-call work.
+        self.call_images = min(MAX_CALL_IMAGES, max(self.max_batch_size, IMAGES_IN_FLIGHT // self.workers))
         self._pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> RemoteEngine:
