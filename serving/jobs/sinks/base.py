@@ -172,6 +172,11 @@ def batch_records(batch: RowBatch, top_k: int, model: str, version: int) -> list
     return records
 
 
+def row_record(row: ResultRow, top_k: int, model: str, version: int) -> dict[str, Any]:
+    """One row as a column → value mapping (see `batch_records`)."""
+    return batch_records(RowBatch.from_rows([row]), top_k, model, version)[0]
+
+
 def truncate_torn_tail(path: Path) -> int:
     """Cut a last line that has no newline (a write torn by a crash); returns the bytes removed."""
     size = path.stat().st_size

@@ -219,6 +219,7 @@ def test_odd_file_names_round_trip_and_a_clean_output_resumes_untouched(
     assert "repaired" not in caplog.text
 
 
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl", "out.parquet"])
 def test_a_file_name_that_is_not_utf8_is_written_escaped_and_resumed(tmp_path: Path, name: str) -> None:
     """A Linux file name may hold any bytes (Python hands the undecodable ones over as lone surrogates):
     the output stays valid UTF-8 with each such byte written as \\xNN, and resume knows the row."""
