@@ -7,16 +7,17 @@ transport, can note when the call's images were decoded, how long it queued and 
 Nothing of this exists unless tracing or the access log is on: the server then does not install the hook,
 and the batcher finds None where a record would be (one contextvar read per request).
 
-Spans are made after the fact, from the recorded monotonic times, with explicit timestamps: the batch
-loop does no span work while it batches, and a call that is not sampled costs only its server span.
-A sampled call gets children `decode`, `queue`, `compute` (linked to its batch's span, with the batch
-size) and `response`; each batch with a sampled call in it gets one `batch` span, a child of the first
-sampled call's span and linked to every call merged into it.
+Whether a call is sampled is decided first, from its `traceparent` alone (sampling.py). With the access log
+off, a call that is not sampled gets nothing more: no record, no span, no context, and the batcher finds
+None as if tracing were off. A sampled call's spans are made after the fact, from the recorded monotonic
+times, with explicit timestamps, so the batch loop does no span work while it batches. It gets children
+`decode`, `queue`, `compute` (linked to its batch's span, with the batch size) and `response`; each batch
+with a sampled call in it gets one `batch` span, a child of the first sampled call's span and linked to
+every sampled call merged into it.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from contextvars import ContextVar
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnnserve.serving.core.calls import Call
-from cnnserve.serving.observability.tracing import Tracing
+from cnnserve.serving.observability.logs import AccessLog
+from cnnserve.serving.observability.tracing import Tracing, trace_carrier
 
 # gRPC codes that mean the server failed (OpenTelemetry's rule for server spans); others are the caller's.
 SERVER_FAULT_CODES = frozenset(
@@ -64,7 +66,8 @@ class CallRecord:
     method: str
     start: float
     observer: CallObservation
-    span: Any = None  # the server span, when tracing
+    span: Any = None  # the server span, when the call is sampled
+    trace_id: int = 0  # the caller's trace when the call is not sampled (0: none)
     anchor_ns: int = 0  # wall-clock ns minus monotonic ns, taken at `begin`
     decode_start: float | None = None  # decoded before queueing (big requests)
     decode_end: float | None = None
@@ -139,24 +142,33 @@ def _ns(monotonic_s: float, anchor_ns: int) -> int:
 class CallObservation:
     """The call hook that traces calls and writes the access log (whichever of the two is on).
 
-    `begin` opens the call's record (CURRENT_CALL) and, when tracing, its server span, continuing the
-    caller's W3C trace context from the call's metadata or headers and made the active span, so every log
-    line of the call carries its trace id. `end` closes both and writes the access-log line. It is the
-    first hook, so its span and its latency cover every other hook's work.
+    `begin` decides whether the call is sampled and, when it is or the access log is on, opens the call's
+    record (CURRENT_CALL); a sampled call also gets its server span, continuing the caller's W3C trace
+    context from the call's metadata or headers and made the active span, so every log line of the call
+    carries its trace id. `end` closes both and writes the access-log line, whose `trace_id` is the sampled
+    span's trace, else the caller's. It is the first hook, so its span and its latency cover every other
+    hook's work.
     """
 
-    def __init__(self, tracing: Tracing | None, access_log: logging.Logger | None) -> None:
+    def __init__(self, tracing: Tracing | None, access_log: AccessLog | None) -> None:
         self.tracing = tracing
         self.access_log = access_log
 
     def begin(self, call: Call) -> None:
-        record = CallRecord(call.method, time.monotonic(), self)
+        start = time.monotonic()
+        tracing = self.tracing
+        carrier = trace_carrier(call.metadata) if tracing is not None else {}
+        decision = tracing.decide(carrier) if tracing is not None else None
+        sampled = decision is not None and decision.sampled
+        if not sampled and self.access_log is None:
+            return  # neither a span nor an access-log line: nothing to record
+        record = CallRecord(call.method, start, self)
         otel_token: object | None = None
-        if self.tracing is not None:
+        if tracing is not None and decision is not None and sampled:
             from opentelemetry import context, trace
 
             record.anchor_ns = time.time_ns() - time.monotonic_ns()
-            parent = self.tracing.extract_pairs(call.metadata)
+            parent = tracing.extract(carrier) if decision.continues else None
             http = "http" in call.protocol
             attributes: dict[str, Any] = {
                 "rpc.system": "http" if http else "grpc",
@@ -166,15 +178,18 @@ class CallObservation:
             }
             if call.model:
                 attributes["cnnserve.model"] = call.model
-            span = self.tracing.tracer.start_span(
+            span = tracing.start_sampled_span(
                 f"{call.protocol}/{call.method}",
-                context=parent,
+                decision,
+                parent,
                 kind=trace.SpanKind.SERVER,
                 attributes=attributes,
                 start_time=_ns(record.start, record.anchor_ns),
             )
             record.span = span
             otel_token = context.attach(trace.set_span_in_context(span, parent))
+        elif decision is not None:
+            record.trace_id = decision.trace_id  # the caller's (or none), for the access log
         call.attributes[_RECORD] = (record, CURRENT_CALL.set(record), otel_token)
 
     def end(self, call: Call) -> None:
@@ -188,7 +203,7 @@ class CallObservation:
         http_status = None
         if "http" in call.protocol:
             http_status = call.status.http_status if call.status is not None else 200
-        trace_id = ""
+        trace_id = f"{record.trace_id:032x}" if record.trace_id else ""
         if record.span is not None:
             from opentelemetry import context
 
@@ -221,7 +236,7 @@ class CallObservation:
             fields["trace_id"] = trace_id or None
             if call.message and call.status is not None:
                 fields["error"] = call.message[:MAX_ERROR_CHARS]
-            self.access_log.info("%s %s", call.method, status, extra={"access": fields})
+            self.access_log.write(f"{call.method} {status}", fields)
 
     def _finish_span(
         self, record: CallRecord, call: Call, status: str, http_status: int | None, finished: float

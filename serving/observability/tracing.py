@@ -24,8 +24,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import random
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,9 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
-    from opentelemetry.trace import Tracer
+    from opentelemetry.trace import Span, Tracer
+
+    from cnnserve.serving.observability.sampling import Decision, DrawnTraceIds, SamplingPolicy
 
 LOG = logging.getLogger(__name__)
 
@@ -188,14 +191,23 @@ def _exporter(name: str, protocol: str) -> SpanExporter:
 
 
 class Tracing:
-    """A tracer over a TracerProvider of its own, and W3C trace-context propagation."""
+    """A tracer over a TracerProvider of its own, W3C trace-context propagation, and the sampler's
+    decision for a call made before any span exists (sampling.py)."""
 
-    def __init__(self, provider: TracerProvider, instrumentation: str = "cnnserve") -> None:
+    def __init__(
+        self,
+        provider: TracerProvider,
+        sampling: SamplingPolicy,
+        ids: DrawnTraceIds,
+        instrumentation: str = "cnnserve",
+    ) -> None:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self.provider = provider
         self.tracer: Tracer = provider.get_tracer(instrumentation)
         self.propagator = TraceContextTextMapPropagator()
+        self.sampling = sampling
+        self.ids = ids
 
     def extract(self, carrier: Mapping[str, str]) -> Context | None:
         """The caller's context from `traceparent`/`tracestate` (lowercase keys), None without one."""
@@ -203,10 +215,21 @@ class Tracing:
             return None
         return self.propagator.extract(carrier)
 
-    def extract_pairs(self, pairs: Iterable[tuple[str, Any]] | None) -> Context | None:
-        """`extract` over gRPC invocation metadata (key, value) pairs."""
-        carrier = {key: value for key, value in pairs or () if key in (TRACEPARENT, TRACESTATE)}
-        return self.extract(carrier) if carrier else None
+    def decide(self, carrier: Mapping[str, str]) -> Decision:
+        """Whether a call whose trace headers are `carrier` (`trace_carrier`) is sampled."""
+        traceparent = carrier.get(TRACEPARENT)
+        return self.sampling.decide(traceparent if isinstance(traceparent, str) else None)
+
+    def start_sampled_span(
+        self, name: str, decision: Decision, parent: Context | None, **options: Any
+    ) -> Span:
+        """A span decided sampled up front: the caller's child, or the root of the new trace whose id the
+        decision drew (so the SDK's sampler agrees). `options` are `Tracer.start_span`'s."""
+        self.ids.preset(0 if decision.continues else decision.trace_id)
+        try:
+            return self.tracer.start_span(name, context=parent, **options)
+        finally:
+            self.ids.preset(0)
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         return bool(self.provider.force_flush(int(timeout_s * 1000)))
@@ -220,11 +243,13 @@ def start_tracing(
     settings: TracingSettings,
     exporter: SpanExporter | None = None,
     synchronous: bool = False,
+    draw: Callable[[int], int] = random.getrandbits,
 ) -> Tracing | None:
     """A Tracing per `settings` (None when they leave tracing off and no `exporter` is given).
 
     `exporter` replaces the configured ones (tests pass an in-memory one); `synchronous` exports every
-    span as it ends instead of in background batches (so a test sees a call's spans when it returns).
+    span as it ends instead of in background batches (so a test sees a call's spans when it returns);
+    `draw(bits)` is where sampling decisions take their random bits (tests pass a seeded generator).
     """
     if not settings.enabled and exporter is None:
         return None
@@ -235,9 +260,14 @@ def start_tracing(
     exporters = (
         [exporter] if exporter is not None else [_exporter(n, settings.protocol) for n in settings.exporters]
     )
+    from cnnserve.serving.observability.sampling import DrawnTraceIds, SamplingPolicy
+
+    ids = DrawnTraceIds()
     # Resource.create also reads OTEL_RESOURCE_ATTRIBUTES; OTEL_SERVICE_NAME is already in settings.
     provider = TracerProvider(
-        sampler=_sampler(settings), resource=Resource.create({"service.name": settings.service_name})
+        sampler=_sampler(settings),
+        resource=Resource.create({"service.name": settings.service_name}),
+        id_generator=ids,
     )
     for each in exporters:
         provider.add_span_processor(SimpleSpanProcessor(each) if synchronous else BatchSpanProcessor(each))
@@ -248,7 +278,16 @@ def start_tracing(
         f" ({settings.ratio:g})" if settings.sampler.endswith("traceidratio") else "",
         settings.service_name,
     )
-    return Tracing(provider)
+    return Tracing(provider, SamplingPolicy.of(settings, draw), ids)
+
+
+def trace_carrier(pairs: Iterable[tuple[str, Any]] | None) -> dict[str, Any]:
+    """The W3C trace headers among gRPC metadata or HTTP header (key, value) pairs; the first of each."""
+    carrier: dict[str, Any] = {}
+    for key, value in pairs or ():
+        if key in (TRACEPARENT, TRACESTATE):
+            carrier.setdefault(key, value)
+    return carrier
 
 
 def trace_metadata() -> tuple[tuple[str, str], ...]:

@@ -19,10 +19,13 @@ import pytest
 
 from cnnserve.protos import inference_pb2, inference_pb2_grpc
 from cnnserve.serving.observability.logs import (
+    ACCESS_LOGGER,
+    TEXT_FORMAT,
     JsonFormatter,
     LogFormatError,
     TextFormatter,
     configure_logging,
+    enable_access_log,
     resolve_log_format,
 )
 from cnnserve.serving.observability.tracing import TracingSettings, start_tracing
@@ -187,3 +190,50 @@ def test_serve_logs_json_and_one_access_line_per_call_without_images_or_tokens(
     for gauge in ("resident_memory_bytes", "open_fds", "start_time_seconds"):
         pids = re.findall(rf'cnnserve_process_{gauge}\{{pid="(\d+)"\}} (\S+)', metrics)
         assert len(pids) == 2 and all(float(value) > 0 for _, value in pids), (gauge, metrics[:3000])
+
+
+@pytest.mark.parametrize(
+    ("log_format", "text_format"),
+    [("json", None), ("text", None), ("text", "%(asctime)s %(levelname)s worker-1 %(name)s: %(message)s")],
+)
+def test_an_access_line_written_directly_is_the_line_its_log_record_gives(
+    log_format: str, text_format: str | None
+) -> None:
+    """With the handler configure_logging sets, AccessLog writes its line without a LogRecord; the line is
+    the one the record would give. With any other handler (a test's capture), the record goes out."""
+    fields = {"method": "Classify", "model": MODEL, "version": 1, "status": "OK", "latency_ms": 1.5}
+    fields |= {"peer": "ipv4:127.0.0.1:5", "client": None, "error": 'a "quoted" = message', "trace_id": None}
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    access = enable_access_log()
+    try:
+        configure_logging(logging.WARNING, log_format, text_format or TEXT_FORMAT, {"worker": 1}, stream)
+        assert access._direct_handler() is root.handlers[0]
+        access.write("Classify OK", fields)
+        (line,) = stream.getvalue().splitlines()
+        record = access.logger.makeRecord(
+            ACCESS_LOGGER, logging.INFO, __file__, 1, "%s", ("Classify OK",), None, extra={"access": fields}
+        )
+        expected = root.handlers[0].format(record)
+        captured: list[logging.LogRecord] = []
+        capture = logging.Handler()
+        capture.emit = captured.append  # type: ignore[method-assign]
+        root.addHandler(capture)
+        assert access._direct_handler() is None
+        access.write("Classify OK", fields)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    if log_format == "json":
+        written, made = json.loads(line), json.loads(expected)
+        stamps = [written.pop("time"), made.pop("time")]
+        assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", t) for t in stamps)
+        assert written == made
+        assert written["worker"] == 1 and written["error"] == fields["error"]
+    else:
+        # Equal but for the clock: "YYYY-MM-DD HH:MM:SS,mmm" in both.
+        stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+        assert re.match(stamp, line) and re.match(stamp, expected) and line[23:] == expected[23:]
+        assert 'error="a \\"quoted\\" = message"' in line and line.endswith("trace_id=-")
+    assert [r.access for r in captured] == [fields]  # type: ignore[attr-defined]
