@@ -17,6 +17,8 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from cnnserve.protos import inference_pb2, inference_pb2_grpc
+from cnnserve.serving.core.calls import Call
+from cnnserve.serving.observability.calls import current_call
 from cnnserve.serving.observability.logs import ACCESS_LOGGER
 from cnnserve.serving.observability.sampling import (
     NOT_SAMPLED,
@@ -136,6 +138,19 @@ def test_the_drawn_id_goes_to_the_next_new_trace_only() -> None:
     assert ids.generate_trace_id() not in (0, 12345)
 
 
+class CallProbe:
+    """A call hook after the tracing one: notes whether the call it sees has a record open."""
+
+    def __init__(self, recorded: list[bool]) -> None:
+        self.recorded = recorded
+
+    def begin(self, call: Call) -> None:
+        self.recorded.append(current_call() is not None)
+
+    def end(self, call: Call) -> None:
+        pass
+
+
 def test_a_server_traces_exactly_the_calls_it_samples_and_records_nothing_for_the_others(
     start_server: Callable[..., object],
     model_repository: Path,
@@ -151,6 +166,8 @@ def test_a_server_traces_exactly_the_calls_it_samples_and_records_nothing_for_th
     )
     assert tracing is not None
     server = start_server(model_repository, tracing=tracing)
+    recorded: list[bool] = []  # whether each call had a record open while the other hooks ran
+    server.server.hooks.add(CallProbe(recorded))  # type: ignore[attr-defined]
     request = inference_pb2.ClassifyRequest(model=MODEL, images=[inference_pb2.Image(encoded=digits.png[0])])
     calls = 40
     with grpc.insecure_channel(server.address) as channel:  # type: ignore[attr-defined]
@@ -164,8 +181,11 @@ def test_a_server_traces_exactly_the_calls_it_samples_and_records_nothing_for_th
 
     # The same seed replayed: the decisions the server made.
     replay = SamplingPolicy("parentbased_traceidratio", ratio, random.Random(SEED).getrandbits)
-    expected = [d.trace_id for d in (replay.decide(None) for _ in range(calls)) if d.sampled]
+    decisions = [replay.decide(None) for _ in range(calls)]
+    expected = [d.trace_id for d in decisions if d.sampled]
     assert 0 < len(expected) < calls
+    # A call that is not sampled had no record: the batcher and the data plane found none.
+    assert recorded == [*(d.sampled for d in decisions), True, False]
     servers = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
     assert all(s.name == SPAN_NAME for s in servers)
     # Exactly the calls the seeded draw sampled, each in the trace whose id it drew, then the caller's.
