@@ -96,6 +96,73 @@ def run_calls(server: Server, payload: Path, clients: int, calls: int) -> tuple[
     return (after - before) / calls * 1e6, calls / result["elapsed"]
 
 
+def hook_main(argv: list[str]) -> int:
+    """The call hook alone, in this process: CPU µs per call of CallObservation's begin and end around an
+    empty call (metadata as gRPC gives it, no traceparent), beside a loop without the hook, interleaved."""
+    import logging
+
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from cnnserve.serving.core.calls import Call
+    from cnnserve.serving.observability.calls import CallObservation
+    from cnnserve.serving.observability.logs import configure_logging, enable_access_log
+    from cnnserve.serving.observability.tracing import TracingSettings, start_tracing
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ratio", type=float, required=True)
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--log", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    class Source:  # what a gRPC ServicerContext gives the hooks
+        def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+            return (("user-agent", "grpc-python-asyncio/1.85.3 grpc-c/52.0.0 (linux; chttp2)"),)
+
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:40000"
+
+        def auth_context(self) -> dict[str, list[bytes]]:
+            return {}
+
+    class NoHook:
+        def begin(self, call: Call) -> None:
+            pass
+
+        def end(self, call: Call) -> None:
+            pass
+
+    configure_logging(logging.WARNING, "text", stream=args.log.open("w"))
+    settings = TracingSettings(("none",), "parentbased_traceidratio", args.ratio)
+    tracing = start_tracing(settings, exporter=InMemorySpanExporter())
+    hooks = {
+        "no hook": NoHook(),
+        f"tracing {args.ratio:g}": CallObservation(tracing, None),
+        "access log": CallObservation(None, enable_access_log()),
+    }
+    source = Source()
+    seconds: dict[str, list[float]] = {name: [] for name in hooks}
+    for _ in range(args.rounds):
+        for name, hook in hooks.items():
+            start = time.process_time()
+            for _ in range(args.calls):
+                call = Call("cnnserve.v1", "Classify", "mnist_cnn", source)
+                hook.begin(call)
+                call.version, call.images = 1, 1
+                hook.end(call)
+            seconds[name].append(time.process_time() - start)
+    json.dump({name: min(values) / args.calls * 1e6 for name, values in seconds.items()}, sys.stdout)
+    return 0
+
+
+def hook_costs(tmp: Path, ratio: str, env: dict[str, str]) -> dict[str, float]:
+    command = [sys.executable, __file__, "_hook", "--ratio", ratio, "--log", str(tmp / "hook.log")]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True, env=env)
+    costs = json.loads(out.stdout)
+    bare = costs.pop("no hook")
+    return {name: value - bare for name, value in costs.items()}
+
+
 def _spread(values: list[float], digits: int = 0) -> str:
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
@@ -104,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_calls":
         return calls_main(argv[1:])
+    if argv and argv[0] == "_hook":
+        return hook_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, required=True)
     parser.add_argument("--model", required=True)
@@ -116,7 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-access-log", action="store_true", help="leave out the access log")
     parser.add_argument("--compare-tree", type=Path, help="also servers run from this source tree")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--hook-only",
+        action="store_true",
+        help="only the call hook's own CPU per call, in-process (no server)",
+    )
     args = parser.parse_args(argv)
+    if args.hook_only:
+        return hook_only_main(args)
 
     from cnnserve.protos import inference_pb2
     from cnnserve.serving.model.repository import open_model_version
@@ -196,6 +272,21 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json:
         args.json.write_text(json.dumps({"model": args.model, "rows": results, "sink": received}, indent=2))
+    return 0
+
+
+def hook_only_main(args: argparse.Namespace) -> int:
+    """The hook's own cost, least of 7 rounds of 20,000 calls: this tree, and `--compare-tree`'s."""
+    trees = {"this tree": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-observability-hook-") as tmp_name:
+        tmp = Path(tmp_name)
+        if args.compare_tree is not None:
+            trees["other tree"] = {"PYTHONPATH": str(shim_tree(args.compare_tree, tmp))}
+        print("| tree | hook | CPU µs per call, beyond the call itself |")
+        print("|---|---|---|")
+        for tree, env in trees.items():
+            for name, cost in hook_costs(tmp, args.ratio, {**os.environ, **env}).items():
+                print(f"| {tree} | {name} | {cost:.2f} |", flush=True)
     return 0
 
 
