@@ -1,17 +1,20 @@
 """The server's CPU time per call with tracing off, tracing at a sampling ratio, and the access log on.
 
     python bench/bench_observability_cpu.py --repo model_repository --model mnist_cnn \
-        --calls 8000 --clients 64 --rounds 5 [--compare-tree DIR]
+        --calls 6000 --clients 64 --rounds 5 [--compare-tree DIR]
+    python bench/bench_observability_cpu.py --hook-only [--compare-tree DIR]
 
 Throughput on a machine that other work shares moves with whatever else runs; the CPU time a server's
-processes use for a fixed number of calls hardly does. So each server (`cnnserve serve`, its supervisor and
+processes use for a fixed number of calls moves less (still ±10% between rounds on 2 busy cores; the
+hook's own cost, `--hook-only`, resolves a few µs). So each server (`cnnserve serve`, its supervisor and
 workers, exporter threads included) gets the same fixed number of Classify calls of one image from C
 closed-loop clients, and the CPU time its processes used over them (user + system, from /proc) is divided
 by the calls. Servers are measured back to back in every round, in a rotating order, and each is compared
 with tracing off in the same round; the tables give medians over rounds (min-max). Spans are exported over
 OTLP/gRPC to a local sink that receives and drops them (bench_serving.py's), so the exporter does all its
 work. `--compare-tree DIR` adds the same servers run from another checkout (e.g. the commit before a
-change), for an A/B of the code itself.
+change), for an A/B of the code itself. `--hook-only` measures instead the call hook alone (tracing at the
+ratio, the access log), in one process per checkout, without a server.
 """
 
 from __future__ import annotations
@@ -174,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_hook":
         return hook_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, required=True)
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--repo", type=Path, help="the model repository (not needed with --hook-only)")
+    parser.add_argument("--model", help="the model to call (not needed with --hook-only)")
     parser.add_argument("--calls", type=int, default=8000, help="calls per server per round")
     parser.add_argument("--clients", type=int, default=64, help="closed-loop clients, one image per call")
     parser.add_argument("--rounds", type=int, default=5)
@@ -193,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.hook_only:
         return hook_only_main(args)
+    if args.repo is None or args.model is None:
+        parser.error("--repo and --model are needed (except with --hook-only)")
 
     from cnnserve.protos import inference_pb2
     from cnnserve.serving.model.repository import open_model_version
