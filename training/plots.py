@@ -22,20 +22,33 @@ def _figure(width: float, height: float):
     return figure
 
 
-def plot_history(history: Mapping[str, Sequence[float]], path: str | Path, title: str = "") -> Path:
-    """Loss and accuracy per epoch, training and validation side by side."""
-    figure = _figure(10, 4)
-    for position, metric in enumerate(("loss", "accuracy"), start=1):
-        axes = figure.add_subplot(1, 2, position)
+def plot_history(
+    history: Mapping[str, Sequence[float]],
+    path: str | Path,
+    title: str = "",
+    best_epoch: int | None = None,
+) -> Path:
+    """Loss and accuracy per epoch, training and validation side by side, the kept epoch marked; and the
+    learning rate when the run recorded it."""
+    rates = history.get("learning_rate")
+    panels = ("loss", "accuracy", "learning_rate") if rates else ("loss", "accuracy")
+    figure = _figure(5 * len(panels), 4)
+    for position, metric in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, len(panels), position)
         for key, style in ((metric, "o-"), (f"val_{metric}", "s--")):
             values = history.get(key)
             if values:
-                axes.plot(
-                    range(1, len(values) + 1), values, style, label="validation" if "val" in key else "train"
-                )
+                label = "validation" if key.startswith("val_") else "train"
+                if metric == "learning_rate":
+                    label = "learning rate"
+                axes.plot(range(1, len(values) + 1), values, style, label=label)
+        if metric == "learning_rate":
+            axes.set_yscale("log")
+        if best_epoch is not None:
+            axes.axvline(best_epoch, color="grey", linestyle=":", label=f"kept: epoch {best_epoch}")
         axes.set_xlabel("epoch")
-        axes.set_ylabel(metric)
-        axes.set_title(metric)
+        axes.set_ylabel(metric.replace("_", " "))
+        axes.set_title(metric.replace("_", " "))
         axes.grid(True, alpha=0.3)
         if axes.lines:
             axes.legend()

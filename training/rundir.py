@@ -1,9 +1,10 @@
 """The run directory: what a training job leaves on disk and what the export stage reads back.
 
 A run directory holds `model.keras` (the best checkpoint by validation accuracy), `run.json` (everything
-needed to reproduce and describe the run: model, dataset and provenance, splits, seed, history, test
-metrics, preprocessing, labels, library versions) and three figures. `RunInfo` mirrors `run.json`
-field by field so readers never parse the JSON themselves.
+needed to reproduce and describe the run: model, dataset and provenance, splits, seed, the recipe, history,
+test metrics, preprocessing, labels, library versions) and three figures. While training it also holds
+`checkpoint/` (the last epoch's full state, for `--resume`), removed once the run completes. `RunInfo`
+mirrors `run.json` field by field so readers never parse the JSON themselves.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnserve.training.recipe import DEFAULT_LEARNING_RATES, Recipe
 from cnnserve.training.zoo import Preprocessing
 
 RUN_JSON = "run.json"
@@ -21,7 +23,8 @@ MODEL_FILE = "model.keras"
 HISTORY_PNG = "history.png"
 MISCLASSIFIED_PNG = "misclassified.png"
 CONFUSION_PNG = "confusion_matrix.png"
-FORMAT_VERSION = 1
+CHECKPOINT_DIR = "checkpoint"
+FORMAT_VERSION = 2
 
 
 class RunDirectoryError(Exception):
@@ -37,6 +40,7 @@ class DatasetInfo:
     provenance: str  # a human sentence: where the data came from
     split_seed: int  # the seed the train/validation/test split was drawn with
     test_split: str = "test"  # which split the test metrics came from ("validation" if there was no test)
+    validation_split: float | None = None  # fraction of training images held out; None: the data's own
 
 
 @dataclass(frozen=True)
@@ -48,13 +52,9 @@ class RunInfo:
     dataset: DatasetInfo
     split_sizes: Mapping[str, int]
     seed: int
-    epochs: int  # requested
+    recipe: Recipe  # epochs requested, batch size, optimizer, learning rate, schedule, patience, augmentation
     epochs_completed: int
-    batch_size: int
-    optimizer: str
-    learning_rate: float | None
     loss: str
-    augmentation: str
     history: Mapping[str, list[float]]
     best_epoch: int | None  # 1-based epoch whose weights are in model.keras
     test_accuracy: float | None
@@ -70,11 +70,26 @@ class RunInfo:
     skipped_files: tuple[str, ...] = ()
     created_at: str = ""
     notes: str = ""
+    init_from: str | None = None  # the run directory whose weights training started from
+    resumed_at_epochs: tuple[int, ...] = ()  # epochs (0-based) at which an interrupted run was resumed
+    stopped_early: bool = False
     run_dir: Path | None = field(default=None, compare=False)
 
     @property
     def skipped_count(self) -> int:
         return len(self.skipped_files)
+
+    @property
+    def epochs(self) -> int:
+        return self.recipe.epochs
+
+    @property
+    def batch_size(self) -> int:
+        return self.recipe.batch_size
+
+    @property
+    def augmentation(self) -> str:
+        return self.recipe.augmentation
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -87,16 +102,16 @@ class RunInfo:
                 "provenance": self.dataset.provenance,
                 "split_seed": self.dataset.split_seed,
                 "test_split": self.dataset.test_split,
+                "validation_split": self.dataset.validation_split,
             },
             "split_sizes": dict(self.split_sizes),
             "seed": self.seed,
-            "epochs": self.epochs,
+            **self.recipe.to_dict(),
             "epochs_completed": self.epochs_completed,
-            "batch_size": self.batch_size,
-            "optimizer": self.optimizer,
-            "learning_rate": self.learning_rate,
             "loss": self.loss,
-            "augmentation": self.augmentation,
+            "init_from": self.init_from,
+            "resumed_at_epochs": list(self.resumed_at_epochs),
+            "stopped_early": self.stopped_early,
             "history": {key: list(values) for key, values in self.history.items()},
             "best_epoch": self.best_epoch,
             "test_accuracy": self.test_accuracy,
@@ -124,6 +139,24 @@ class RunInfo:
     @classmethod
     def from_json_dict(cls, data: Mapping[str, Any], run_dir: Path | None = None) -> RunInfo:
         dataset = data["dataset"]
+        optimizer = str(data.get("optimizer", "adam"))
+        learning_rate = data.get("learning_rate")
+        # Runs written before the recipe fields existed trained with a constant rate and no early stopping.
+        recipe = Recipe.from_dict(
+            {
+                "epochs": data["epochs"],
+                "batch_size": data["batch_size"],
+                "optimizer": optimizer,
+                "learning_rate": DEFAULT_LEARNING_RATES.get(optimizer, 1e-3)
+                if learning_rate is None
+                else learning_rate,
+                "schedule": data.get("schedule", "constant"),
+                "patience": data.get("patience"),
+                "augmentation": data.get("augmentation", "none"),
+                "validation_split": data.get("validation_split"),
+                "label_smoothing": data.get("label_smoothing", 0.0),
+            }
+        )
         return cls(
             model=str(data["model"]),
             status=str(data.get("status", "completed")),
@@ -133,16 +166,13 @@ class RunInfo:
                 provenance=str(dataset.get("provenance", "")),
                 split_seed=int(dataset.get("split_seed", data.get("seed", 0))),
                 test_split=str(dataset.get("test_split", "test")),
+                validation_split=dataset.get("validation_split"),
             ),
             split_sizes={str(k): int(v) for k, v in data["split_sizes"].items()},
             seed=int(data["seed"]),
-            epochs=int(data["epochs"]),
+            recipe=recipe,
             epochs_completed=int(data.get("epochs_completed", data["epochs"])),
-            batch_size=int(data["batch_size"]),
-            optimizer=str(data.get("optimizer", "")),
-            learning_rate=data.get("learning_rate"),
             loss=str(data.get("loss", "")),
-            augmentation=str(data.get("augmentation", "none")),
             history={str(k): [float(x) for x in v] for k, v in data.get("history", {}).items()},
             best_epoch=data.get("best_epoch"),
             test_accuracy=data.get("test_accuracy"),
@@ -158,6 +188,9 @@ class RunInfo:
             skipped_files=tuple(str(x) for x in data.get("skipped_files", [])),
             created_at=str(data.get("created_at", "")),
             notes=str(data.get("notes", "")),
+            init_from=data.get("init_from"),
+            resumed_at_epochs=tuple(int(x) for x in data.get("resumed_at_epochs", [])),
+            stopped_early=bool(data.get("stopped_early", False)),
             run_dir=run_dir,
         )
 
@@ -169,6 +202,11 @@ def model_path(run_dir: str | Path) -> Path:
 
 def run_json_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / RUN_JSON
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    """Where a run that is still training keeps its last epoch's full state (see `training.checkpoint`)."""
+    return Path(run_dir) / CHECKPOINT_DIR
 
 
 def write_run(run_dir: str | Path, info: RunInfo) -> Path:

@@ -1,9 +1,11 @@
 """The training job: one zoo model on one dataset, written to a run directory that export reads.
 
-The job is seeded, keeps the best checkpoint by validation accuracy (`model.keras`), evaluates that
-checkpoint on the test split and writes `run.json` plus three figures. An existing run directory is
-never overwritten silently, and Ctrl-C leaves the best checkpoint so far with a `run.json` marked
-`interrupted`.
+The job is seeded, follows a `Recipe` (the zoo entry's defaults plus the options given), keeps the best
+checkpoint by validation accuracy (`model.keras`), evaluates that checkpoint on the test split and writes
+`run.json` plus three figures. Every epoch commits a resume state (`checkpoint.py`): Ctrl-C or a killed
+process leaves the best checkpoint so far, and `resume=True` continues the run to the result an
+uninterrupted run would have reached. An existing run directory is never overwritten silently, and every
+bad option is refused before anything is read or written.
 """
 
 from __future__ import annotations
@@ -12,15 +14,24 @@ import contextlib
 import datetime as dt
 import logging
 import platform
+import shutil
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cnnserve.training import plots
+from cnnserve.training.checkpoint import (
+    StartOptions,
+    TrainingState,
+    load_state,
+    remove_checkpoint,
+    sync_best,
+)
 from cnnserve.training.datasets import (
     ArraySplit,
     LoadedDataset,
@@ -30,7 +41,9 @@ from cnnserve.training.datasets import (
     read_image_file,
     resolve_labels,
 )
-from cnnserve.training.pipeline import SkipLog, make_dataset
+from cnnserve.training.errors import ResumeError, RunDirectoryExistsError, TrainingError
+from cnnserve.training.pipeline import EpochClock, SkipLog, make_dataset
+from cnnserve.training.recipe import resolve_recipe
 from cnnserve.training.rundir import (
     CONFUSION_PNG,
     HISTORY_PNG,
@@ -39,9 +52,11 @@ from cnnserve.training.rundir import (
     RUN_JSON,
     DatasetInfo,
     RunInfo,
+    checkpoint_dir,
     model_path,
     write_run,
 )
+from cnnserve.training.warmstart import check_source, load_weights_into
 from cnnserve.training.zoo import ZooEntry, build_model, get_entry
 
 log = logging.getLogger(__name__)
@@ -50,54 +65,17 @@ RUN_FILES = (MODEL_FILE, RUN_JSON, HISTORY_PNG, MISCLASSIFIED_PNG, CONFUSION_PNG
 MAX_MISCLASSIFIED_SHOWN = 25
 
 
-class TrainingError(Exception):
-    """A training job that cannot run as asked (bad options, data that does not fit the model)."""
-
-
-class RunDirectoryExistsError(TrainingError):
-    """The requested run directory already holds files and `force` was not given."""
-
-
 # The validation metric whose best epoch is kept as model.keras.
 BEST_BY = "val_accuracy"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during fit; the run directory keeps the best checkpoint so far."""
+    """Ctrl-C during fit; the run directory keeps the best checkpoint so far and the state to resume."""
 
     def __init__(self, run_dir: Path, checkpoint: Path | None) -> None:
         super().__init__(str(run_dir))
         self.run_dir = run_dir
         self.checkpoint = checkpoint
-
-
-@contextlib.contextmanager
-def _ctrl_c_stops(stopper: Any) -> Iterator[None]:
-    """During fit, the first Ctrl-C asks the stopper to end training after the current batch.
-
-    A KeyboardInterrupt raised wherever the signal lands can be swallowed (Python only prints an exception
-    raised in a `__del__` or a weakref callback, and TensorFlow runs many), leaving training running; a
-    flag checked after every batch cannot be lost. A second Ctrl-C interrupts at once. Outside the main
-    thread (where signals cannot be handled) Python's default behaviour stays.
-    """
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def request_stop(signum: int, frame: Any) -> None:
-        if stopper.requested:
-            raise KeyboardInterrupt
-        stopper.requested = True
-        logging.getLogger(__name__).warning("Ctrl-C: stopping after this batch (press again to abort now)")
-
-    previous = signal.signal(signal.SIGINT, request_stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def default_run_dir(model_name: str, root: Path = Path("runs")) -> Path:
@@ -124,39 +102,9 @@ def prepare_run_dir(out_dir: Path | None, model_name: str, force: bool) -> Path:
             )
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(checkpoint_dir(run_dir), ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
-
-
-def _label_mode(entry: ZooEntry) -> str:
-    if entry.output_kind == "sigmoid":
-        return "binary"
-    return "one_hot" if entry.loss == "categorical_crossentropy" else "int"
-
-
-def _compile(model: Any, entry: ZooEntry) -> None:
-    import keras
-
-    lr = entry.learning_rate
-    optimizers = {
-        "adam": lambda: keras.optimizers.Adam(learning_rate=lr or 0.001),
-        "rmsprop": lambda: keras.optimizers.RMSprop(learning_rate=lr or 0.001),
-        "sgd": lambda: keras.optimizers.SGD(learning_rate=lr or 0.01, momentum=0.9),
-    }
-    if entry.optimizer not in optimizers:
-        raise TrainingError(f"model {entry.name}: unknown optimizer {entry.optimizer!r}")
-    from_logits = entry.output_kind == "logits"
-    mode = _label_mode(entry)
-    if mode == "binary":
-        loss: Any = keras.losses.BinaryCrossentropy(from_logits=from_logits)
-        metric: Any = keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0 if from_logits else 0.5)
-    elif mode == "one_hot":
-        loss = keras.losses.CategoricalCrossentropy(from_logits=from_logits)
-        metric = keras.metrics.CategoricalAccuracy(name="accuracy")
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-        metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    model.compile(optimizer=optimizers[entry.optimizer](), loss=loss, metrics=[metric])
 
 
 def _check_fit(entry: ZooEntry, dataset: LoadedDataset) -> None:
@@ -186,13 +134,9 @@ def write_untrained_run(
         dataset=dataset,
         split_sizes={"train": 0, "validation": 0, "test": 0},
         seed=seed,
-        epochs=0,
+        recipe=replace(resolve_recipe(entry), epochs=0, augmentation="none"),
         epochs_completed=0,
-        batch_size=entry.batch_size,
-        optimizer=entry.optimizer,
-        learning_rate=entry.learning_rate,
         loss=entry.loss,
-        augmentation="none",
         history={},
         best_epoch=None,
         test_accuracy=None,
@@ -277,6 +221,73 @@ def _quiet_unknown_length() -> Iterator[None]:
         yield
 
 
+def _given_differs(name: str, given: Any, recorded: Any) -> str | None:
+    if given is None or given == recorded:
+        return None
+    return f"{name} {given} differs from its {recorded}"
+
+
+def _resume_state(
+    run_dir: Path | None, model_name: str, requested: dict[str, tuple[Any, Any]], force: bool, init_from: Any
+) -> TrainingState:
+    """The interrupted run's state, if every option given agrees with how it was started."""
+    if run_dir is None:
+        raise ResumeError("--resume needs --out RUN_DIR: the run directory to continue")
+    if force:
+        raise ResumeError("--resume continues a run; --force would discard it, so they cannot be combined")
+    if init_from is not None:
+        raise ResumeError("--resume continues from the run's own checkpoint; --init-from cannot be combined")
+    state = load_state(run_dir)
+    started = state.options
+    if started.model != model_name:
+        raise ResumeError(f"--resume: {run_dir} is a {started.model} run, not {model_name}")
+    recorded = {
+        "--epochs": started.recipe.epochs,
+        "--batch-size": started.recipe.batch_size,
+        "--lr": started.recipe.learning_rate,
+        "--schedule": started.recipe.schedule,
+        "--patience": started.recipe.patience or 0,
+        "--augment": started.recipe.augment,
+        "--validation-split": started.recipe.validation_split,
+        "--seed": started.seed,
+        "--data": started.data,
+    }
+    for option, (given, _) in requested.items():
+        problem = _given_differs(option, given, recorded[option])
+        if problem is not None:
+            raise ResumeError(f"--resume continues {run_dir} as it was started: {problem}")
+    return state
+
+
+def _start_options(
+    entry: ZooEntry,
+    requested: dict[str, tuple[Any, Any]],
+    init_from: str | Path | None,
+) -> StartOptions:
+    recipe = resolve_recipe(
+        entry,
+        epochs=requested["--epochs"][0],
+        batch_size=requested["--batch-size"][0],
+        learning_rate=requested["--lr"][0],
+        schedule=requested["--schedule"][0],
+        patience=requested["--patience"][0],
+        augment=requested["--augment"][0],
+        validation_split=requested["--validation-split"][0],
+    )
+    source = None
+    if init_from is not None:
+        check_source(init_from, entry)
+        source = str(Path(init_from).resolve())
+    seed = requested["--seed"][0]
+    return StartOptions(
+        model=entry.name,
+        data=requested["--data"][0],
+        seed=0 if seed is None else seed,
+        recipe=recipe,
+        init_from=source,
+    )
+
+
 def train_model(
     model_name: str,
     *,
@@ -284,83 +295,102 @@ def train_model(
     data: str | Path | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
+    learning_rate: float | None = None,
+    schedule: str | None = None,
+    patience: int | None = None,
+    augment: bool | None = None,
+    validation_split: float | None = None,
+    init_from: str | Path | None = None,
+    resume: bool = False,
     force: bool = False,
     verbose: int = 1,
 ) -> Path:
-    """Train a zoo model and write its run directory; returns the run directory's path."""
+    """Train a zoo model and write its run directory; returns the run directory's path.
+
+    Options left None take the zoo entry's defaults (`recipe.resolve_recipe`). `patience` 0 turns early
+    stopping off. `init_from` starts from another run's weights; `resume` continues the interrupted run in
+    `out_dir` with the options it was started with (any option given must agree with them).
+    """
     started = time.monotonic()
     entry = get_entry(model_name)
-    epochs = entry.epochs if epochs is None else epochs
-    batch_size = entry.batch_size if batch_size is None else batch_size
-    if epochs < 1:
-        raise TrainingError(f"epochs must be at least 1, not {epochs}")
-    if batch_size < 1:
-        raise TrainingError(f"batch size must be at least 1, not {batch_size}")
-    if out_dir is not None and not force and Path(out_dir).is_dir() and any(Path(out_dir).iterdir()):
-        prepare_run_dir(Path(out_dir), model_name, force)  # raises before any data is read
-    dataset = open_dataset(data, entry, seed)
+    data_path = None if data is None else str(Path(data).expanduser().resolve())
+    # Each option as given (None: not given), keyed by its command-line name.
+    requested: dict[str, tuple[Any, Any]] = {
+        "--epochs": (epochs, None),
+        "--batch-size": (batch_size, None),
+        "--lr": (learning_rate, None),
+        "--schedule": (schedule, None),
+        "--patience": (patience, None),
+        "--augment": (augment, None),
+        "--validation-split": (validation_split, None),
+        "--seed": (seed, None),
+        "--data": (data_path, None),
+    }
+    out = Path(out_dir) if out_dir is not None else None
+    if resume:
+        state = _resume_state(out, model_name, requested, force, init_from)
+        options = state.options
+    else:
+        options = _start_options(entry, requested, init_from)
+        state = TrainingState(options=options)
+        if out is not None and not force and out.is_dir() and any(out.iterdir()):
+            prepare_run_dir(out, model_name, force)  # raises before any data is read
+    recipe = options.recipe
+    dataset = open_dataset(options.data, entry, options.seed, recipe.validation_split)
     _check_fit(entry, dataset)
     labels = resolve_labels(dataset, entry)
-    run_dir = prepare_run_dir(Path(out_dir) if out_dir is not None else None, model_name, force)
-    log.info("training %s on %s (%s) into %s", model_name, dataset.kind, dataset.sizes(), run_dir)
 
     import keras
 
-    keras.utils.set_random_seed(seed)
-    model = build_model(model_name)
-    _compile(model, entry)
+    from cnnserve.training import loop
+
+    keras.utils.set_random_seed(options.seed + state.epochs_done)
+    train_split = dataset.splits["train"]
+    steps_per_epoch = max(1, -(-len(train_split) // recipe.batch_size))
+    if resume:
+        assert out is not None and state.model_file is not None
+        model = keras.models.load_model(checkpoint_dir(out) / state.model_file)
+    else:
+        model = build_model(model_name)
+        if options.init_from is not None:
+            load_weights_into(model, options.init_from)
+        loop.compile_model(model, entry, recipe, steps_per_epoch)
+    if resume:
+        assert out is not None
+        run_dir = out
+        sync_best(run_dir, state)
+        state = state.resumed()
+        log.info(
+            "resuming %s in %s after epoch %d of %d", model_name, run_dir, state.epochs_done, recipe.epochs
+        )
+    else:
+        run_dir = prepare_run_dir(out, model_name, force)
+    log.info("training %s on %s (%s) into %s", model_name, dataset.kind, dataset.sizes(), run_dir)
 
     skip_log = SkipLog()
     common: dict[str, Any] = {
         "pre": entry.preprocessing,
         "input_shape": entry.input_shape,
-        "batch_size": batch_size,
+        "batch_size": recipe.batch_size,
         "num_classes": entry.num_classes,
-        "label_mode": _label_mode(entry),
+        "label_mode": loop.label_mode(entry),
         "skip_log": skip_log,
     }
+    clock = EpochClock()
     train_ds = make_dataset(
-        dataset.splits["train"], shuffle=True, seed=seed, augmentation=entry.augmentation, **common
+        train_split, clock=clock, seed=options.seed, augmentation=recipe.augmentation, **common
     )
     val_ds = make_dataset(dataset.splits["validation"], **common)
     test_split = dataset.splits[dataset.test_split]
     test_ds = make_dataset(test_split, **common)
 
-    checkpoint = model_path(run_dir)
-    history: dict[str, list[float]] = {}
-
-    class _Record(keras.callbacks.Callback):
-        """Keeps per-epoch metrics in our own dict, so an interrupted run still reports them."""
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            for key, value in (logs or {}).items():
-                history.setdefault(key, []).append(float(value))
-
-    class _StopOnCtrlC(keras.callbacks.Callback):
-        """Ends fit after the current batch once Ctrl-C was pressed (see `_ctrl_c_stops`)."""
-
-        requested = False
-
-        def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
-            if self.requested:
-                self.model.stop_training = True
-
-    stopper = _StopOnCtrlC()
-    callbacks = [
-        # By validation accuracy, the figure a classifier is judged on: measured on mnist_cnn, the epoch of
-        # lowest validation loss scored 96.8-98.1% on the test digits over 4 runs (twice below 97%), the
-        # epoch of highest validation accuracy 97.3-97.8%. Ties keep the earlier epoch.
-        keras.callbacks.ModelCheckpoint(
-            str(checkpoint), monitor=BEST_BY, mode="max", save_best_only=True, verbose=0
-        ),
-        _Record(),
-        stopper,
-    ]
+    elapsed_before = state.elapsed_s
+    commit = loop.CommitEpoch(run_dir, state, recipe, started, elapsed_before)
+    stopper = loop.StopOnCtrlC()
 
     def run_info(status: str, test_loss: float | None, test_accuracy: float | None) -> RunInfo:
-        val_losses = history.get("val_loss", [])
-        best_scores = history.get(BEST_BY, [])
+        current = commit.state
         return RunInfo(
             model=model_name,
             status=status,
@@ -370,18 +400,15 @@ def train_model(
                 provenance=dataset.provenance,
                 split_seed=dataset.split_seed,
                 test_split=dataset.test_split,
+                validation_split=dataset.validation_split,
             ),
             split_sizes=_split_sizes(dataset, skip_log.files),
-            seed=seed,
-            epochs=epochs,
-            epochs_completed=len(val_losses),
-            batch_size=batch_size,
-            optimizer=entry.optimizer,
-            learning_rate=entry.learning_rate,
+            seed=options.seed,
+            recipe=replace(recipe, validation_split=dataset.validation_split),
+            epochs_completed=current.epochs_done,
             loss=entry.loss,
-            augmentation=entry.augmentation,
-            history=history,
-            best_epoch=int(np.argmax(best_scores)) + 1 if best_scores else None,
+            history=current.history,
+            best_epoch=current.best_epoch,
             test_accuracy=test_accuracy,
             test_loss=test_loss,
             params=int(model.count_params()),
@@ -391,22 +418,29 @@ def train_model(
             labels=labels,
             preprocessing=entry.preprocessing,
             versions=_versions(dataset.kind),
-            wall_time_s=round(time.monotonic() - started, 3),
+            wall_time_s=round(elapsed_before + time.monotonic() - started, 3),
             skipped_files=tuple(sorted(set(dataset.skipped_files) | skip_log.files)),
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             notes=entry.notes,
+            init_from=options.init_from,
+            resumed_at_epochs=current.resumed_at_epochs,
+            stopped_early=current.stopped_early,
         )
 
+    finished = state.stopped_early or state.epochs_done >= recipe.epochs
+    checkpoint = model_path(run_dir)
     try:
-        with _quiet_unknown_length(), _ctrl_c_stops(stopper):
-            model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=epochs,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,
-            )
+        if not finished:
+            with _quiet_unknown_length(), loop.ctrl_c_stops(stopper):
+                model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    initial_epoch=state.epochs_done,
+                    epochs=recipe.epochs,
+                    callbacks=[loop.SetEpoch(clock), commit, stopper],
+                    verbose=verbose,
+                    shuffle=False,
+                )
         if stopper.requested:
             raise KeyboardInterrupt
     except KeyboardInterrupt:
@@ -428,7 +462,12 @@ def train_model(
     indices, true, predicted = _predict(best, test_index_ds, entry)
     wrong = np.flatnonzero(true != predicted)
     shown = wrong[:MAX_MISCLASSIFIED_SHOWN]
-    plots.plot_history(history, run_dir / HISTORY_PNG, title=f"{model_name} on {dataset.kind}")
+    plots.plot_history(
+        commit.state.history,
+        run_dir / HISTORY_PNG,
+        title=f"{model_name} on {dataset.kind}",
+        best_epoch=commit.state.best_epoch,
+    )
     plots.plot_misclassified(
         _raw_images(test_split, indices[shown].tolist(), entry),
         true[shown],
@@ -441,4 +480,5 @@ def train_model(
         plots.confusion_matrix(true, predicted, len(labels)), labels, run_dir / CONFUSION_PNG
     )
     write_run(run_dir, run_info("completed", test_loss, test_accuracy))
+    remove_checkpoint(run_dir)
     return run_dir

