@@ -34,19 +34,21 @@ class Jitter:
 
     @property
     def is_identity(self) -> bool:
-        return not (self.shift or self.rotation_degrees or self.zoom or self.shear or self.horizontal_flip)
+        ranges = (self.shift, self.rotation_degrees, self.zoom, self.shear)
+        return not (any(ranges) or self.horizontal_flip)
 
 
 AUGMENTATIONS: Mapping[str, Jitter] = MappingProxyType(
     {
         "none": Jitter("no augmentation"),
-        # Digits stay digits under a couple of pixels of shift, ~10 degrees of rotation and ~10% zoom; no
-        # flips (a mirrored 2 is not a 2).
-        "shift": Jitter(
-            "up to 8% shift, 10° rotation, 10% zoom (digit-safe, no flips)",
-            shift=0.08,
-            rotation_degrees=10.0,
+        # Digits stay digits under a few pixels of shift, ~12 degrees of rotation, ~10% zoom and a little
+        # shear; no flips (a mirrored 2 is not a 2).
+        "affine": Jitter(
+            "up to 10% shift, 12° rotation, 10% zoom, 0.1 shear (digit-safe, no flips)",
+            shift=0.1,
+            rotation_degrees=12.0,
             zoom=0.1,
+            shear=0.1,
         ),
         # The seed notebook's ImageDataGenerator(shear_range=0.2, zoom_range=0.2, horizontal_flip=True).
         "shear_zoom_flip": Jitter(

@@ -71,6 +71,7 @@ class TrainingState:
     best_epoch: int | None = None  # 1-based
     best_accuracy: float | None = None
     best_loss: float | None = None
+    top_accuracy: float | None = None  # the highest validation accuracy of any epoch so far
     epochs_since_best: int = 0
     plateau_best_loss: float | None = None
     plateau_wait: int = 0
@@ -88,6 +89,7 @@ class TrainingState:
             "best_epoch": self.best_epoch,
             "best_accuracy": self.best_accuracy,
             "best_loss": self.best_loss,
+            "top_accuracy": self.top_accuracy,
             "epochs_since_best": self.epochs_since_best,
             "plateau_best_loss": self.plateau_best_loss,
             "plateau_wait": self.plateau_wait,
@@ -106,6 +108,7 @@ class TrainingState:
             best_epoch=data.get("best_epoch"),
             best_accuracy=data.get("best_accuracy"),
             best_loss=data.get("best_loss"),
+            top_accuracy=data.get("top_accuracy"),
             epochs_since_best=int(data.get("epochs_since_best", 0)),
             plateau_best_loss=data.get("plateau_best_loss"),
             plateau_wait=int(data.get("plateau_wait", 0)),

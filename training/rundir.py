@@ -1,6 +1,6 @@
 """The run directory: what a training job leaves on disk and what the export stage reads back.
 
-A run directory holds `model.keras` (the best checkpoint by validation accuracy), `run.json` (everything
+A run directory holds `model.keras` (the best epoch by validation, see `selection.py`), `run.json` (everything
 needed to reproduce and describe the run: model, dataset and provenance, splits, seed, the recipe, history,
 test metrics, preprocessing, labels, library versions) and three figures. While training it also holds
 `checkpoint/` (the last epoch's full state, for `--resume`), removed once the run completes. `RunInfo`

@@ -1,7 +1,7 @@
 """The training job: one zoo model on one dataset, written to a run directory that export reads.
 
 The job is seeded, follows a `Recipe` (the zoo entry's defaults plus the options given), keeps the best
-checkpoint by validation accuracy (`model.keras`), evaluates that checkpoint on the test split and writes
+epoch by validation (`selection.py`) as `model.keras`, evaluates that checkpoint on the test split and writes
 `run.json` plus three figures. Every epoch commits a resume state (`checkpoint.py`): Ctrl-C or a killed
 process leaves the best checkpoint so far, and `resume=True` continues the run to the result an
 uninterrupted run would have reached. An existing run directory is never overwritten silently, and every
@@ -63,10 +63,6 @@ log = logging.getLogger(__name__)
 
 RUN_FILES = (MODEL_FILE, RUN_JSON, HISTORY_PNG, MISCLASSIFIED_PNG, CONFUSION_PNG)
 MAX_MISCLASSIFIED_SHOWN = 25
-
-
-# The validation metric whose best epoch is kept as model.keras.
-BEST_BY = "val_accuracy"
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -386,7 +382,8 @@ def train_model(
     test_ds = make_dataset(test_split, **common)
 
     elapsed_before = state.elapsed_s
-    commit = loop.CommitEpoch(run_dir, state, recipe, started, elapsed_before)
+    validation_images = len(dataset.splits["validation"])
+    commit = loop.CommitEpoch(run_dir, state, recipe, validation_images, started, elapsed_before)
     stopper = loop.StopOnCtrlC()
 
     def run_info(status: str, test_loss: float | None, test_accuracy: float | None) -> RunInfo:

@@ -28,7 +28,7 @@ def _seed(a: int, b: int):
 
 def test_warp_is_a_pure_function_of_its_seed(digits: ArraySplit) -> None:
     x = digits.images[..., None].astype(np.float32)
-    jitter = get_jitter("shift")
+    jitter = get_jitter("affine")
     first = warp(x, jitter, _seed(1, 2)).numpy()
     assert first.shape == x.shape and first.dtype == np.float32
     assert np.array_equal(first, warp(x, jitter, _seed(1, 2)).numpy())
@@ -56,7 +56,7 @@ def test_a_pure_shift_moves_the_ink(digits: ArraySplit) -> None:
 
 
 def test_unknown_augmentation_is_named() -> None:
-    with pytest.raises(UnknownAugmentationError, match=r"'swirl'.*shift"):
+    with pytest.raises(UnknownAugmentationError, match=r"'swirl'.*affine"):
         get_jitter("swirl")
 
 
@@ -71,7 +71,7 @@ def test_each_epoch_has_its_own_order_and_augmentation_and_repeats_it(digits: Ar
         label_mode="int",
         clock=clock,
         seed=7,
-        augmentation="shift",
+        augmentation="affine",
         with_index=True,
     )
 
@@ -100,4 +100,4 @@ def test_without_a_clock_the_split_is_served_in_order_unaugmented(digits: ArrayS
     assert order.tolist() == list(range(40))
     np.testing.assert_allclose(x[..., 0], digits.images.astype(np.float32) / 255.0, atol=1e-7)
     with pytest.raises(ValueError, match="EpochClock"):
-        make_dataset(digits, PRE, (28, 28, 1), 16, num_classes=10, label_mode="int", augmentation="shift")
+        make_dataset(digits, PRE, (28, 28, 1), 16, num_classes=10, label_mode="int", augmentation="affine")

@@ -35,7 +35,7 @@ def test_options_override_the_defaults() -> None:
     assert (recipe.epochs, recipe.batch_size, recipe.learning_rate) == (3, 16, 0.01)
     assert (recipe.schedule, recipe.patience, recipe.validation_split) == ("plateau", 4, 0.3)
     assert recipe.augmentation == "none" and not recipe.augment
-    assert resolve_recipe(get_entry("mnist_mlp"), augment=True).augmentation == "shift"
+    assert resolve_recipe(get_entry("mnist_mlp"), augment=True).augmentation == "affine"
     assert resolve_recipe(entry, patience=0).patience is None  # 0 turns early stopping off
 
 

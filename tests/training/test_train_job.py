@@ -21,6 +21,7 @@ from cnnserve.training.datasets import (
     load_samples,
 )
 from cnnserve.training.rundir import RunDirectoryError, load_run, model_path
+from cnnserve.training.selection import kept_epoch
 from cnnserve.training.train import RunDirectoryExistsError, TrainingError, train_model
 from cnnserve.training.zoo import UnknownModelError
 
@@ -78,9 +79,7 @@ def test_best_checkpoint_reproduces_the_recorded_test_accuracy(trained_run: Path
     accuracy = float(np.mean(model.predict(x, verbose=0).argmax(axis=1) == y))
     assert accuracy == pytest.approx(run.test_accuracy, abs=1e-6)
     accuracy, loss = run.history["val_accuracy"], run.history["val_loss"]
-    # The highest validation accuracy; between equals the lower validation loss, then the earlier epoch.
-    best = max(range(len(accuracy)), key=lambda i: (accuracy[i], -loss[i], -i)) + 1
-    assert run.best_epoch == best
+    assert run.best_epoch == kept_epoch(accuracy, loss, run.split_sizes["validation"])
 
 
 def test_samples_for_export(trained_run: Path) -> None:

@@ -16,13 +16,22 @@ import pytest
 
 from cnnserve.training.datasets import load_samples
 from cnnserve.training.rundir import load_run, model_path
+from cnnserve.training.selection import kept_epoch
 from cnnserve.training.train import train_model
 
 
-def test_init_from_starts_from_the_other_runs_weights(trained_run: Path, tmp_path: Path) -> None:
-    fresh = load_run(trained_run)  # the shared run: mnist_cnn from scratch, same data and seed
+def test_init_from_starts_from_the_other_runs_weights(
+    trained_run: Path, small_digits: Path, tmp_path: Path
+) -> None:
+    fresh = load_run(trained_run)  # the shared run: mnist_cnn trained from scratch on the bundled digits
     tuned_dir = train_model(
-        "mnist_cnn", init_from=trained_run, out_dir=tmp_path / "tuned", epochs=1, augment=False, verbose=0
+        "mnist_cnn",
+        data=small_digits,
+        init_from=trained_run,
+        out_dir=tmp_path / "tuned",
+        epochs=1,
+        augment=False,
+        verbose=0,
     )
     tuned = load_run(tuned_dir)
     assert tuned.init_from == str(trained_run.resolve())
@@ -99,7 +108,7 @@ def test_early_stopping_stops_and_keeps_the_best_epoch(noise_digits: Path, tmp_p
     assert run.stopped_early and run.epochs_completed < 40
     assert run.best_epoch is not None and run.epochs_completed == run.best_epoch + 3
     accuracy, loss = run.history["val_accuracy"], run.history["val_loss"]
-    assert run.best_epoch == max(range(len(accuracy)), key=lambda i: (accuracy[i], -loss[i], -i)) + 1
+    assert run.best_epoch == kept_epoch(accuracy, loss, run.split_sizes["validation"])
     # model.keras holds the best epoch's weights, not the last epoch's.
     import keras
 
