@@ -73,7 +73,7 @@ KAGGLE_NAME = re.compile(r"^(cat|dog)\.\d+\.(jpe?g|png)$", re.IGNORECASE)
 # validation digits from the other 4,000.
 BUNDLED_TEST_FRACTION = 0.2
 BUNDLED_TEST_SEED = 0
-BUNDLED_VALIDATION_SPLIT = 0.2  # 4,000 → 3,200 train / 800 validation
+BUNDLED_VALIDATION_SPLIT = 0.1  # 4,000 → 3,600 train / 400 validation
 MNIST_VALIDATION_FRACTION = 1 / 12  # 60,000 → 55,000 train / 5,000 validation (test is MNIST's own)
 CIFAR10_VALIDATION_IMAGES = 5000  # as documented: the first 5,000 training images
 KAGGLE_SPLIT = (0.64, 0.256, 0.104)  # 25,000 files → 16,000 / 6,400 / 2,600 as the notebook did
