@@ -3,22 +3,28 @@ seeds, with the test accuracy (min / median / max, spread) and training wall tim
 seed notebooks documented for the same architecture.
 
 Each run is exactly `cnnserve train MODEL --seed S` (the zoo entry's default recipe, the 1,000 held-out
-test digits that every seed shares), run in this process one after another; the wall time is the run's own
-`wall_time_s` (data, training, evaluation and figures; not the one-off TensorFlow import). Run it alone on
-the machine: concurrent load stretches the times, never the accuracies.
+test digits that every seed shares), one process per run, one run after another; the wall time is the run's
+own `wall_time_s` from run.json (data, training, evaluation and figures; not the TensorFlow import). Run it
+alone on the machine: concurrent load stretches the times, never the accuracies.
+
+`--reference CNNSERVE` also trains the `--reference-models` with another installation's `cnnserve` (an
+earlier release, say), seed for seed, each reference run right after the matching run of this one, so both
+recipes see the same machine conditions; it prints the accuracy and the training-time ratio side by side.
 
 Example (the README's zoo table):
     python bench/zoo_quality.py --seeds 0 1 2
-    python bench/zoo_quality.py --models mnist_cnn --seeds 0 1 2 3 4
+    python bench/zoo_quality.py --models mnist_cnn --seeds 0 1 2 3 4 --reference ../old/.venv/bin/cnnserve
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -65,18 +71,52 @@ class ModelSummary:
         return 100 * (self.accuracy_max - self.accuracy_min)
 
 
-def train_once(model: str, seed: int, workdir: Path) -> RunResult:
-    import keras
+THIS_CNNSERVE = (sys.executable, "-m", "cnnserve.cli")
 
-    from cnnserve.training.rundir import load_run
-    from cnnserve.training.train import train_model
 
-    keras.backend.clear_session()
-    run = load_run(
-        train_model(model, out_dir=workdir / f"{model}-seed{seed}", seed=seed, force=True, verbose=0)
+def train_once(cnnserve: tuple[str, ...], model: str, seed: int, run_dir: Path) -> RunResult:
+    """`cnnserve train MODEL --seed S` in its own process; the figures are the ones its run.json records."""
+    command = [*cnnserve, "train", model, "--seed", str(seed), "--out", str(run_dir), "--force"]
+    finished = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if finished.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{finished.stderr[-2000:]}")
+    run = json.loads((run_dir / "run.json").read_text())
+    return RunResult(
+        model,
+        seed,
+        float(run["test_accuracy"]),
+        int(run["best_epoch"]),
+        int(run["epochs_completed"]),
+        float(run["wall_time_s"]),
     )
-    assert run.test_accuracy is not None and run.best_epoch is not None
-    return RunResult(model, seed, run.test_accuracy, run.best_epoch, run.epochs_completed, run.wall_time_s)
+
+
+def report(label: str, result: RunResult) -> None:
+    print(
+        f"{label} {result.model} seed {result.seed}: test accuracy {100 * result.test_accuracy:.1f}%, best "
+        f"epoch {result.best_epoch} of {result.epochs_completed}, {result.wall_time_s:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def print_comparison(model: str, ours: list[RunResult], theirs: list[RunResult], reference: str) -> None:
+    """This recipe beside the reference installation's, seed for seed, and the ratio of training times."""
+    print(f"\n`{model}`: this recipe vs `{reference}`, seed for seed\n")
+    print("| seed | test accuracy | reference | wall time | reference | time ratio |")
+    print("|---|---|---|---|---|---|")
+    for a, b in zip(ours, theirs, strict=True):
+        print(
+            f"| {a.seed} | {100 * a.test_accuracy:.1f} % | {100 * b.test_accuracy:.1f} % | "
+            f"{a.wall_time_s:.0f} s | {b.wall_time_s:.0f} s | {a.wall_time_s / b.wall_time_s:.2f}× |"
+        )
+    ratio = statistics.median(a.wall_time_s for a in ours) / statistics.median(b.wall_time_s for b in theirs)
+    print(
+        f"| median | {100 * statistics.median(a.test_accuracy for a in ours):.1f} % | "
+        f"{100 * statistics.median(b.test_accuracy for b in theirs):.1f} % | "
+        f"{statistics.median(a.wall_time_s for a in ours):.0f} s | "
+        f"{statistics.median(b.wall_time_s for b in theirs):.0f} s | {ratio:.2f}× |"
+    )
 
 
 def describe_recipe(model: str) -> str:
@@ -129,39 +169,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--workdir", type=Path, help="keep the run directories here (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="also write every run and summary to this JSON file")
+    parser.add_argument("--reference", help="another installation's cnnserve executable to compare with")
+    parser.add_argument(
+        "--reference-models",
+        nargs="+",
+        default=["mnist_cnn"],
+        choices=MNIST_FAMILY,
+        help="the models trained with --reference as well (default: mnist_cnn)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
     with tempfile.TemporaryDirectory(prefix="zoo-quality-") as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        import tensorflow as tf
-
         cores = len(os.sched_getaffinity(0))
-        print(
-            f"bundled digits, seeds {args.seeds}, {cores} cores, TensorFlow {tf.__version__}", file=sys.stderr
-        )
+        tensorflow = importlib.metadata.version("tensorflow")
+        print(f"bundled digits, seeds {args.seeds}, {cores} cores, TensorFlow {tensorflow}", file=sys.stderr)
         runs: list[RunResult] = []
+        reference_runs: list[RunResult] = []
         summaries = []
+        comparisons = []
         for model in args.models:
-            results = []
+            results, theirs = [], []
             for seed in args.seeds:
-                result = train_once(model, seed, workdir)
-                print(
-                    f"{model} seed {seed}: test accuracy {100 * result.test_accuracy:.1f}%, best epoch "
-                    f"{result.best_epoch} of {result.epochs_completed}, {result.wall_time_s:.1f} s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                result = train_once(THIS_CNNSERVE, model, seed, workdir / f"{model}-seed{seed}")
+                report("this", result)
                 results.append(result)
+                if args.reference and model in args.reference_models:
+                    other = train_once((args.reference,), model, seed, workdir / f"{model}-seed{seed}-ref")
+                    report("reference", other)
+                    theirs.append(other)
             runs.extend(results)
+            reference_runs.extend(theirs)
             summaries.append(summarise(model, results))
+            if theirs:
+                comparisons.append((model, results, theirs))
     print_table(summaries)
+    for model, ours, theirs in comparisons:
+        print_comparison(model, ours, theirs, args.reference)
     if args.json is not None:
         args.json.write_text(
             json.dumps(
                 {
                     "runs": [asdict(r) for r in runs],
+                    "reference": args.reference,
+                    "reference_runs": [asdict(r) for r in reference_runs],
                     "summaries": [asdict(s) | {"spread_points": s.spread_points} for s in summaries],
                 },
                 indent=2,
