@@ -19,6 +19,7 @@ Example (the README's zoo table):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import logging
@@ -72,6 +73,14 @@ class ModelSummary:
 
 
 THIS_CNNSERVE = (sys.executable, "-m", "cnnserve.cli")
+
+
+def tensorflow_version() -> str:
+    """The installed TensorFlow's version, read from its package metadata (importing it costs seconds)."""
+    for distribution in ("tensorflow", "tensorflow-cpu", "tensorflow-intel"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            return importlib.metadata.version(distribution)
+    return "unknown"
 
 
 def train_once(cnnserve: tuple[str, ...], model: str, seed: int, run_dir: Path) -> RunResult:
@@ -184,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
         cores = len(os.sched_getaffinity(0))
-        tensorflow = importlib.metadata.version("tensorflow")
+        tensorflow = tensorflow_version()
         print(f"bundled digits, seeds {args.seeds}, {cores} cores, TensorFlow {tensorflow}", file=sys.stderr)
         runs: list[RunResult] = []
         reference_runs: list[RunResult] = []
