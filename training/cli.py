@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         metavar="F",
         help="fraction of the training images held out for validation, in (0, 0.5], for data without a "
-        "validation split of its own (default: the data's; 0.2 for the bundled digits)",
+        "validation split of its own (default: the data's; 0.1 for the bundled digits)",
     )
     train.add_argument(
         "--init-from",

@@ -1,13 +1,13 @@
 """Which epoch a run keeps as `model.keras`, decided epoch by epoch from the validation metrics.
 
 Validation accuracy is what a classifier is judged on, but on a few hundred validation images it is coarse:
-at 99% on 800 digits its standard error is 0.35 points (about three digits), so the epoch with the single
-highest accuracy is often a lucky one. The rule: an epoch qualifies when its validation accuracy is within
-one standard error of the highest seen so far; among qualifying epochs the lowest validation loss (a
+at 99% on 400 digits its standard error is 0.5 points (two digits), so the epoch with the single highest
+accuracy is often a lucky one. The rule: an epoch qualifies when its validation accuracy is within one
+standard error of the highest seen so far; among qualifying epochs the lowest validation loss (a
 finer-grained measure over the same images) wins. An epoch replaces the kept one when it qualifies and
-either has a lower loss or the kept one no longer qualifies. Measured on `mnist_cnn` (cosine schedule, 800
-validation digits): the highest-accuracy epoch was as early as 16 of 30 where the loss was still falling;
-this rule keeps one of the last epochs.
+either has a lower loss or the kept one no longer qualifies. Measured on `mnist_cnn` (cosine schedule): the
+highest-accuracy epoch was as early as 16 of 30 where the loss was still falling; this rule keeps one of the
+last epochs.
 """
 
 from __future__ import annotations

@@ -97,15 +97,26 @@ def test_train_refuses_an_existing_run_directory(tmp_path: Path, capsys: pytest.
 @pytest.mark.timeout(180)
 def test_train_command_writes_and_reports_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    rc = main(
-        ["train", "mnist_dense30", "--epochs", "1", "--batch-size", "128", "--seed", "3", "--out", str(out)]
-    )
-    assert rc == 0
+    # Every recipe option through the command line: each reaches the run and lands in run.json.
+    options = ["--epochs", "2", "--batch-size", "128", "--seed", "3", "--lr", "0.005"]
+    options += ["--schedule", "constant", "--patience", "4", "--augment", "--validation-split", "0.3"]
+    assert main(["train", "mnist_dense30", *options, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"wrote run directory {out}" in printed and "test accuracy" in printed
     data = json.loads((out / "run.json").read_text())
-    assert data["model"] == "mnist_dense30" and data["seed"] == 3 and data["batch_size"] == 128
-    assert data["params"] == 23_860
+    assert data["model"] == "mnist_dense30" and data["params"] == 23_860
+    recorded = {key: data[key] for key in ("epochs", "batch_size", "seed", "learning_rate", "schedule")}
+    assert recorded == {
+        "epochs": 2,
+        "batch_size": 128,
+        "seed": 3,
+        "learning_rate": 0.005,
+        "schedule": "constant",
+    }
+    assert data["patience"] == 4 and data["augment"] is True and data["augmentation"] == "affine"
+    assert data["validation_split"] == data["dataset"]["validation_split"] == 0.3
+    assert data["split_sizes"]["validation"] == 1200 and data["split_sizes"]["train"] == 2800
+    assert data["history"]["learning_rate"] == pytest.approx([0.005, 0.005])  # constant: float32
 
 
 def _refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
