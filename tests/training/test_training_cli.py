@@ -204,7 +204,7 @@ def test_resume_refuses_options_that_differ_from_the_interrupted_run(
     save_epoch(run_dir, build_model("mnist_dense30"), state, improved=True)
     before = sorted(p.name for p in run_dir.rglob("*"))
     line = _refused(["mnist_dense30", "--out", str(run_dir), "--resume", "--lr", "0.5"], capsys)
-    assert "--lr 0.5 differs from its 0.001" in line
+    assert f"--lr 0.5 differs from its {recipe.learning_rate:g}" in line
     line = _refused(["mnist_cnn", "--out", str(run_dir), "--resume"], capsys)
     assert "is a mnist_dense30 run, not mnist_cnn" in line
     assert "cannot be combined" in _refused(
