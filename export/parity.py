@@ -19,12 +19,18 @@ def probabilities(raw: np.ndarray, kind: int) -> np.ndarray:
     return serving_probabilities(raw, kind, np.float64)
 
 
+# The smallest largest-magnitude a tensor's relative error is measured against (see `TensorStats`).
+MIN_RELATIVE_SCALE = 1e-3
+
+
 @dataclass
 class TensorStats:
     """Running max absolute / relative error of one tensor over many batches, with the worst sample.
 
     The relative error is the largest absolute difference divided by the largest magnitude of the Keras
-    tensor (a scale-free figure that stays meaningful where individual values cross zero).
+    tensor (a scale-free figure that stays meaningful where individual values cross zero), that magnitude
+    taken as at least `MIN_RELATIVE_SCALE`: a sigmoid saturated near 1e-4 on an all-white image differs
+    between float32 kernels by ~1e-8, a "relative" 1e-4 that says nothing about the conversion.
     """
 
     max_abs: float = 0.0
@@ -50,7 +56,7 @@ class TensorStats:
 
     @property
     def max_rel(self) -> float:
-        return self.max_abs / self.max_ref if self.max_ref > 0 else self.max_abs
+        return self.max_abs / max(self.max_ref, MIN_RELATIVE_SCALE) if self.max_ref > 0 else self.max_abs
 
     def to_dict(self) -> dict[str, Any]:
         return {
