@@ -12,8 +12,10 @@ Measured side by side, each round (method: /work/shared/BENCHMARKS.md, the same 
 - perf_analyzer (Triton's own load generator, when bench/triton_tools.py can set it up) with its defaults
   against the same server: `-b 64 --concurrency-range 8` and `-b 1 --concurrency-range 64`, gRPC and HTTP.
 Our load generator: closed loop, pre-serialised requests, responses read but not parsed, in its own
-process (grpc.aio for gRPC; asyncio sockets with keep-alive for HTTP). Prints one table with the ratios
-the targets are stated in; `--json OUT` also writes the figures.
+process (grpc.aio for gRPC; asyncio sockets with keep-alive for HTTP). Each point also reads the server
+processes' CPU time over the measured window (/proc): CPU per call, in all threads and in the main threads
+(the workers' event loops), which holds where rates follow a shared machine's load. Prints one table with
+the ratios the targets are stated in; `--json OUT` also writes the figures.
 """
 
 from __future__ import annotations
@@ -111,7 +113,13 @@ def make_payloads(
 
 
 async def _http_load(
-    port: int, model: str, payload: Payload, clients: int, warmup: float, seconds: float
+    port: int,
+    model: str,
+    payload: Payload,
+    clients: int,
+    warmup: float,
+    seconds: float,
+    cpu_pids: list[int] | None = None,
 ) -> dict:
     head = (
         f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -119,7 +127,9 @@ async def _http_load(
         f"Inference-Header-Content-Length: {payload.http_header_length}\r\n"
         f"Content-Length: {len(payload.body)}\r\n\r\n"
     )
-    return await _closed_loop(clients, warmup, seconds, lambda: _http_client(port, head, payload.body))
+    return await _closed_loop(
+        clients, warmup, seconds, lambda: _http_client(port, head, payload.body), cpu_pids or []
+    )
 
 
 def _http_client(port: int, head: str, body: bytes):  # type: ignore[no-untyped-def]
@@ -140,7 +150,7 @@ def _http_client(port: int, head: str, body: bytes):  # type: ignore[no-untyped-
     return call
 
 
-async def _closed_loop(clients: int, warmup: float, seconds: float, make_call) -> dict:  # type: ignore[no-untyped-def]
+async def _closed_loop(clients: int, warmup: float, seconds: float, make_call, cpu_pids: list[int]) -> dict:  # type: ignore[no-untyped-def]
     latencies: list[float] = []
     errors: dict[str, int] = {}
     measuring = False
@@ -163,13 +173,22 @@ async def _closed_loop(clients: int, warmup: float, seconds: float, make_call) -
     tasks = [asyncio.ensure_future(client()) for _ in range(clients)]
     await asyncio.sleep(warmup)
     measuring = True
+    cpu_began = base.cpu_seconds(cpu_pids)
     began = time.perf_counter()
     await asyncio.sleep(seconds)
     measuring = False
     elapsed = time.perf_counter() - began
+    cpu_ended = base.cpu_seconds(cpu_pids)
     stop = True
     await asyncio.gather(*tasks, return_exceptions=True)
-    return {"calls": len(latencies), "elapsed": elapsed, "latencies": latencies, "errors": errors}
+    return {
+        "calls": len(latencies),
+        "elapsed": elapsed,
+        "latencies": latencies,
+        "errors": errors,
+        "server_cpu_s": cpu_ended[0] - cpu_began[0],
+        "server_loop_cpu_s": cpu_ended[1] - cpu_began[1],
+    }
 
 
 def load_main(argv: list[str]) -> int:
@@ -180,10 +199,13 @@ def load_main(argv: list[str]) -> int:
     parser.add_argument("--header-length", type=int, required=True)
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--cpu-pids", default="", help="comma-separated server pids whose CPU to measure")
     args = parser.parse_args(argv)
     payload = Payload("", 0, body=args.payload.read_bytes(), http_header_length=args.header_length)
-
-    result = asyncio.run(_http_load(args.http_port, args.model, payload, args.clients, 1.0, args.duration))
+    pids = [int(pid) for pid in args.cpu_pids.split(",") if pid]
+    result = asyncio.run(
+        _http_load(args.http_port, args.model, payload, args.clients, 1.0, args.duration, pids)
+    )
     json.dump(result, sys.stdout)
     return 0
 
@@ -209,6 +231,7 @@ def run_point(
         command = [sys.executable, __file__, "_load", "--http-port", str(server.http_port), "--model", model]
         command += ["--payload", str(path), "--header-length", str(payload.http_header_length)]
         command += ["--clients", str(clients), "--duration", str(duration)]
+    command += ["--cpu-pids", ",".join(map(str, server.pids))]
     out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120, check=True)
     result = json.loads(out.stdout)
     latencies = sorted(result["latencies"])
@@ -217,8 +240,19 @@ def run_point(
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e3 if latencies else float("nan")
     errors = result["errors"]
     note = ", ".join(f"{code} x{n}" for code, n in errors.items())
+    answered = max(1, result["calls"])
     return base.Row(
-        system, clients, payload.images, calls * payload.images, calls, p50, p99, sum(errors.values()), note
+        system,
+        clients,
+        payload.images,
+        calls * payload.images,
+        calls,
+        p50,
+        p99,
+        sum(errors.values()),
+        note,
+        cpu_us_per_call=1e6 * result["server_cpu_s"] / answered,
+        loop_cpu_us_per_call=1e6 * result["server_loop_cpu_s"] / answered,
     )
 
 
@@ -438,8 +472,11 @@ def report(
         f"medians over {args.rounds} rounds (min-max); ratios taken within each round. ORT alone "
         f"{spread(ort_rates)} img/s; whole-call limit 1/(1/ORT + 1/echo) at 8 x 64 FP32 {spread(limit)} img/s"
     )
-    print("| system | request | clients x images | images/s | calls/s | p50 ms | p99 ms | errors | ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| system | request | clients x images | images/s | calls/s | p50 ms | p99 ms | errors "
+        "| server CPU us/call (event loops) | ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     targets = {
         ("cnnserve", "oip-fp32-64", 8): ("of the whole-call limit", lambda r, i: r.images_per_s / limit[i]),
         ("cnnserve", "classify-tensors-64", 8): (
@@ -483,16 +520,30 @@ def report(
         calls = statistics.median([r.calls_per_s for r in found])
         p50 = statistics.median([r.p50_ms for r in found])
         p99 = statistics.median([r.p99_ms for r in found])
+        cpu = statistics.median([r.cpu_us_per_call for r in found])
+        loop_cpu = statistics.median([r.loop_cpu_us_per_call for r in found])
         print(
             f"| {system} | {payload_names[key]} | {clients} x {found[0].images_per_call} | "
             f"{spread([r.images_per_s for r in found])} | {calls:,.0f} | {p50:.2f} | {p99:.2f} | "
-            f"{sum(r.errors for r in found)} | {ratio} |"
+            f"{sum(r.errors for r in found)} | {cpu:,.0f} ({loop_cpu:,.0f}) | {ratio} |"
         )
     for row in analyzer:
         print(
             f"| perf_analyzer -> cnnserve | {row.protocol} -b {row.batch} | {row.concurrency} x {row.batch} "
             f"| {row.images_per_s:,.0f} | {row.images_per_s / row.batch:,.0f} | {row.p50_ms:.2f} "
-            f"| {row.p99_ms:.2f} | - | {row.note or '-'} |"
+            f"| {row.p99_ms:.2f} | - | - | {row.note or '-'} |"
+        )
+    echo_cpu = rows("echo", "oip-fp32-1", 64)
+    server_cpu = rows("cnnserve", "oip-fp32-1", 64)
+    if echo_cpu and server_cpu:
+        # On a machine the load generator shares, a rate ratio moves with the neighbours' load; the ratio of
+        # server CPU per call does not, and bounds what the rate ratio can reach on a CPU-bound machine.
+        ratios = [e.cpu_us_per_call / c.cpu_us_per_call for e, c in zip(echo_cpu, server_cpu, strict=True)]
+        echo_us = statistics.median([r.cpu_us_per_call for r in echo_cpu])
+        server_us = statistics.median([r.cpu_us_per_call for r in server_cpu])
+        print(
+            f"\n64 x 1 FP32, server CPU per call: echo {echo_us:,.0f} us, cnnserve {server_us:,.0f} us: "
+            f"echo/cnnserve {spread([100 * r for r in ratios])}%"
         )
     if summary:
         print("\nprofile (py-spy on the server processes, a pass after the rounds, share of samples):")

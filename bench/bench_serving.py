@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -159,7 +160,10 @@ async def _load(
     method: str = CLASSIFY,
     tls_ca: bytes | None = None,
     token: str | None = None,
+    cpu_pids: Sequence[int] = (),
 ) -> dict:
+    """Closed-loop calls; with `cpu_pids`, also the CPU seconds those processes (the server's) spent while
+    measuring: CPU per call holds on a shared machine, where rates follow the neighbours' load."""
     import grpc
 
     # A local subchannel pool per channel: each gets its own TCP connection (gRPC would otherwise share
@@ -195,15 +199,48 @@ async def _load(
     tasks = [asyncio.ensure_future(client(i)) for i in range(clients)]
     await asyncio.sleep(warmup)
     measuring = True
+    cpu_began = cpu_seconds(cpu_pids)
     began = time.perf_counter()
     await asyncio.sleep(seconds)
     measuring = False
     elapsed = time.perf_counter() - began
+    cpu_ended = cpu_seconds(cpu_pids)
     stop = True
     await asyncio.gather(*tasks, return_exceptions=True)
     for channel in channels:
         await channel.close()
-    return {"calls": len(latencies), "elapsed": elapsed, "latencies": latencies, "errors": errors}
+    return {
+        "calls": len(latencies),
+        "elapsed": elapsed,
+        "latencies": latencies,
+        "errors": errors,
+        "server_cpu_s": cpu_ended[0] - cpu_began[0],
+        "server_loop_cpu_s": cpu_ended[1] - cpu_began[1],
+    }
+
+
+def cpu_seconds(pids: Sequence[int]) -> tuple[float, float]:
+    """User + system CPU seconds the processes have used so far: in all their threads, and in their main
+    threads alone (a server worker's event loop: gRPC, HTTP and the Python request path; ONNX Runtime
+    runs in other threads, except the quick batches a one-core worker computes on its loop). Linux /proc;
+    a process or thread gone counts 0."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = main = 0
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                fields = (task / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            used = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+            total += used
+            if task.name == str(pid):
+                main += used
+    return total / ticks, main / ticks
 
 
 def load_main(argv: list[str]) -> int:
@@ -216,6 +253,7 @@ def load_main(argv: list[str]) -> int:
     parser.add_argument("--method", default=CLASSIFY, help="the gRPC method the payload is a request of")
     parser.add_argument("--tls-ca", type=Path)
     parser.add_argument("--token-file", type=Path)
+    parser.add_argument("--cpu-pids", default="", help="comma-separated server pids whose CPU to measure")
     args = parser.parse_args(argv)
     result = asyncio.run(
         _load(
@@ -227,6 +265,7 @@ def load_main(argv: list[str]) -> int:
             args.method,
             tls_ca=None if args.tls_ca is None else args.tls_ca.read_bytes(),
             token=None if args.token_file is None else args.token_file.read_text().strip(),
+            cpu_pids=[int(pid) for pid in args.cpu_pids.split(",") if pid],
         )
     )
     json.dump(result, sys.stdout)
@@ -244,6 +283,8 @@ class Row:
     p99_ms: float
     errors: int
     note: str = ""
+    cpu_us_per_call: float = float("nan")  # the server's CPU per call, all its threads (when measured)
+    loop_cpu_us_per_call: float = float("nan")  # ... in its workers' main threads (the event loops)
 
 
 def run_load(

@@ -326,7 +326,6 @@ def _check_outputs(loaded: LoadedModel, requested: Sequence[RequestedOutput]) ->
 def _check_input(loaded: LoadedModel, inputs: Sequence[InferInput], max_images: int) -> InferInput:
     expected = loaded.model.config.input.name
     dims = _input_dims(loaded)
-    takes = f"FP32 {[-1, *dims]} or BYTES [-1] (encoded images)"
     if len(inputs) != 1:
         names = ", ".join(repr(i.name) for i in inputs) or "none"
         raise InvalidRequestError(
@@ -336,12 +335,13 @@ def _check_input(loaded: LoadedModel, inputs: Sequence[InferInput], max_images: 
     if tensor.name != expected:
         raise InvalidRequestError(
             f"input {tensor.name!r} is not an input of model {loaded.name!r}; "
-            f"its input is {expected!r} ({takes})"
+            f"its input is {expected!r} ({_takes(dims)})"
         )
     if tensor.datatype == FP32:
         if len(tensor.shape) != len(dims) + 1 or tuple(tensor.shape[1:]) != dims or tensor.shape[0] < 1:
             raise InvalidRequestError(
-                f"input {tensor.name!r} has shape {list(tensor.shape)}; model {loaded.name!r} takes {takes}"
+                f"input {tensor.name!r} has shape {list(tensor.shape)}; "
+                f"model {loaded.name!r} takes {_takes(dims)}"
             )
     elif tensor.datatype == BYTES:
         if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
@@ -351,7 +351,8 @@ def _check_input(loaded: LoadedModel, inputs: Sequence[InferInput], max_images: 
             )
     else:
         raise InvalidRequestError(
-            f"input {tensor.name!r} has datatype {tensor.datatype}; model {loaded.name!r} takes {takes}"
+            f"input {tensor.name!r} has datatype {tensor.datatype}; "
+            f"model {loaded.name!r} takes {_takes(dims)}"
         )
     count = tensor.shape[0]
     if count > max_images:
@@ -359,6 +360,11 @@ def _check_input(loaded: LoadedModel, inputs: Sequence[InferInput], max_images: 
             f"input {tensor.name!r} holds {count} images, more than the limit of {max_images} per request"
         )
     return tensor
+
+
+def _takes(dims: tuple[int, ...]) -> str:
+    """What a model's input takes, as error messages say it."""
+    return f"FP32 {[-1, *dims]} or BYTES [-1] (encoded images)"
 
 
 async def infer(
@@ -399,6 +405,8 @@ async def _compute(
     else:
         assert isinstance(tensor.data, np.ndarray)
         batch = check_finite_batch(tensor.data)
+        if not layers:  # the common call: straight to the batcher, no task of its own
+            return check_finite_outputs(await loaded.batcher.submit(batch, deadline), "output"), {}
     probs: asyncio.Future[np.ndarray] | None = None
     if wants_probabilities:
         probs = asyncio.ensure_future(loaded.batcher.submit(batch, deadline))

@@ -7,6 +7,7 @@ Reading an FP32 tensor copies nothing when its bytes start aligned (gRPC): the a
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 
@@ -21,16 +22,14 @@ _NUMPY = {"FP32": "<f4"}
 
 
 def element_count(shape: Sequence[int]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
+    return math.prod(shape)
 
 
 def check_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
-    if any(dim < 0 for dim in shape):
+    dims = tuple(map(int, shape))
+    if dims and min(dims) < 0:
         raise InvalidRequestError(f"input {name!r} has shape {list(shape)}: dimensions cannot be negative")
-    return tuple(int(dim) for dim in shape)
+    return dims
 
 
 def split_bytes(name: str, raw: bytes | memoryview, count: int) -> list[bytes]:

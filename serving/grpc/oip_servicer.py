@@ -18,7 +18,7 @@ from cnnserve.serving.core.calls import Call
 from cnnserve.serving.core.dataplane import DataPlane
 from cnnserve.serving.grpc import oip_converters as convert
 from cnnserve.serving.grpc.interceptors import CallRunner, deadline
-from cnnserve.serving.observability.statistics import StatisticsBook
+from cnnserve.serving.observability.statistics_exchange import StatisticsExchange
 
 PROTOCOL = "v2-grpc"
 SERVICE_NAME = oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -27,7 +27,7 @@ SERVICE_NAME = oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_
 class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
     """inference.GRPCInferenceService over a DataPlane; `ready()` says whether the server takes requests."""
 
-    def __init__(self, dataplane: DataPlane, runner: CallRunner, statistics: StatisticsBook) -> None:
+    def __init__(self, dataplane: DataPlane, runner: CallRunner, statistics: StatisticsExchange) -> None:
         self.dataplane = dataplane
         self.runner = runner
         self.statistics = statistics
@@ -91,7 +91,8 @@ class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: oip_pb2.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> Any:
         async def handle(call: Call) -> oip_pb2.ModelStatisticsResponse:
-            selected = oip.statistics(self.dataplane.registry, self.statistics, request.name, request.version)
+            book = await self.statistics.snapshot()
+            selected = oip.statistics(self.dataplane.registry, book, request.name, request.version)
             return convert.statistics_response(selected)
 
         return await self.runner.run(context, "ModelStatistics", request.name, handle)

@@ -57,6 +57,7 @@ from cnnserve.serving.observability.metrics import (
     multiprocess_dir,
 )
 from cnnserve.serving.observability.statistics import BatchObservers, StatisticsBook, StatisticsHook
+from cnnserve.serving.observability.statistics_exchange import StatisticsExchange
 from cnnserve.serving.observability.tracing import Tracing, TracingSettings, start_tracing
 from cnnserve.serving.security.gate import Gate, GatePolicy
 from cnnserve.serving.security.tls import TlsWatcher, server_ssl_context, tls_files
@@ -126,6 +127,8 @@ class InferenceServer:
         self._claimed: list[socket.socket] = []
         self.metrics = ServingMetrics()
         self.statistics = StatisticsBook()
+        # With several workers, a statistics request answers every worker's figures summed.
+        self.statistics_exchange = StatisticsExchange(self.statistics, multiprocess_dir())
         threads = settings.intra_op_threads(cpu_count)
         # A worker with at most one core to itself decodes big requests on its event loop (see core/inputs)
         # and runs quick batches there too (see batcher): a thread would add hand-offs, not a core.
@@ -189,7 +192,7 @@ class InferenceServer:
             oip_servicer.OipEchoServicer()
             if settings.echo
             else oip_servicer.OipServicer(
-                self.dataplane, CallRunner(self.hooks, oip_servicer.PROTOCOL), self.statistics
+                self.dataplane, CallRunner(self.hooks, oip_servicer.PROTOCOL), self.statistics_exchange
             )
         )
         self.http: HttpServer | None = None
@@ -197,7 +200,7 @@ class InferenceServer:
             endpoints = (
                 EchoHttpEndpoints()
                 if settings.echo
-                else OipHttpEndpoints(self.dataplane, self.hooks, self.statistics)
+                else OipHttpEndpoints(self.dataplane, self.hooks, self.statistics_exchange)
             )
             router = endpoints.router()
             if not settings.echo:
@@ -266,6 +269,7 @@ class InferenceServer:
             # Load the repository before listening: with several workers on one port, the kernel only hands
             # connections to listening sockets, so no call (or health probe) reaches a worker still loading.
             await self.poll()
+            await self.statistics_exchange.start()
         await server.start()
         self._server = server
         if health_port is not None:  # like the main port: listening once loaded, not before
@@ -431,6 +435,7 @@ class InferenceServer:
             await self._server.stop(STOP_GRACE_SECONDS)
         if self._health_server is not None:
             await self._health_server.stop(0)
+        await self.statistics_exchange.close()
         await self.registry.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
         if close_transport:

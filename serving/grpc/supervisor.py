@@ -38,6 +38,7 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from cnnserve.serving.grpc.ports import claim_port
 from cnnserve.serving.observability.logs import configure_logging
+from cnnserve.serving.observability.statistics_exchange import socket_path
 from cnnserve.serving.observability.tracing import TracingSettings
 from cnnserve.serving.settings import ServerSettings
 
@@ -290,9 +291,11 @@ class Supervisor:
                 self._spawn(worker)
 
     def _mark_dead(self, pid: int | None) -> None:
-        """Its live gauges (memory, fds, in flight) leave the summed /metrics (multiprocess mode)."""
+        """Its live gauges (memory, fds, in flight) leave the summed /metrics (multiprocess mode), and its
+        statistics the summed statistics extension."""
         if pid is not None:
             mark_process_dead(pid, self.metrics_dir)
+            socket_path(self.metrics_dir, pid).unlink(missing_ok=True)
 
 
 def run_supervisor(

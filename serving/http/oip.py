@@ -29,7 +29,8 @@ from cnnserve.serving.errors import Status, status_of
 from cnnserve.serving.http import codec
 from cnnserve.serving.http.calls import run_call
 from cnnserve.serving.http.server import HttpRequest, HttpResponse, Router, error_json, json_response
-from cnnserve.serving.observability.statistics import Duration, StatisticsBook, VersionStatistics
+from cnnserve.serving.observability.statistics import Duration, VersionStatistics
+from cnnserve.serving.observability.statistics_exchange import StatisticsExchange
 from cnnserve.serving.security.gate import RefusedError
 
 LOG = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def error_response(error: Exception) -> HttpResponse:
 class OipHttpEndpoints:
     """The endpoints above over one DataPlane, as a Router for serving/http/server.py."""
 
-    def __init__(self, dataplane: DataPlane, hooks: CallHooks, statistics: StatisticsBook) -> None:
+    def __init__(self, dataplane: DataPlane, hooks: CallHooks, statistics: StatisticsExchange) -> None:
         self.dataplane = dataplane
         self.hooks = hooks
         self.statistics = statistics
@@ -134,9 +135,8 @@ class OipHttpEndpoints:
         model = params.get("model", "")
 
         async def handle(call: Call) -> HttpResponse:
-            selected = oip.statistics(
-                self.dataplane.registry, self.statistics, model, params.get("version", "")
-            )
+            book = await self.statistics.snapshot()
+            selected = oip.statistics(self.dataplane.registry, book, model, params.get("version", ""))
             return json_response(200, {"model_stats": [statistics_json(s) for s in selected]})
 
         return await self._run(request, "ModelStatistics", model, handle)

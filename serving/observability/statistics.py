@@ -2,8 +2,8 @@
 
 Counts and total nanoseconds of successful and failed requests, of the time requests queued before their
 batch started and of ONNX Runtime compute, the images inferred, the model executions (batches) and the
-batch sizes seen. Each worker process keeps its own (the statistics a client reads are those of the worker
-that answers); Prometheus (`metrics.py`) is the place for figures summed over workers and graphed.
+batch sizes seen. Each worker process keeps its own; a statistics request answers them summed over the
+workers (statistics_exchange.py). Prometheus (`metrics.py`) is the place for figures to graph.
 Fed by two observers: every dynamic batcher's (`for_version`) and a call hook (`StatisticsHook`).
 """
 

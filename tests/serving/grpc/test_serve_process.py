@@ -1,8 +1,9 @@
 """`cnnserve serve` as a real process: graceful shutdown on SIGTERM/SIGINT with calls in flight, several
-workers on one port, metrics summed over the workers."""
+workers on one port, metrics and the statistics extension summed over the workers."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cnnserve.protos import inference_pb2, inference_pb2_grpc
+from cnnserve.protos import inference_pb2, inference_pb2_grpc, oip_pb2, oip_pb2_grpc
 from cnnserve.serving.grpc.client import CnnserveClient
 
 MODEL = "mnist_cnn"
@@ -78,11 +79,13 @@ def test_two_workers_share_the_port_sum_metrics_and_stop_on_sigint(
     serve_subprocess, model_repository, digits
 ) -> None:
     server = serve_subprocess(
-        "--repo", str(model_repository), "--workers", "2", "--metrics-port", "0", "--max-queue-delay-us", "0"
-    )
+        "--repo", str(model_repository), "--workers", "2", "--metrics-port", "0", "--max-queue-delay-us", "0",
+        "--http-port", "0",
+    )  # fmt: skip
     log = server.log()
     assert "worker-0" in log and "worker-1" in log
     metrics_port = int(re.search(r"on http://[^:]+:(\d+)/metrics", log).group(1))
+    http_port = int(re.search(r"Protocol over HTTP on http://[^:]+:(\d+)/v2", log).group(1))
     calls = 0
 
     def client_calls() -> None:
@@ -103,6 +106,22 @@ def test_two_workers_share_the_port_sum_metrics_and_stop_on_sigint(
     assert total is not None and float(total.group(1)) == 30, text[:2000]
     assert re.search(r'cnnserve_images_total\{model="mnist_cnn",rpc="Classify",version="1"\} 90.0', text)
     assert "cnnserve_batch_size_bucket" in text and "cnnserve_compute_seconds_bucket" in text
+    # The statistics extension sums the workers too, whichever worker a new connection reaches (the kernel
+    # picks one per connection): a client comparing two readings (perf_analyzer) sees one server.
+    for _ in range(8):
+        url = f"http://127.0.0.1:{http_port}/v2/models/{MODEL}/stats"
+        (stats,) = json.loads(urllib.request.urlopen(url, timeout=10).read())["model_stats"]
+        assert (stats["version"], stats["inference_count"]) == ("1", 90), stats
+        assert stats["inference_stats"]["success"]["count"] == 30
+        assert stats["inference_stats"]["queue"]["count"] == 30
+        assert sum(b["batch_size"] * b["compute_infer"]["count"] for b in stats["batch_stats"]) == 90
+    for _ in range(2):
+        with grpc.insecure_channel(server.address) as channel:
+            response = oip_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+                oip_pb2.ModelStatisticsRequest(name=MODEL), timeout=10
+            )
+        counts = [(s.inference_count, s.inference_stats.success.count) for s in response.model_stats]
+        assert counts == [(90, 30)]
     server.signal(signal.SIGINT)
     assert server.wait(60) == 0, server.log()
     assert server.log().count("server stopped") == 2
