@@ -159,10 +159,12 @@ async def _until_counted(metrics: ServingMetrics, code: str) -> None:
 
 
 def test_a_call_past_its_deadline_counts_as_deadline_exceeded_and_one_cancelled_as_cancelled() -> None:
+    recorder = Recorder()
+
     async def scenario() -> tuple[str, ServingMetrics]:
         metrics = ServingMetrics()
         drain = Drain()  # counts the calls in flight
-        server, address = await _serve(metrics, drain)
+        server, address = await _serve(metrics, drain, recorder)
         try:
             async with grpc.aio.insecure_channel(address) as channel:
                 stub = channel.unary_unary(METHOD)
@@ -184,6 +186,9 @@ def test_a_call_past_its_deadline_counts_as_deadline_exceeded_and_one_cancelled_
     assert code == "DEADLINE_EXCEEDED"
     assert (_failures(metrics, "DEADLINE_EXCEEDED"), _failures(metrics, "CANCELLED")) == (1, 1)
     assert _failures(metrics, "INTERNAL") == 0
+    # The hooks (the access log, the span) read the same status and why.
+    assert [seen[-1] for seen in recorder.seen] == ["DEADLINE_EXCEEDED", "CANCELLED"]
+    assert recorder.messages == ["the call's deadline passed", "the call was cancelled"]
 
 
 def test_hooks_see_each_call_as_the_transport_describes_it() -> None:
