@@ -198,6 +198,9 @@ def test_the_spec_is_read_whole_from_the_config() -> None:
     )
     spec = PreprocessSpec.from_model_config(config)
     assert spec == PreprocessSpec("RGB", 4, 6, Image.Resampling.LANCZOS, 0.5, -1.0, (4, 6, 3))
+    config.preprocessing.scaled_decoding = True  # export proved scaled decoding keeps parity
+    scaled = PreprocessSpec.from_model_config(config)
+    assert scaled == PreprocessSpec("RGB", 4, 6, Image.Resampling.LANCZOS, 0.5, -1.0, (4, 6, 3), True)
 
 
 @pytest.mark.parametrize(
