@@ -25,6 +25,7 @@ from cnnserve.export.verify import (
     end_to_end_checks,
     verify_end_to_end,
     verify_graphs,
+    verify_photos,
     write_image_files,
 )
 from cnnserve.protos import model_config_pb2
@@ -697,3 +698,111 @@ def test_an_empty_check_is_left_out(graph, image_files) -> None:
         Thresholds(),
     )
     assert list(report) == ["jpeg"] and failures == []
+
+
+# --- photographs: full decoding gated, scaled decoding measured --------------------------------------------
+
+
+def _photos(tmp_path: Path, rng: np.random.Generator, count: int = 12) -> list[Path]:
+    raw = rng.integers(0, 256, (count, SIDE, SIDE), dtype=np.uint8)
+    return [p for p in write_image_files(raw, tmp_path / "photos", (SIDE, SIDE)) if p.suffix == ".jpg"]
+
+
+def _every_other_black(paths: list[Path]):
+    """A serving path that disagrees with training on some files: every other file comes out all black
+    (the tiny model's class for black differs from the one it gives most noise images)."""
+    blackened = {path.read_bytes() for path in paths[::2]}
+
+    def preprocess(data: bytes) -> np.ndarray:
+        tensor = preprocess_encoded(data, _spec(1 / 255))
+        return np.zeros_like(tensor) if data in blackened else tensor
+
+    return preprocess
+
+
+def _verify_photos(graph, paths, full, scaled, thresholds=None):
+    return verify_photos(
+        paths,
+        full,
+        scaled,
+        _training,
+        graph,
+        lambda batch: _onnx(graph, batch),
+        SOFTMAX,
+        thresholds or Thresholds(),
+    )
+
+
+def test_photos_gate_full_decoding_as_the_photo_jpeg_check_and_measure_scaled_decoding(
+    graph, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    paths = _photos(tmp_path, rng)
+    same = _spec(1 / 255)
+    scaled_path = _every_other_black(paths)
+    entry, failures, scaled = _verify_photos(graph, paths, lambda d: preprocess_encoded(d, same), scaled_path)
+    expected_entry, _ = verify_end_to_end(
+        {"photo_jpeg": paths},
+        lambda d: preprocess_encoded(d, same),
+        _training,
+        graph,
+        lambda batch: _onnx(graph, batch),
+        SOFTMAX,
+        Thresholds(),
+    )
+    assert entry == expected_entry["photo_jpeg"] and failures == []
+    assert entry["passed"] is True and entry["max_abs_input_difference"] == 0.0
+    # The scaled-decoding figures, worked out here from the arrays.
+    served = np.stack([scaled_path(p.read_bytes()) for p in paths])
+    trained = np.stack([_training(p) for p in paths])
+    onnx_served, onnx_trained = _onnx(graph, served), _onnx(graph, trained)
+    agree = onnx_served.argmax(axis=1) == onnx_trained.argmax(axis=1)
+    assert 0 < agree.sum() < len(paths)  # some files disagree, some do not
+    difference = np.abs(served - trained)
+    assert scaled == {
+        "images": len(paths),
+        "top1_agreement": float(agree.mean()),
+        "disagreeing": [p.name for p, same_class in zip(paths, agree, strict=True) if not same_class],
+        "max_abs_probability_difference": _max_abs(onnx_trained, onnx_served),
+        "max_abs_input_difference": float(difference.max()),
+        "mean_abs_input_difference": float(difference.mean()),
+    }
+
+
+def test_a_full_decoding_photo_path_that_differs_fails_its_bound(
+    graph, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    paths = _photos(tmp_path, rng, count=3)
+    skewed = _spec(1 / 256)
+    entry, failures, scaled = _verify_photos(
+        graph, paths, lambda d: preprocess_encoded(d, skewed), _every_other_black(paths)
+    )
+    assert entry["passed"] is False and entry["max_abs_input_difference"] > 0
+    assert failures and all(f.startswith("end to end (photo_jpeg files): ") for f in failures), failures
+    assert scaled["images"] == 3
+
+
+def _scaled_figures(top1: float, probability: float, disagreeing: int = 0) -> dict[str, object]:
+    return {
+        "top1_agreement": top1,
+        "max_abs_probability_difference": probability,
+        "disagreeing": [f"photo-{i}.jpg" for i in range(disagreeing)],
+    }
+
+
+def test_scaled_decoding_bounds_pass_at_their_value_and_fail_beyond() -> None:
+    thresholds = Thresholds(
+        scaled_decoding_min_top1_agreement=0.75, scaled_decoding_max_abs_probability_difference=0.02
+    )
+    assert thresholds.scaled_decoding_failures(_scaled_figures(0.75, 0.02)) == []
+    below = math.nextafter(0.75, 0.0)
+    beyond = math.nextafter(0.02, 1.0)
+    assert thresholds.scaled_decoding_failures(_scaled_figures(below, beyond, disagreeing=12)) == [
+        f"top-1 agreement {below:.4f} < 0.75 (files {[f'photo-{i}.jpg' for i in range(10)]})",
+        f"max abs probability difference {beyond:.3g} > 0.02",
+    ]
+    assert thresholds.scaled_decoding_failures(_scaled_figures(1.0, beyond)) == [
+        f"max abs probability difference {beyond:.3g} > 0.02"
+    ]
+    assert Thresholds().scaled_decoding_failures(_scaled_figures(1.0, 0.01)) == []  # the default bounds
+    assert Thresholds().scaled_decoding_failures(_scaled_figures(1.0, 0.0101)) != []
+    assert Thresholds().scaled_decoding_failures(_scaled_figures(0.99, 0.0)) != []

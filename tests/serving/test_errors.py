@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import pkgutil
+from pathlib import Path
 
 import grpc
 import pytest
@@ -74,3 +75,27 @@ def test_a_client_side_error_keeps_the_status_the_server_answered(code, status) 
 def test_index_of_an_invalid_image_is_kept() -> None:
     assert errors.InvalidRequestError("image 3: bad", index=3).index == 3
     assert errors.ImageDecodeError("bad").index is None
+
+
+def test_a_name_a_client_sent_is_quoted_and_cut_saying_how_long_it_was() -> None:
+    at_limit = "a" * errors.ECHO_CHARS
+    assert errors.shown(at_limit) == repr(at_limit)
+    assert errors.shown(at_limit + "b") == f"{at_limit!r}… ({errors.ECHO_CHARS + 1} characters)"
+    assert errors.shown("x" * 1500, limit=3) == "'xxx'… (1,500 characters)"
+    assert errors.shown("o'k\n", limit=4) == repr("o'k\n")  # quoted as Python would: nothing raw
+
+
+def test_paths_under_the_repository_are_told_relative_to_it(tmp_path) -> None:
+    """Whether the server was given the repository through a symlink or not, a client reads no path of
+    the server's: both spellings of the root are cut, and a path outside it is left alone."""
+    root = tmp_path / "repository"
+    (root / "m").mkdir(parents=True)
+    link = tmp_path / "repo-link"
+    link.symlink_to(root)
+    text = f"cannot read {link}/m/1/model.onnx nor {root}/m/2/config.pbtxt; {tmp_path}/other stays"
+    expected = f"cannot read m/1/model.onnx nor m/2/config.pbtxt; {tmp_path}/other stays"
+    assert errors.without_root(text, link) == expected
+    assert errors.without_root(text, root) == f"cannot read {link}/m/1/model.onnx nor m/2/config.pbtxt; " + (
+        f"{tmp_path}/other stays"
+    )
+    assert errors.without_root(f"no version folder in {root}/m", Path(f"{root}/")) == "no version folder in m"

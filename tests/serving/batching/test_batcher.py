@@ -821,3 +821,77 @@ def test_a_recorded_call_with_batching_off_is_its_own_batch(monkeypatch: pytest.
     assert (share.enqueued, share.started, share.decode_start, share.decode_end) == (1.0, 1.0, None, None)
     assert (share.batch.model, share.batch.images, share.batch.requests) == ("test", 3, 1)
     assert (share.batch.compute_start, share.batch.compute_end) == (1.0, 1.5)
+
+
+def test_the_cost_estimate_is_exactly_the_moving_average_of_cpu_seconds_per_image(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CPU clock the batcher reads is one the model advances by a stated cost, so the estimate is exact:
+    the first measure, then 0.9 x the estimate + 0.1 x each new measure."""
+    cpu = [0.0]
+    costs = iter([0.004, 0.001, 0.001, 0.002])  # CPU seconds per image of each batch in turn
+    monkeypatch.setattr(
+        batcher_module,
+        "time",
+        SimpleNamespace(monotonic=time.monotonic, perf_counter=time.perf_counter, thread_time=lambda: cpu[0]),
+    )
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        cpu[0] += next(costs) * len(batch)
+        return batch + 1.0
+
+    async def scenario() -> list[float | None]:
+        settings = BatchSettings(max_batch_size=8, max_queue_delay_s=0.0, max_queue_images=64)
+        batcher = DynamicBatcher(model, settings, VirtualExecutor(), name="test")
+        estimates = []
+        for count in (4, 2, 8, 1):
+            await batcher.submit(_ones(count))
+            estimates.append(batcher._seconds_per_image)
+        await batcher.close()
+        return estimates
+
+    first = 0.004
+    second = 0.9 * first + 0.1 * 0.001
+    third = 0.9 * second + 0.1 * 0.001
+    assert run(scenario) == pytest.approx([first, second, third, 0.9 * third + 0.1 * 0.002], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("inline_s", "seconds_per_image", "executor_calls"),
+    [
+        (0.008, 0.002, 2),  # 4 images x 0.002 s = the limit exactly: on the loop; 5 images: beyond it
+        (0.0, 0.0, 3),  # a limit of 0 keeps every batch off the loop, even one measured to cost nothing
+    ],
+)
+def test_a_batch_runs_on_the_loop_when_its_expected_cpu_time_is_at_most_the_limit(
+    monkeypatch: pytest.MonkeyPatch, inline_s: float, seconds_per_image: float, executor_calls: int
+) -> None:
+    cpu = [0.0]
+    monkeypatch.setattr(
+        batcher_module,
+        "time",
+        SimpleNamespace(monotonic=time.monotonic, perf_counter=time.perf_counter, thread_time=lambda: cpu[0]),
+    )
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        cpu[0] += seconds_per_image * len(batch)
+        return batch + 1.0
+
+    class CountingExecutor(VirtualExecutor):
+        calls = 0
+
+        def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+            CountingExecutor.calls += 1
+            return super().submit(fn, *args, **kwargs)
+
+    async def scenario() -> None:
+        settings = BatchSettings(
+            max_batch_size=8, max_queue_delay_s=0.0, max_queue_images=64, inline_compute_s=inline_s
+        )
+        batcher = DynamicBatcher(model, settings, CountingExecutor(), name="test")
+        for count in (4, 4, 5):  # the first batch is measured in the executor
+            await batcher.submit(_ones(count))
+        await batcher.close()
+
+    run(scenario)
+    assert CountingExecutor.calls == executor_calls

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
 from cnnserve.serving.batching import loop_load
 
 
@@ -52,13 +50,15 @@ def test_a_loop_waiting_for_io_reports_its_waits_and_one_running_callbacks_repor
 
 
 def test_the_busy_share_is_one_minus_the_idle_share_of_each_complete_window() -> None:
-    meter = loop_load.LoopLoad(window_s=0.1)
+    # Offsets are binary fractions, so `start + offset - start` is exact whatever perf_counter's value:
+    # the window boundary is met exactly, not missed by a rounding of the clock reading.
+    meter = loop_load.LoopLoad(window_s=0.125)
     start = meter._start
-    meter.add_idle(start + 0.0, start + 0.025)
+    meter.add_idle(start, start + 0.03125)
     assert meter.busy() == 1.0  # no window complete yet
-    meter.add_idle(start + 0.05, start + 0.1)  # 0.075 s idle of 0.1 s: a quarter busy
-    assert meter.busy() == pytest.approx(0.25)
-    meter.add_idle(start + 0.1, start + 0.1 + 0.2)  # a window of nothing but waiting
+    meter.add_idle(start + 0.0625, start + 0.125)  # 0.09375 s idle of 0.125 s: a quarter busy
+    assert meter.busy() == 0.25
+    meter.add_idle(start + 0.125, start + 0.375)  # a window of nothing but waiting
     assert meter.busy() == 0.0
 
 
@@ -79,9 +79,9 @@ def test_other_loops_have_no_meter() -> None:
 
 
 def test_a_window_completes_on_waking_so_a_long_idle_spell_shows() -> None:
-    meter = loop_load.LoopLoad(window_s=0.1)
-    start = time.perf_counter()
-    meter.add_idle(start, start + 0.02)
+    meter = loop_load.LoopLoad(window_s=0.125)
+    start = meter._start  # the window's own start: no time read here, however slow the machine
+    meter.add_idle(start, start + 0.03125)
     assert meter.busy() == 1.0  # no window complete yet
-    meter.add_idle(start + 0.03, start + 5.0)  # blocked for seconds, then woken
-    assert meter.busy() < 0.01
+    meter.add_idle(start + 0.0625, start + 8.0)  # blocked for seconds, then woken
+    assert meter.busy() == 1.0 - (8.0 - 0.0625 + 0.03125) / 8.0  # 0.03125 s busy of 8 s

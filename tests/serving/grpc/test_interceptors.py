@@ -4,14 +4,25 @@ status code with its message, and the failure metric counts it under that code."
 from __future__ import annotations
 
 import asyncio
+import logging
+from types import SimpleNamespace
 
 import grpc
 import pytest
 from status_table import CODES, EXPECTED, make
 
+from cnnserve.protos import inference_pb2
 from cnnserve.serving.core.calls import Call, CallHooks, Drain
 from cnnserve.serving.errors import INTERNAL_MESSAGE
-from cnnserve.serving.grpc.interceptors import DEADLINE_SLACK_S, CallRunner, _deadline_passed, deadline
+from cnnserve.serving.grpc import interceptors
+from cnnserve.serving.grpc.interceptors import (
+    DEADLINE_SLACK_S,
+    CallRunner,
+    MalformedRequestInterceptor,
+    RateLimitedLog,
+    _deadline_passed,
+    deadline,
+)
 from cnnserve.serving.observability.metrics import CallMetrics, ServingMetrics
 
 pytestmark = pytest.mark.timeout(60)
@@ -148,10 +159,12 @@ async def _until_counted(metrics: ServingMetrics, code: str) -> None:
 
 
 def test_a_call_past_its_deadline_counts_as_deadline_exceeded_and_one_cancelled_as_cancelled() -> None:
+    recorder = Recorder()
+
     async def scenario() -> tuple[str, ServingMetrics]:
         metrics = ServingMetrics()
         drain = Drain()  # counts the calls in flight
-        server, address = await _serve(metrics, drain)
+        server, address = await _serve(metrics, drain, recorder)
         try:
             async with grpc.aio.insecure_channel(address) as channel:
                 stub = channel.unary_unary(METHOD)
@@ -173,6 +186,9 @@ def test_a_call_past_its_deadline_counts_as_deadline_exceeded_and_one_cancelled_
     assert code == "DEADLINE_EXCEEDED"
     assert (_failures(metrics, "DEADLINE_EXCEEDED"), _failures(metrics, "CANCELLED")) == (1, 1)
     assert _failures(metrics, "INTERNAL") == 0
+    # The hooks (the access log, the span) read the same status and why.
+    assert [seen[-1] for seen in recorder.seen] == ["DEADLINE_EXCEEDED", "CANCELLED"]
+    assert recorder.messages == ["the call's deadline passed", "the call was cancelled"]
 
 
 def test_hooks_see_each_call_as_the_transport_describes_it() -> None:
@@ -252,3 +268,135 @@ class _Remaining:
 )
 def test_a_call_counts_as_expired_within_the_slack_of_its_deadline(remaining, passed: bool) -> None:
     assert _deadline_passed(_Remaining(remaining)) is passed
+
+
+def test_a_rate_limited_warning_is_written_once_an_interval_and_counts_what_it_held_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [0.0]
+    monkeypatch.setattr(interceptors, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    log = RateLimitedLog(logging.getLogger("cnnserve.test.rate"), 60.0)
+    caplog.set_level("WARNING", logger="cnnserve.test.rate")
+    for at in (0.0, 10.0, 59.9, 60.0, 60.5, 120.0, 500.0):
+        now[0] = at
+        log.warning("malformed %s body", f"at {at:g}")
+    assert [record.getMessage() for record in caplog.records] == [
+        "malformed at 0 body",
+        "malformed at 60 body (2 more since the last such line)",  # the interval's end included
+        "malformed at 120 body (1 more since the last such line)",
+        "malformed at 500 body",
+    ]
+
+
+class _Echo:
+    """A unary-unary method on ClassifyRequest bodies: answers the model name it read."""
+
+    async def classify(
+        self, request: inference_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        return request.model.encode()
+
+    async def raw(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return b"raw:" + request
+
+    async def stream(self, request: bytes, context: grpc.aio.ServicerContext):
+        yield request
+
+
+async def _malformed_calls(bodies: list[tuple[str, bytes]]) -> list[tuple[str, str]]:
+    echo = _Echo()
+    server = grpc.aio.server(interceptors=[MalformedRequestInterceptor(log_interval_s=60.0)])
+    handlers = {
+        "Classify": grpc.unary_unary_rpc_method_handler(
+            echo.classify, request_deserializer=inference_pb2.ClassifyRequest.FromString
+        ),
+        "Parsed": grpc.unary_unary_rpc_method_handler(echo.raw, request_deserializer=_strict_ascii),
+        "Raw": grpc.unary_unary_rpc_method_handler(echo.raw),
+        "Stream": grpc.unary_stream_rpc_method_handler(echo.stream, request_deserializer=_strict_ascii),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("cnnserve.test.Bodies", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    answers = []
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for method, body in bodies:
+                path = f"/cnnserve.test.Bodies/{method}"
+                try:
+                    if method == "Stream":
+                        replies = [reply async for reply in channel.unary_stream(path)(body, timeout=10)]
+                        answers.append(("OK", b"|".join(replies).decode()))
+                    else:
+                        answers.append(
+                            (
+                                "OK",
+                                (await channel.unary_unary(path)(body, timeout=10)).decode(errors="replace"),
+                            )
+                        )
+                except grpc.aio.AioRpcError as error:
+                    answers.append((error.code().name, error.details() or ""))
+    finally:
+        await server.stop(None)
+    return answers
+
+
+def _strict_ascii(data: bytes) -> bytes:
+    """A deserializer with no message type behind it: refuses bytes that are not ASCII."""
+    data.decode("ascii")
+    return data
+
+
+def test_a_body_that_does_not_parse_is_invalid_argument_naming_its_type_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("WARNING", logger=interceptors.LOG.name)
+    garbage = b"\xff\xff\xff\xff\x0f"
+    good = inference_pb2.ClassifyRequest(model="digits").SerializeToString()
+    answers = asyncio.run(
+        _malformed_calls(
+            [
+                ("Classify", garbage),
+                ("Classify", good),
+                ("Classify", garbage),
+                ("Parsed", garbage),
+                ("Parsed", b"fine"),
+                ("Raw", garbage[:1]),  # no deserializer: the handler gets the bytes as they are
+                ("Stream", b"streamed"),  # streaming methods are left to gRPC
+            ]
+        )
+    )
+    assert answers == [
+        ("INVALID_ARGUMENT", "the request body is not a valid cnnserve.v1.ClassifyRequest"),
+        ("OK", "digits"),
+        ("INVALID_ARGUMENT", "the request body is not a valid cnnserve.v1.ClassifyRequest"),
+        ("INVALID_ARGUMENT", "the request body is not a valid request of /cnnserve.test.Bodies/Parsed"),
+        ("OK", "raw:fine"),
+        ("OK", "raw:\ufffd"),
+        ("OK", "streamed"),
+    ]
+    with pytest.raises(Exception) as parsing:  # what the parser itself says of the body: the log's reason
+        inference_pb2.ClassifyRequest.FromString(garbage)
+    reason = str(parsing.value)[:200]
+    warnings = [r.getMessage() for r in caplog.records if r.name == interceptors.LOG.name]
+    # One line a minute, however many bodies.
+    assert warnings == [f"malformed cnnserve.v1.ClassifyRequest body answered INVALID_ARGUMENT: {reason}"]
+
+
+def test_each_method_is_wrapped_once() -> None:
+    handler = grpc.unary_unary_rpc_method_handler(
+        _Echo().classify, request_deserializer=inference_pb2.ClassifyRequest.FromString
+    )
+    interceptor = MalformedRequestInterceptor()
+
+    async def continuation(details: object) -> grpc.RpcMethodHandler:
+        return handler
+
+    async def twice() -> tuple[object, object]:
+        details = SimpleNamespace(method="/cnnserve.v1.InferenceService/Classify", invocation_metadata=())
+        return (
+            await interceptor.intercept_service(continuation, details),
+            await interceptor.intercept_service(continuation, details),
+        )
+
+    first, second = asyncio.run(twice())
+    assert first is second and first is not handler

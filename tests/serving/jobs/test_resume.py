@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -197,6 +198,7 @@ def test_closing_an_output_twice_is_harmless(tmp_path: Path, name: str) -> None:
     table.write([ResultRow("a.png", (Prediction("1", 1, 0.5),))])
     table.close()
     table.close()
+    os.fstat(1)  # the second close closed nothing else: standard output is still open
     assert [r["path"] for r in read_table(tmp_path / name)] == ["a.png"]
 
 
@@ -273,3 +275,13 @@ def test_an_unknown_extension_is_refused_naming_every_supported_one(tmp_path: Pa
         f"cannot tell the output format of {tmp_path / 'out.xlsx'}: "
         "use one of .csv, .jsonl, .ndjson, .parquet, .pq as extension"
     )
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl"])
+def test_an_output_is_created_readable_by_all_and_executable_by_none(tmp_path: Path, name: str) -> None:
+    previous = os.umask(0o022)
+    try:
+        open_sink(tmp_path / name, top_k=1, model="m", version=1).close()
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644

@@ -118,18 +118,19 @@ def test_a_row_with_bytes_that_are_not_utf8_is_dropped_and_redone(
     table.write([ResultRow(f"{i}.png", (Prediction("0", 0, 1.0),)) for i in range(5)])
     table.close()
     damaged = bytearray(path.read_bytes())
-    damaged[damaged.index(b"2.png")] = 0xFF  # one byte of row 2 damaged on disk
+    for row in (b"0.png", b"3.png"):  # one byte of the first row and of row 3 damaged on disk
+        damaged[damaged.index(row)] = 0xFF
     path.write_bytes(bytes(damaged))
 
     table = open_sink(path, top_k=1, model="m", version=1)
 
-    assert table.done == {"0.png", "1.png", "3.png", "4.png"}
+    assert table.done == {"1.png", "2.png", "4.png"}
     unit = "rows" if name.endswith(".csv") else "lines"
     assert [r.getMessage() for r in caplog.records if "repaired" in r.getMessage()] == [
-        f"repaired {path}: dropped 1 malformed {unit} (1 of them not valid UTF-8); "
+        f"repaired {path}: dropped 2 malformed {unit} (2 of them not valid UTF-8); "
         "their files are classified again"
     ]
-    table.write([ResultRow("2.png", (Prediction("0", 0, 1.0),))])
+    table.write([ResultRow(f"{i}.png", (Prediction("0", 0, 1.0),)) for i in (0, 3)])
     table.close()
     assert sorted(r["path"] for r in read_table(path)) == [f"{i}.png" for i in range(5)]
 
@@ -203,10 +204,10 @@ def test_malformed_rows_in_the_middle_of_a_resumed_output_are_dropped_and_redone
 def test_odd_file_names_round_trip_and_a_clean_output_resumes_untouched(
     tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Names with a newline, quotes or commas are legal on Linux: each comes back as written, so resuming
-    skips exactly the files already done; a clean output is not rewritten."""
+    """Names with a line break (LF or CR LF), quotes or commas are legal on Linux: each comes back as
+    written, so resuming skips exactly the files already done; a clean output is not rewritten."""
     path = tmp_path / name
-    odd = ["c\nd.png", 'e, "f".png', "caf\u00e9.png", "plain.png"]
+    odd = ["c\nd.png", "g\r\nh.png", 'e, "f".png', "caf\u00e9.png", "plain.png"]
     table = open_sink(path, top_k=1, model="m", version=1)
     table.write([ResultRow(n, (Prediction("1", 1, 0.5),)) for n in odd])
     table.close()

@@ -3,6 +3,7 @@ test wrote (numpy arithmetic in float32, as the config states it), never from th
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import zlib
@@ -13,8 +14,13 @@ from PIL import Image
 
 from cnnserve.protos import model_config_pb2 as pb
 from cnnserve.serving.errors import ImageDecodeError, ImageTooLargeError, RepositoryError
-from cnnserve.serving.model.decoding import decode_bytes
-from cnnserve.serving.model.preprocessing import PreprocessSpec, preprocess_encoded, preprocess_image
+from cnnserve.serving.model.decoding import Decoded, decode_bytes
+from cnnserve.serving.model.preprocessing import (
+    PreprocessSpec,
+    preprocess_decoded,
+    preprocess_encoded,
+    preprocess_image,
+)
 
 SCALE = np.float32(pb.Preprocessing(scale=1 / 255).scale)  # 1/255 as a config stores it (float32)
 
@@ -139,6 +145,18 @@ def test_16_bit_greyscale_keeps_its_top_8_bits(mode: str) -> None:
     np.testing.assert_array_equal(preprocess_image(narrow, _spec(scale=1.0))[0, :, 0], [0, 17, 255, 3, 4, 5])
     just_over = _wide_image([0, 256, 512, 1, 2, 3], mode)  # one above 255: the whole image is shifted
     np.testing.assert_array_equal(preprocess_image(just_over, _spec(scale=1.0))[0, :, 0], [0, 1, 2, 0, 0, 0])
+    at_256 = _wide_image([0, 256, 1, 2, 3, 255], mode)  # 256 alone is past 8 bits
+    np.testing.assert_array_equal(preprocess_image(at_256, _spec(scale=1.0))[0, :, 0], [0, 1, 0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_greyscale_is_resized_as_the_8_bit_image_it_becomes(mode: str) -> None:
+    """The top 8 bits are taken before the resize, which then rounds as for any 8-bit image."""
+    image = _wide_image([0, 4660, 40000, 65535, 1000, 30000], mode)
+    top_bits = np.array([[0, 18, 156, 255, 3, 117]] * 4, dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(top_bits).resize((3, 2), Image.Resampling.BILINEAR), np.float32)
+    tensor = preprocess_image(image, _spec(size=(2, 3), scale=1.0))
+    np.testing.assert_array_equal(tensor[..., 0], expected)
 
 
 def test_the_tensor_takes_the_models_input_dims() -> None:
@@ -180,6 +198,9 @@ def test_the_spec_is_read_whole_from_the_config() -> None:
     )
     spec = PreprocessSpec.from_model_config(config)
     assert spec == PreprocessSpec("RGB", 4, 6, Image.Resampling.LANCZOS, 0.5, -1.0, (4, 6, 3))
+    config.preprocessing.scaled_decoding = True  # export proved scaled decoding keeps parity
+    scaled = PreprocessSpec.from_model_config(config)
+    assert scaled == PreprocessSpec("RGB", 4, 6, Image.Resampling.LANCZOS, 0.5, -1.0, (4, 6, 3), True)
 
 
 @pytest.mark.parametrize(
@@ -220,3 +241,47 @@ def test_an_oversize_image_is_refused_from_its_header() -> None:
         decode_bytes(_png_header(8_000, 8_000))
     with pytest.raises(ImageTooLargeError, match="2,500,000,000 pixels"):
         decode_bytes(_png_header(50_000, 50_000))
+
+
+@pytest.mark.parametrize("size", [(13, 9), (4, 6)], ids=["larger", "the model's size"])
+@pytest.mark.parametrize("as_array", [True, False], ids=["array", "pillow image"])
+def test_a_box_selects_the_region_that_is_resized(rng: np.random.Generator, size, as_array: bool) -> None:
+    """A DCT-scaled decode names the region of its pixels that holds the picture: that region, and only
+    it, is resized to the input, whatever size the pixels have and whoever decoded them."""
+    pixels = rng.integers(0, 256, size, dtype=np.uint8)
+    box = (0.0, 0.0, size[1] - 1.5, size[0] - 0.75)
+    expected = np.asarray(
+        Image.fromarray(pixels).resize((6, 4), Image.Resampling.BILINEAR, box=box), dtype=np.float32
+    )
+    decoded = Decoded(pixels if as_array else Image.fromarray(pixels), box)
+    np.testing.assert_array_equal(preprocess_decoded(decoded, _spec())[..., 0], expected * SCALE)
+    image = Image.fromarray(pixels)
+    np.testing.assert_array_equal(preprocess_image(image, _spec(), box)[..., 0], expected * SCALE)
+
+
+def _jpeg(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_scaled_decoding_is_used_when_the_config_says_so_and_only_then(rng: np.random.Generator) -> None:
+    """A 240x240 JPEG for a 4x6 input may decode at 1/8 (30x30, still at least twice the input): with
+    `scaled_decoding` the tensor is the scaled pixels' (from their box), without it the full ones'."""
+    smooth = np.asarray(Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).resize((240, 240)))
+    data = _jpeg(smooth)
+    spec = _spec()
+    scaled = dataclasses.replace(spec, scaled_decoding=True)
+    assert scaled.min_decoded_size == (12, 8) and spec.min_decoded_size is None
+    full = Image.open(io.BytesIO(data))
+    full_tensor = np.asarray(full.convert("L").resize((6, 4), Image.Resampling.BILINEAR), np.float32) * SCALE
+    np.testing.assert_array_equal(preprocess_encoded(data, spec)[..., 0], full_tensor)
+    drafted = Image.open(io.BytesIO(data))
+    _, box = drafted.draft("L", (12, 8))
+    assert drafted.size == (30, 30)
+    scaled_tensor = (
+        np.asarray(drafted.convert("L").resize((6, 4), Image.Resampling.BILINEAR, box=box), np.float32)
+        * SCALE
+    )
+    np.testing.assert_array_equal(preprocess_encoded(data, scaled)[..., 0], scaled_tensor)
+    assert not np.array_equal(scaled_tensor, full_tensor)
