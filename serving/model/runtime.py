@@ -65,6 +65,11 @@ class SessionOptions:
     # ONNX Runtime's pool threads spin while waiting for work; off, they sleep, which leaves the cores to
     # the other workers and the gRPC threads when a server shares a small machine.
     allow_spinning: bool = True
+    # ONNX Runtime's CPU arena keeps every buffer it ever held and grows by doubling its last region, so a
+    # batch shape not seen before (an explanation's chunk of occluded copies, a bigger dynamic batch) adds
+    # a step to the process's memory that never comes back. Off, tensors are plain allocations, and the big
+    # ones are unmapped when freed (see serving/memory.py); bench/bench_ort_arena.py measures what it costs.
+    cpu_memory_arena: bool = False
 
 
 # Sessions this process has created: a session's thread pools do not survive a fork (see jobs/engines/local).
@@ -87,11 +92,7 @@ def create_session(path: Path, providers: Sequence[str], options: SessionOptions
         session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session_options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # ONNX Runtime's CPU arena keeps every buffer it ever held and grows by doubling its last region, so a
-    # batch shape not seen before (an explanation's chunk of occluded copies, a bigger dynamic batch) adds
-    # a step to the process's memory that never comes back. Without it, tensors are plain allocations, and
-    # the big ones are unmapped when freed (see serving/memory.py).
-    session_options.enable_cpu_mem_arena = False
+    session_options.enable_cpu_mem_arena = options.cpu_memory_arena
     _sessions_created += 1
     try:
         return ort.InferenceSession(str(path), sess_options=session_options, providers=list(providers))

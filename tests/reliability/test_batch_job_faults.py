@@ -18,6 +18,9 @@ from PIL import Image
 
 FORMATS = ("csv", "jsonl", "parquet")
 KILLS_PER_FORMAT = 2
+# Enough digits that a job is still working when a kill comes: a worker task holds ~50 ms of work (a few
+# hundred digits), so a folder of a few hundred is done in one or two writes and a kill would find it ended.
+KILL_FOLDER_FILES = 5000
 
 
 def make_folder(folder: Path, pixels: np.ndarray, count: int) -> list[str]:
@@ -59,7 +62,7 @@ def run_job(command: list[str]) -> subprocess.CompletedProcess[str]:
 def test_random_sigkills_lose_and_duplicate_no_row(
     tmp_path: Path, model_repository: Path, digit_pixels: np.ndarray, fmt: str, seed: int
 ) -> None:
-    files = make_folder(tmp_path / "images", digit_pixels, 600)
+    files = make_folder(tmp_path / "images", digit_pixels, KILL_FOLDER_FILES)
     output = tmp_path / f"out.{fmt}"
     command = job_command(tmp_path / "images", output, model_repository, "--batch-size", "2")
     rng = random.Random(f"{seed}-{fmt}")
@@ -67,7 +70,7 @@ def test_random_sigkills_lose_and_duplicate_no_row(
     journal = tmp_path / f".{output.name}.partial.jsonl" if fmt == "parquet" else output
 
     result = harness.kill_job_until_done(
-        command, output, files, KILLS_PER_FORMAT, rng, tmp_path / "job.log", watch=journal, delay=(0.0, 0.1)
+        command, output, files, KILLS_PER_FORMAT, rng, tmp_path / "job.log", watch=journal, delay=(0.0, 0.05)
     )
 
     assert result.kills == KILLS_PER_FORMAT, result
