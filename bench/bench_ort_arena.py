@@ -1,12 +1,15 @@
-"""What switching ONNX Runtime's CPU memory arena off costs: the same model, two sessions, one run.
+"""What ONNX Runtime's CPU memory arena is worth: the same model, two sessions, one run.
 
-Serving creates its sessions without the arena (the arena keeps every batch shape's buffers for good, a
-step up in a server's memory with each new, bigger shape). This measures the price in speed: two sessions
-of the same model file, created the way serving creates them (one intra-op thread, as each server worker
-and job worker runs them), one with the arena and one without, run on the same preloaded batch in
-interleaved rounds at each batch size. The figure is the median over rounds of the CPU time per image in
-the calling thread (with one intra-op thread ONNX Runtime computes in the caller, so a shared machine's
-other work does not inflate it); the ratio is taken within the run.
+Serving keeps the arena for the classification session (its batches never exceed max_batch_size, and the
+warm-up's full batch fills the arena that every later batch reuses) and runs the activation and Grad-CAM
+sessions, whose batch shapes the requests choose, without it (each new, bigger shape would add memory the
+arena never gives back). This measures the price of running without it: two sessions of the same model
+file, created the way serving creates them (one intra-op thread, as each server worker and job worker
+runs them, in a process whose glibc mmap threshold is fixed at 1 MiB as a worker's is), one with the
+arena and one without, run on the same preloaded batch in interleaved rounds at each batch size. The
+figure is the median over rounds of the CPU time per image in the calling thread (with one intra-op
+thread ONNX Runtime computes in the caller, so a shared machine's other work does not inflate it); the
+ratio is taken within the run.
 
     python bench/bench_ort_arena.py --repo model_repository --model mnist_cnn --rounds 9
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnserve.serving.memory import return_big_buffers_to_the_system
 from cnnserve.serving.model.repository import open_model_version
 from cnnserve.serving.model.runtime import ModelRuntime, SessionOptions
 
@@ -46,6 +50,7 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=0.3, help="CPU time per measurement")
     args = parser.parse_args()
 
+    return_big_buffers_to_the_system()  # as every server worker does first
     version = open_model_version(args.repo, args.model)
     runtimes = {
         arena: ModelRuntime(version, SessionOptions(device="cpu", intra_op_threads=1, cpu_memory_arena=arena))

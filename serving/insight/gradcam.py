@@ -33,7 +33,7 @@ class GradCamSession:
     def __init__(self, model: ModelVersion, options: SessionOptions) -> None:
         self.spec = model.config.gradcam
         providers = choose_providers(options.device, model.config.execution.providers)
-        self.session = create_session(model.path / self.spec.filename, providers, options)
+        self.session = create_session(model.path / self.spec.filename, providers, options.variable_shapes())
 
     def run(self, image: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray, float]:
         outputs = [self.spec.activations_output, self.spec.gradients_output]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +65,20 @@ class SessionOptions:
     # ONNX Runtime's pool threads spin while waiting for work; off, they sleep, which leaves the cores to
     # the other workers and the gRPC threads when a server shares a small machine.
     allow_spinning: bool = True
-    # ONNX Runtime's CPU arena keeps every buffer it ever held and grows by doubling its last region, so a
-    # batch shape not seen before (an explanation's chunk of occluded copies, a bigger dynamic batch) adds
-    # a step to the process's memory that never comes back. Off, tensors are plain allocations, and the big
-    # ones are unmapped when freed (see serving/memory.py); bench/bench_ort_arena.py measures what it costs.
-    cpu_memory_arena: bool = False
+    # ONNX Runtime's CPU arena keeps every buffer it ever held and grows by doubling its last region. For
+    # the classification session that is what makes it fast: its batches never exceed max_batch_size, the
+    # warm-up runs a full one, and the arena's buffers are reused by every batch after it (without the
+    # arena each batch's big buffers are fresh mappings whose pages are faulted in again: 25-60% more CPU
+    # per image, bench/bench_ort_arena.py). A session whose batch shapes are the caller's to choose (the
+    # activation and Grad-CAM graphs: a request's own number of images) runs without it, so each new,
+    # bigger shape does not add a step to the process's memory that never comes back (see
+    # `variable_shapes`).
+    cpu_memory_arena: bool = True
+
+    def variable_shapes(self) -> SessionOptions:
+        """These options for a session whose batch shapes the requests choose: no CPU arena (plain
+        allocations, the big ones unmapped when freed; see serving/memory.py)."""
+        return replace(self, cpu_memory_arena=False)
 
 
 # Sessions this process has created: a session's thread pools do not survive a fork (see jobs/engines/local).
@@ -152,7 +161,7 @@ class ModelRuntime:
         self._activation_session = self.session if with_activations else None
         if with_activations and model.activations_file != model.model_file:
             self._activation_session = create_session(
-                model.activations_file, self.providers_requested, self.options
+                model.activations_file, self.providers_requested, self.options.variable_shapes()
             )
         self.activation_outputs = {layer.name: layer.output_name for layer in config.activation_layers}
         LOG.info(

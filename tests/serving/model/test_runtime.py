@@ -38,7 +38,7 @@ def test_runtime_without_activations_classifies_the_same(model_repository: Path)
         lean.activations(batch, [layer])
 
 
-HELD_AFTER_BIG_BATCHES = """
+HELD_AFTER_BATCHES = """
 import sys
 from pathlib import Path
 
@@ -59,29 +59,32 @@ def rss_bytes() -> int:
 
 assert return_big_buffers_to_the_system()  # as every server worker does first
 model = open_model_version(Path(sys.argv[1]), sys.argv[2])
-options = SessionOptions(device="cpu", intra_op_threads=1, cpu_memory_arena=sys.argv[3] == "arena")
-runtime = ModelRuntime(model, options)
-batches = np.random.default_rng(0).random((512, *runtime.input_dims), dtype=np.float32)
-runtime.classify(batches[:8])
+what = sys.argv[3]
+runtime = ModelRuntime(model, SessionOptions(device="cpu", intra_op_threads=1))
+runtime.warm_up()  # as the registry does: one full batch
+rng = np.random.default_rng(0)
+images = rng.random((512, *runtime.input_dims), dtype=np.float32)
+layers = list(runtime.activation_outputs)
+runtime.activations(images[:1], layers)
 before = rss_bytes()
-for size in (128, 256, 512):
-    runtime.classify(batches[:size])
+if what == "activations":  # a request's own number of images, every layer
+    for size in (128, 256, 512):
+        runtime.activations(images[:size], layers)
+elif what == "classify":  # the batcher's batches: any size up to max_batch_size
+    for size in rng.integers(1, runtime.max_batch_size + 1, 200):
+        runtime.classify(images[:size])
+else:  # classification batches bigger than any before, which the batcher never makes
+    for size in (128, 256, 512):
+        runtime.classify(images[:size])
 print(rss_bytes() - before)
 """
 
 
-def _held_after_big_batches(model_repository: Path, arena: bool) -> int:
-    """RSS a fresh process (as a server worker is) still holds after batches of 128, 256 and 512 images.
-    A fresh process, because what a long-lived test process allocated before would blur the figure."""
+def _held_after(model_repository: Path, what: str) -> int:
+    """RSS a fresh process (as a server worker is) still holds after `what` ran. A fresh process, because
+    what a long-lived test process allocated before would blur the figure."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            HELD_AFTER_BIG_BATCHES,
-            str(model_repository),
-            MODEL,
-            "arena" if arena else "-",
-        ],
+        [sys.executable, "-c", HELD_AFTER_BATCHES, str(model_repository), MODEL, what],
         capture_output=True,
         text=True,
         timeout=120,
@@ -90,10 +93,17 @@ def _held_after_big_batches(model_repository: Path, arena: bool) -> int:
     return int(result.stdout.split()[-1])
 
 
-def test_a_batch_bigger_than_any_before_leaves_no_memory_behind(model_repository: Path) -> None:
-    """ONNX Runtime's CPU arena would keep the big batch's buffers for good: a step in a server's memory
-    each time a new batch shape comes (an explanation's chunk of copies, a bigger dynamic batch)."""
-    held = _held_after_big_batches(model_repository, arena=False)
-    assert held < 16 << 20, f"{held / 2**20:.0f} MiB still held after batches of up to 512 images"
-    with_arena = _held_after_big_batches(model_repository, arena=True)
-    assert with_arena > 48 << 20, f"the arena held only {with_arena / 2**20:.0f} MiB: the test lost its bite"
+def test_activation_requests_bigger_than_any_before_leave_no_memory_behind(model_repository: Path) -> None:
+    """The activation graph's batch is the request's own size: with ONNX Runtime's CPU arena each new,
+    bigger one would add a step to a server's memory that never comes back."""
+    held = _held_after(model_repository, "activations")
+    assert held < 16 << 20, f"{held / 2**20:.0f} MiB still held after activations of up to 512 images"
+
+
+def test_classification_batches_reuse_the_arena_the_warm_up_filled(model_repository: Path) -> None:
+    """The classification session keeps its arena (its buffers reused, not faulted in anew each batch):
+    after the warm-up's full batch, batches of any size up to max_batch_size add nothing."""
+    held = _held_after(model_repository, "classify")
+    assert held < 8 << 20, f"{held / 2**20:.0f} MiB more after 200 batches of up to max_batch_size"
+    bigger = _held_after(model_repository, "classify-bigger")
+    assert bigger > 48 << 20, f"the arena held only {bigger / 2**20:.0f} MiB: this test lost its bite"
