@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnserve.serving.model.repository import ModelVersion
-from cnnserve.serving.model.runtime import SessionOptions, choose_providers, create_session
+from cnnserve.serving.model.runtime import ArenaShrinker, SessionOptions, choose_providers, create_session
 
 
 def gradcam_available(model: ModelVersion) -> tuple[bool, str]:
@@ -33,7 +33,8 @@ class GradCamSession:
     def __init__(self, model: ModelVersion, options: SessionOptions) -> None:
         self.spec = model.config.gradcam
         providers = choose_providers(options.device, model.config.execution.providers)
-        self.session = create_session(model.path / self.spec.filename, providers, options.variable_shapes())
+        self.session = create_session(model.path / self.spec.filename, providers, options)
+        self._arena = ArenaShrinker(options)
 
     def run(self, image: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray, float]:
         outputs = [self.spec.activations_output, self.spec.gradients_output]
@@ -43,7 +44,7 @@ class GradCamSession:
             self.spec.input_name: np.ascontiguousarray(image[None], dtype=np.float32),
             self.spec.target_input_name: np.array([target], dtype=np.int64),
         }
-        results = self.session.run(outputs, feeds)
+        results = self.session.run(outputs, feeds, self._arena.run_options())
         score = float(np.asarray(results[2]).reshape(-1)[0]) if len(results) > 2 else float("nan")
         return results[0], results[1], score
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -65,20 +65,41 @@ class SessionOptions:
     # ONNX Runtime's pool threads spin while waiting for work; off, they sleep, which leaves the cores to
     # the other workers and the gRPC threads when a server shares a small machine.
     allow_spinning: bool = True
-    # ONNX Runtime's CPU arena keeps every buffer it ever held and grows by doubling its last region. For
-    # the classification session that is what makes it fast: its batches never exceed max_batch_size, the
-    # warm-up runs a full one, and the arena's buffers are reused by every batch after it (without the
-    # arena each batch's big buffers are fresh mappings whose pages are faulted in again: 25-60% more CPU
-    # per image, bench/bench_ort_arena.py). A session whose batch shapes are the caller's to choose (the
-    # activation and Grad-CAM graphs: a request's own number of images) runs without it, so each new,
-    # bigger shape does not add a step to the process's memory that never comes back (see
-    # `variable_shapes`).
+    # ONNX Runtime's CPU arena keeps a run's buffers for the next one, which is what makes it fast: without
+    # it every batch's big buffers are fresh mappings whose pages are faulted in again (1.6-1.8x the CPU
+    # per image at batches of 16-256 in a worker, bench/bench_ort_arena.py). But it keeps every buffer it
+    # ever held and grows by doubling, so a batch bigger than any before (a request's own number of images
+    # on the activation graph, two batches of a model at once) would add a step to the process's memory
+    # that never comes back. So a run ends by shrinking the arena at most once per this many seconds
+    # (`ArenaShrinker`): what lies beyond its first region and is not in use is freed, and the next runs
+    # take back only what they need. Shrinking after every run (0) would cost as much as no arena.
     cpu_memory_arena: bool = True
+    arena_shrink_interval_s: float = 10.0  # negative: never shrink
 
-    def variable_shapes(self) -> SessionOptions:
-        """These options for a session whose batch shapes the requests choose: no CPU arena (plain
-        allocations, the big ones unmapped when freed; see serving/memory.py)."""
-        return replace(self, cpu_memory_arena=False)
+
+class ArenaShrinker:
+    """The RunOptions of one session's runs: ONNX Runtime's defaults, or, once per interval, the arena
+    shrunk at the end of the run (ONNX Runtime's memory.enable_memory_arena_shrinkage)."""
+
+    def __init__(self, options: SessionOptions) -> None:
+        self._interval = options.arena_shrink_interval_s
+        self._shrinking = None
+        if options.cpu_memory_arena and self._interval >= 0:
+            ort = import_onnxruntime()
+            self._shrinking = ort.RunOptions()
+            self._shrinking.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self._next = 0.0
+
+    def run_options(self):
+        """The options for the run about to start (None: ONNX Runtime's defaults). Threads may race here;
+        at worst two runs shrink, which is harmless."""
+        if self._shrinking is None:
+            return None
+        now = time.monotonic()
+        if now < self._next:
+            return None
+        self._next = now + self._interval
+        return self._shrinking
 
 
 # Sessions this process has created: a session's thread pools do not survive a fork (see jobs/engines/local).
@@ -147,6 +168,8 @@ class ModelRuntime:
         config = model.config
         self.providers_requested = choose_providers(self.options.device, config.execution.providers)
         self.session = create_session(model.model_file, self.providers_requested, self.options)
+        self._arena = ArenaShrinker(self.options)
+        self._activation_arena = ArenaShrinker(self.options)
         self.providers: list[str] = list(self.session.get_providers())
         if self.options.device == "cuda" and CUDA not in self.providers:
             # onnxruntime-gpu lists CUDA as available even without a GPU, then quietly falls back to the CPU.
@@ -161,7 +184,7 @@ class ModelRuntime:
         self._activation_session = self.session if with_activations else None
         if with_activations and model.activations_file != model.model_file:
             self._activation_session = create_session(
-                model.activations_file, self.providers_requested, self.options.variable_shapes()
+                model.activations_file, self.providers_requested, self.options
             )
         self.activation_outputs = {layer.name: layer.output_name for layer in config.activation_layers}
         LOG.info(
@@ -191,7 +214,7 @@ class ModelRuntime:
         return time.perf_counter() - start
 
     def raw_output(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        return self.session.run([self.output_name], {self.input_name: batch}, self._arena.run_options())[0]
 
     def classify(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, num_classes) for a preprocessed float32 batch (N, *input_dims)."""
@@ -208,5 +231,7 @@ class ModelRuntime:
         if self._activation_session is None:
             raise RuntimeError(f"this runtime of {self.model.name!r} was created without activations")
         names = [self.activation_outputs[layer] for layer in layers]
-        outputs = self._activation_session.run(names, {self.input_name: batch})
+        outputs = self._activation_session.run(
+            names, {self.input_name: batch}, self._activation_arena.run_options()
+        )
         return dict(zip(layers, outputs, strict=True))
