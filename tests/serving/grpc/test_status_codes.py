@@ -161,7 +161,7 @@ def test_full_queue_and_expired_deadlines(strict, digits) -> None:
 
 
 def test_filters_and_explain_are_wired(served) -> None:
-    """GetFilters/Explain answer through the insight module, or UNIMPLEMENTED without it - never UNKNOWN."""
+    """GetFilters answers through the insight path: an unknown model is NOT_FOUND naming it and the models."""
     with grpc.insecure_channel(served.address) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
