@@ -34,7 +34,7 @@ class GradCamSession:
         self.spec = model.config.gradcam
         providers = choose_providers(options.device, model.config.execution.providers)
         self.session = create_session(model.path / self.spec.filename, providers, options)
-        self._arena = ArenaShrinker(options)
+        self._arena = ArenaShrinker(options, self.session.get_providers())
 
     def run(self, image: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray, float]:
         outputs = [self.spec.activations_output, self.spec.gradients_output]

@@ -79,12 +79,13 @@ class SessionOptions:
 
 class ArenaShrinker:
     """The RunOptions of one session's runs: ONNX Runtime's defaults, or, once per interval, the arena
-    shrunk at the end of the run (ONNX Runtime's memory.enable_memory_arena_shrinkage)."""
+    shrunk at the end of the run (ONNX Runtime's memory.enable_memory_arena_shrinkage). Only for a session
+    on the CPU alone: a CUDA session's memory is the GPU's, under its own arena."""
 
-    def __init__(self, options: SessionOptions) -> None:
+    def __init__(self, options: SessionOptions, providers: Sequence[str] = (CPU,)) -> None:
         self._interval = options.arena_shrink_interval_s
         self._shrinking = None
-        if options.cpu_memory_arena and self._interval >= 0:
+        if options.cpu_memory_arena and self._interval >= 0 and list(providers) == [CPU]:
             ort = import_onnxruntime()
             self._shrinking = ort.RunOptions()
             self._shrinking.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
@@ -168,8 +169,8 @@ class ModelRuntime:
         config = model.config
         self.providers_requested = choose_providers(self.options.device, config.execution.providers)
         self.session = create_session(model.model_file, self.providers_requested, self.options)
-        self._arena = ArenaShrinker(self.options)
-        self._activation_arena = ArenaShrinker(self.options)
+        self._arena = ArenaShrinker(self.options, self.session.get_providers())
+        self._activation_arena = ArenaShrinker(self.options, self.session.get_providers())
         self.providers: list[str] = list(self.session.get_providers())
         if self.options.device == "cuda" and CUDA not in self.providers:
             # onnxruntime-gpu lists CUDA as available even without a GPU, then quietly falls back to the CPU.

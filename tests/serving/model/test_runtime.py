@@ -129,3 +129,5 @@ def test_the_arena_is_shrunk_at_most_once_per_interval() -> None:
     assert all(always.run_options() is not None for _ in range(3))
     assert ArenaShrinker(SessionOptions(arena_shrink_interval_s=-1.0)).run_options() is None
     assert ArenaShrinker(SessionOptions(cpu_memory_arena=False)).run_options() is None
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert ArenaShrinker(SessionOptions(arena_shrink_interval_s=0.0), cuda).run_options() is None
