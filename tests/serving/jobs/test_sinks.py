@@ -8,11 +8,20 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from cnnserve.serving.errors import OutputError
-from cnnserve.serving.jobs.sinks import Prediction, ResultRow, columns, open_sink, path_text, read_table
+from cnnserve.serving.jobs.sinks import (
+    Prediction,
+    ResultRow,
+    RowBatch,
+    columns,
+    open_sink,
+    path_text,
+    read_table,
+)
 
 ROWS = [
     ResultRow("a/1.png", (Prediction("7", 7, 0.9), Prediction("1", 1, 0.05))),
@@ -270,3 +279,119 @@ def test_a_csv_row_torn_inside_a_quoted_newline_is_dropped_and_redone(tmp_path: 
     table.write([ResultRow("two\nlines.png", (Prediction("0", 0, 1.0),))])
     table.close()
     assert path.read_bytes() == whole
+
+
+# Rows as engines hand them over: class 0 (an index that is falsy), a file with fewer classes than
+# asked, an error in the middle (with whatever its index cells hold), and a name with a non-UTF-8 byte.
+MIXED = RowBatch(
+    paths=["zero.png", "short.png", "broken.png", "b\udcffd.png"],
+    labels=["zero", "one", "two"],
+    indices=np.array([[0, 2], [1, -1], [2, 1], [2, 0]], dtype=np.int64),
+    scores=np.array([[0.75, 0.25], [1.0, 0.0], [0.5, 0.5], [0.625, 0.375]]),
+    errors={2: "cannot decode image:\n  truncated"},
+)
+
+
+def test_rows_become_columns_and_back() -> None:
+    rows = [
+        ResultRow("a.png", (Prediction("two", 2, 0.75), Prediction("zero", 0, 0.25))),
+        ResultRow("bad.png", error="no image"),
+        ResultRow("b.png", (Prediction("zero", 0, 1.0),)),
+        ResultRow("c.png"),
+    ]
+    batch = RowBatch.from_rows(rows)
+    assert batch.indices.dtype == np.int64 and batch.scores.dtype == np.float64
+    assert batch.indices.tolist() == [[2, 0], [-1, -1], [0, -1], [-1, -1]]
+    assert batch.scores.tolist() == [[0.75, 0.25], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]
+    assert batch.labels == ["zero", "1", "two"]  # class 1 was never predicted: its index stands for it
+    assert dict(batch.errors) == {1: "no image"} and batch.failed == 1
+    assert batch.rows() == rows
+    empty = RowBatch.from_rows([])
+    assert empty.indices.shape == (0, 0) and empty.labels == [] and len(empty) == 0
+    only_errors = RowBatch.from_rows([ResultRow("x.png", error="bad")])
+    assert only_errors.labels == [] and only_errors.indices.shape == (1, 0)
+
+
+def test_names_are_written_as_valid_utf8() -> None:
+    assert path_text("a/b.png") == "a/b.png"
+    assert path_text("été.png") == "été.png"
+    assert path_text("b\udcffd.png") == "b\\xffd.png"  # a byte that is not UTF-8, as the file system hands it
+    assert path_text("b\ud800d.png") == "b\\ud800d.png"  # a surrogate no file system hands over
+
+
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_csv_lines_are_exact_for_every_kind_of_row(tmp_path: Path, top_k: int) -> None:
+    path = tmp_path / "out.csv"
+    table = open_sink(path, top_k=top_k, model="m", version=2)
+    table.write(MIXED)
+    table.close()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == ",".join(columns(top_k))
+    error = ",,," * top_k + "m,2,cannot decode image: truncated"
+    if top_k == 1:
+        expected = [
+            "zero.png,zero,0,0.75,m,2,",
+            "short.png,one,1,1.0,m,2,",
+            f"broken.png,{error}",
+            "b\\xffd.png,two,2,0.625,m,2,",
+        ]
+    else:  # two ranks held, the third missing; a rank without a class is left empty
+        expected = [
+            "zero.png,zero,0,0.75,two,2,0.25,,,,m,2,",
+            "short.png,one,1,1.0,,,,,,,m,2,",
+            f"broken.png,{error}",
+            "b\\xffd.png,two,2,0.625,zero,0,0.375,,,,m,2,",
+        ]
+    assert lines[1:] == expected
+
+
+def test_records_hold_none_where_a_rank_has_no_class(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    table = open_sink(path, top_k=3, model="m", version=2)
+    table.write(MIXED)
+    table.close()
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert [r["path"] for r in records] == ["zero.png", "short.png", "broken.png", "b\\xffd.png"]
+    first, short, broken, last = records
+    assert (first["label"], first["index"], first["score"]) == ("zero", 0, 0.75)
+    assert (first["label_2"], first["index_2"], first["score_2"]) == ("two", 2, 0.25)
+    assert (short["label_2"], short["index_2"], short["score_2"]) == (None, None, None)
+    assert all(r["label_3"] is None and r["index_3"] is None and r["score_3"] is None for r in records)
+    assert (broken["label"], broken["index"], broken["score"]) == (None, None, None)  # its cells ignored
+    assert broken["error"] == "cannot decode image: truncated" and first["error"] == ""
+    assert (last["index_2"], last["model"], last["version"]) == (0, "m", 2)
+
+
+@pytest.mark.parametrize("name", ["out.csv", "out.jsonl"])
+def test_a_batch_of_errors_alone_needs_no_prediction_columns(tmp_path: Path, name: str) -> None:
+    """An engine whose every file failed hands over no prediction columns at all."""
+    batch = RowBatch(["x.png", "y.png"], [], np.empty(0, np.int64), np.empty(0), {0: "bad", 1: "worse"})
+    path = tmp_path / name
+    table = open_sink(path, top_k=2, model="m", version=1)
+    table.write(batch)
+    table.close()
+    records = read_table(path)
+    assert [(r["path"], r["error"]) for r in records] == [("x.png", "bad"), ("y.png", "worse")]
+    assert all(r["label"] in ("", None) and r["index_2"] in ("", None) for r in records)
+
+
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_csv_lines_of_a_top_1_batch(tmp_path: Path, top_k: int) -> None:
+    """One class per file (a top-1 job); asked for more, the other ranks stay empty."""
+    batch = RowBatch(
+        paths=["zero.png", "nothing.png", "bad.png"],
+        labels=["zero", "one"],
+        indices=np.array([[0], [-1], [1]], dtype=np.int64),
+        scores=np.array([[0.5], [0.0], [0.25]]),
+        errors={2: "bad"},
+    )
+    path = tmp_path / "out.csv"
+    table = open_sink(path, top_k=top_k, model="m", version=2)
+    table.write(batch)
+    table.close()
+    rest = ",,," * (top_k - 1)
+    assert path.read_text(encoding="utf-8").splitlines()[1:] == [
+        f"zero.png,zero,0,0.5,{rest}m,2,",
+        f"nothing.png,,,,{rest}m,2,",
+        f"bad.png,,,,{rest}m,2,bad",
+    ]
