@@ -23,7 +23,9 @@ def test_perf_analyzer_runs_against_cnnserve(
     url = served_http.address if protocol == "grpc" else served_http.http_url.removeprefix("http://")
     command = [*perf_analyzer_command, "-m", MODEL, "-u", url, "-i", protocol, "-b", str(batch)]
     command += ["--concurrency-range", str(concurrency), "--measurement-interval", "800"]
-    command += ["--max-trials", "3", "--stability-percentage", "200", "--input-data", "zero"]
+    # Whether three windows agree is a property of the machine's load, not of the server: on oversubscribed
+    # cores their rates differed by more than 3x. Any rate passes; what is checked is that it ran.
+    command += ["--max-trials", "3", "--stability-percentage", "100000", "--input-data", "zero"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
