@@ -2,13 +2,14 @@
 
     .venv/bin/python bench/bench_oip.py --repo REPO --model mnist_cnn [--duration 4] [--rounds 2]
 
-Measured side by side, each round (method: /work/shared/BENCHMARKS.md, the same as bench_serving.py):
+Measured side by side, each round, with bench_serving.py's closed-loop load generator (ratios taken within
+a round, so a shared machine's load moves both sides alike):
 - ORT: the model alone, one process, ONNX Runtime on all cores, best batch size (bench_serving's ceiling);
 - echo: `serve --echo`, the same gRPC and HTTP stacks and worker setup answering ModelInfer with no work,
   driven with the same payloads; the whole-call limit for FP32 tensors is 1 / (1/ORT + 1/echo);
 - cnnserve: OIP gRPC ModelInfer with one raw FP32 tensor [64,28,28,1] at 8 clients and [1,...] at 64
   and 1 clients, encoded PNGs as BYTES at 64 x 1, HTTP binary-tensor infer at 8 x 64 and 64 x 1, and the
-  cnnserve.v1 Classify paths at 8 x 64 (one batched tensor, and 64 Tensor messages) for comparison;
+  cnnserve.v1 Classify with 64 Tensor messages at 8 x 64 for comparison;
 - perf_analyzer (Triton's own load generator, when bench/triton_tools.py can set it up) with its defaults
   against the same server: `-b 64 --concurrency-range 8` and `-b 1 --concurrency-range 64`, gRPC and HTTP.
 Our load generator: closed loop, pre-serialised requests, responses read but not parsed, in its own

@@ -1,4 +1,4 @@
-"""The model zoo: the ten documented architectures of MODELS.md, layer for layer, with their defaults.
+"""The model zoo: the ten documented architectures, layer for layer, with their training defaults.
 
 Every layer has a stable name (`conv1`, `pool1`, ..., `dense1`, `dropout1`, `output`) because the
 layer-activation API and the export stage address layers by name. Each entry also carries the defaults
@@ -385,7 +385,7 @@ def build_model(name: str) -> keras.Model:
     return builder(entry)
 
 
-# --- the architectures, each reading top to bottom like its row in MODELS.md -------------------------
+# --- the architectures, each reading top to bottom like its notebook's model --------------------------
 
 
 def _sequential(entry: ZooEntry, layers: list[object]) -> keras.Model:

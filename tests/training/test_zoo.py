@@ -1,4 +1,4 @@
-"""The model zoo reproduces MODELS.md exactly: parameter counts, layer names, heads and defaults."""
+"""The zoo builds the documented architectures exactly: parameter counts, layer names, heads, defaults."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from cnnserve.training.zoo import ZOO, UnknownModelError, build_model, get_entry
 
-# Straight from MODELS.md (what `model.count_params()` reports for each documented architecture).
+# The documented parameter counts (what `model.count_params()` reports for each documented architecture).
 DOCUMENTED_PARAMS = {
     "mnist_mlp": 669_706,
     "mnist_dense30": 23_860,
